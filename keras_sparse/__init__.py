@@ -1,0 +1,17 @@
+"""keras_sparse: sparsity and low-precision training for Keras 3.
+
+    import keras_sparse as ks
+    model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(0, 0.9, 0, 2000))
+    model.fit(x, y, callbacks=[ks.callbacks.Pruning()])
+    ks.report(model)
+    plain = ks.strip(model)
+"""
+
+__version__ = "0.1.0"
+
+from keras_sparse import distributions
+from keras_sparse import layers
+from keras_sparse import ops
+from keras_sparse import patterns
+from keras_sparse import schedules
+from keras_sparse import scorers

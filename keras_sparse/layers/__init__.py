@@ -1,0 +1,39 @@
+"""Floor 3: the sparse layer family."""
+
+from keras_sparse.layers.base import Layout
+from keras_sparse.layers.base import SparseMixin
+from keras_sparse.layers.base import is_sparse_layer
+from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.layers.sparse_layers import SparseConv1D
+from keras_sparse.layers.sparse_layers import SparseConv1DTranspose
+from keras_sparse.layers.sparse_layers import SparseConv2D
+from keras_sparse.layers.sparse_layers import SparseConv2DTranspose
+from keras_sparse.layers.sparse_layers import SparseConv3D
+from keras_sparse.layers.sparse_layers import SparseConv3DTranspose
+from keras_sparse.layers.sparse_layers import SparseDense
+from keras_sparse.layers.sparse_layers import SparseDepthwiseConv1D
+from keras_sparse.layers.sparse_layers import SparseDepthwiseConv2D
+from keras_sparse.layers.sparse_layers import SparseEinsumDense
+from keras_sparse.layers.sparse_layers import SparseEmbedding
+from keras_sparse.layers.sparse_layers import SparseSeparableConv1D
+from keras_sparse.layers.sparse_layers import SparseSeparableConv2D
+
+__all__ = [
+    "Layout",
+    "SPARSE_CLASS_FOR",
+    "SparseConv1D",
+    "SparseConv1DTranspose",
+    "SparseConv2D",
+    "SparseConv2DTranspose",
+    "SparseConv3D",
+    "SparseConv3DTranspose",
+    "SparseDense",
+    "SparseDepthwiseConv1D",
+    "SparseDepthwiseConv2D",
+    "SparseEinsumDense",
+    "SparseEmbedding",
+    "SparseMixin",
+    "SparseSeparableConv1D",
+    "SparseSeparableConv2D",
+    "is_sparse_layer",
+]

@@ -1,0 +1,336 @@
+"""The sparse-layer mechanism shared by every layer of the family.
+
+A sparse layer is a Keras layer subclass whose weight property (``kernel``,
+``embeddings``, ...) returns the *effective* weight::
+
+    effective = mask * transform(latent)
+
+where ``latent`` is the float variable the optimizer trains and saves,
+``transform`` is the identity unless a subclass composes a quantizer, and
+``mask`` is a compact non-trainable boolean variable. The Keras parent's own
+``call`` reads the property, so the forward pass is the parent's, unchanged,
+on every backend and under XLA.
+"""
+
+import inspect
+import warnings
+
+import keras
+from keras import ops
+
+from keras_sparse import patterns as patterns_lib
+from keras_sparse import schedules as schedules_lib
+from keras_sparse import scorers as scorers_lib
+from keras_sparse.ops.masks import check_sparsity
+from keras_sparse.ops.masks import mask_sparsity
+
+__all__ = ["SparseMixin", "Layout", "is_sparse_layer"]
+
+Layout = patterns_lib.Layout
+
+#: Keyword arguments the mixin adds to every layer of the family.
+SPARSE_ARGUMENTS = ("schedule", "pattern", "scorer", "global_pruning")
+
+_MISSING_CALLBACK = (
+    "A keras_sparse layer with a pruning schedule is training without the "
+    "`ks.callbacks.Pruning()` callback: its masks are not updating. Pass "
+    "`callbacks=[ks.callbacks.Pruning()]` to `fit`."
+)
+
+
+def is_sparse_layer(layer):
+    """Whether ``layer`` belongs to the sparse layer family."""
+    return isinstance(layer, SparseMixin)
+
+
+def _weight_property(name):
+    latent_attr = "_" + name
+
+    def fget(self):
+        return self.effective_weight(name)
+
+    def fset(self, value):
+        setattr(self, latent_attr, value)
+
+    fget._keras_sparse = True
+    return property(fget, fset, doc=f"Effective ``{name}``: mask x transform(latent).")
+
+
+def _keras_parent(cls):
+    for klass in cls.__mro__[1:]:
+        if issubclass(klass, keras.layers.Layer) and not issubclass(klass, SparseMixin):
+            return klass
+    return keras.layers.Layer
+
+
+def _merged_signature(parent):
+    params = list(inspect.signature(parent.__init__).parameters.values())[1:]
+    var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    params = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    ours = [
+        inspect.Parameter("schedule", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("pattern", inspect.Parameter.KEYWORD_ONLY, default="unstructured"),
+        inspect.Parameter("scorer", inspect.Parameter.KEYWORD_ONLY, default="magnitude"),
+        inspect.Parameter("global_pruning", inspect.Parameter.KEYWORD_ONLY, default=False),
+    ]
+    return inspect.Signature(params + ours + var_kw)
+
+
+class SparseMixin:
+    """Mixin that gives a Keras layer masked (and transformable) weights.
+
+    Subclass it *before* the Keras parent and declare which weights are
+    masked and their layout::
+
+        class SparseDense(ks.layers.SparseMixin, keras.layers.Dense):
+            sparse_weight_layouts = {"kernel": ks.patterns.Layout((-2,), (-1,))}
+
+    For each declared name the mixin installs a property returning the
+    effective weight; the latent variable lives in ``_<name>`` (where Keras
+    ``Dense``/``Conv`` already keep it) and the mask in ``<name>_mask``. A
+    user's own layer opts in the same way, provided its ``call`` reads the
+    weight through ``self.<name>``.
+
+    Args (added to the Keras parent's):
+        schedule: a :mod:`keras_sparse.schedules` schedule, a float (constant
+            sparsity) or ``None`` (mask stays as it is).
+        pattern: a :mod:`keras_sparse.patterns` pattern or alias.
+        scorer: a :mod:`keras_sparse.scorers` scorer or alias.
+        global_pruning: rank this layer's weights together with every other
+            layer that has ``global_pruning=True`` (one threshold).
+    """
+
+    #: dict weight name -> Layout; set by each concrete layer.
+    sparse_weight_layouts = {}
+    _raw_getters = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        parent = _keras_parent(cls)
+        cls._keras_parent = parent
+        for name in cls.sparse_weight_layouts:
+            existing = getattr(cls, name, None)
+            if isinstance(existing, property) and getattr(existing.fget, "_keras_sparse", False):
+                continue
+            cls._raw_getters = dict(getattr(cls, "_raw_getters", {}))
+            cls._raw_getters[name] = existing.fget if isinstance(existing, property) else None
+            setattr(cls, name, _weight_property(name))
+        if parent is not keras.layers.Layer:
+            cls.__signature__ = _merged_signature(parent)
+        call_params = inspect.signature(parent.call).parameters
+        cls._parent_call_has_training = "training" in call_params
+
+    def __init__(
+        self,
+        *args,
+        schedule=None,
+        pattern="unstructured",
+        scorer="magnitude",
+        global_pruning=False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self._pruning_callback_attached = False
+        self._warned_missing_callback = False
+        self._mask_sparsity_cache = {}
+        self.configure_pruning(schedule, pattern, scorer, global_pruning)
+
+    # ------------------------------------------------------------------ config
+    def configure_pruning(self, schedule=None, pattern="unstructured",
+                          scorer="magnitude", global_pruning=False):
+        """Set (or replace) this layer's schedule, pattern and scorer.
+
+        Everything is validated before anything is changed.
+        """
+        schedule = schedules_lib.get(schedule)
+        pattern = patterns_lib.get(pattern)
+        scorer = scorers_lib.get(scorer)
+        if global_pruning and not pattern.supports_global:
+            raise ValueError(
+                "Global pruning only supports the unstructured pattern. "
+                f"Received: pattern={pattern!r}"
+            )
+        if self.built:
+            for name in self.sparse_weight_layouts:
+                pattern.check_weight(
+                    tuple(self.latent_weight(name).shape), self.weight_layout(name)
+                )
+        self.schedule = schedule
+        self.pattern = pattern
+        self.scorer = scorer
+        self.global_pruning = bool(global_pruning)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "schedule": schedules_lib.serialize(self.schedule),
+                "pattern": patterns_lib.serialize(self.pattern),
+                "scorer": scorers_lib.serialize(self.scorer),
+                "global_pruning": self.global_pruning,
+            }
+        )
+        return config
+
+    # ------------------------------------------------------------------- state
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        for name in self.sparse_weight_layouts:
+            self.pattern.check_weight(
+                tuple(self.latent_weight(name).shape), self.weight_layout(name)
+            )
+        self._add_masks()
+
+    def _add_masks(self):
+        # Dense.build() may lock the layer when LoRA is enabled; the masks are
+        # part of the layer's state, so unlock just to add them.
+        tracker = getattr(self, "_tracker", None)
+        was_locked = bool(tracker is not None and tracker.locked)
+        if was_locked:
+            tracker.unlock()
+        try:
+            for name in self.sparse_weight_layouts:
+                if getattr(self, name + "_mask", None) is not None:
+                    continue
+                latent = self.latent_weight(name)
+                mask = self.add_weight(
+                    name=name + "_mask",
+                    shape=tuple(latent.shape),
+                    initializer="ones",
+                    trainable=False,
+                    dtype="bool",
+                    autocast=False,
+                )
+                setattr(self, name + "_mask", mask)
+        finally:
+            if was_locked:
+                tracker.lock()
+
+    # Keras' Dense/Conv save the *effective* kernel and check variable counts;
+    # the generic Layer methods save every own variable: latent + mask.
+    save_own_variables = keras.layers.Layer.save_own_variables
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+        self._mask_sparsity_cache = {}
+
+    # ---------------------------------------------------------------- weights
+    @property
+    def sparse_weight_names(self):
+        """Names of the masked weights, e.g. ``("kernel",)``."""
+        return tuple(self.sparse_weight_layouts)
+
+    def weight_layout(self, name):
+        """The :class:`Layout` of weight ``name``."""
+        return self.sparse_weight_layouts[name]
+
+    def latent_weight(self, name):
+        """The trained float variable behind weight ``name``."""
+        return getattr(self, "_" + name)
+
+    def get_mask(self, name):
+        """The boolean mask variable of weight ``name``."""
+        return getattr(self, name + "_mask")
+
+    def transform_weight(self, name, value):
+        """Hook applied to the latent weight before masking (identity)."""
+        return value
+
+    def effective_weight(self, name):
+        """``mask * transform_weight(latent)`` as a tensor."""
+        getter = self._raw_getters.get(name)
+        raw = getter(self) if getter is not None else self.latent_weight(name)
+        value = ops.convert_to_tensor(self.transform_weight(name, raw))
+        mask = getattr(self, name + "_mask", None)
+        if mask is None:
+            return value
+        return ops.multiply(value, ops.cast(mask, value.dtype))
+
+    def masked_latent(self, name):
+        """``mask * latent`` (no transform): what magnitude scores are taken on."""
+        latent = ops.convert_to_tensor(self.latent_weight(name))
+        return ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype))
+
+    def set_mask(self, name, mask):
+        """Assign a boolean mask to weight ``name`` and zero the latent weight
+        at removed positions (so stored weights, ``strip`` and reports agree)."""
+        mask_var = self.get_mask(name)
+        mask = ops.cast(ops.convert_to_tensor(mask), "bool")
+        if tuple(mask.shape) != tuple(mask_var.shape):
+            raise ValueError(
+                f"Mask shape {tuple(mask.shape)} does not match weight "
+                f"{name!r} of shape {tuple(mask_var.shape)}. Received: mask"
+            )
+        mask_var.assign(mask)
+        latent = self.latent_weight(name)
+        latent.assign(ops.multiply(latent, ops.cast(mask, latent.dtype)))
+        self._mask_sparsity_cache[name] = mask_sparsity(mask)
+
+    def score_weight(self, name, gradient=None):
+        """Importance of each entry of weight ``name`` under this layer's scorer."""
+        return self.scorer.score(self.masked_latent(name), gradient)
+
+    def compute_mask_for(self, name, sparsity, scores=None):
+        """The mask this layer's pattern gives for ``sparsity``."""
+        check_sparsity(sparsity)
+        if scores is None:
+            scores = self.score_weight(name)
+        return self.pattern.mask(scores, sparsity, self.weight_layout(name))
+
+    def prune_to(self, sparsity):
+        """Recompute every mask at ``sparsity`` with this layer's scorer and
+        pattern, and apply it."""
+        for name in self.sparse_weight_names:
+            self.set_mask(name, self.compute_mask_for(name, sparsity))
+
+    def weight_sparsity(self, name):
+        """Fraction of removed entries of weight ``name`` (Python float)."""
+        if name not in self._mask_sparsity_cache:
+            self._mask_sparsity_cache[name] = mask_sparsity(self.get_mask(name))
+        return self._mask_sparsity_cache[name]
+
+    @property
+    def sparsity(self):
+        """Fraction of removed entries over all masked weights of the layer."""
+        total = removed = 0
+        for name in self.sparse_weight_names:
+            size = int(ops.size(self.get_mask(name)))
+            total += size
+            removed += self.weight_sparsity(name) * size
+        return removed / total if total else 0.0
+
+    # -------------------------------------------------------------------- call
+    def call(self, inputs, training=None, **kwargs):
+        if (
+            training
+            and self.schedule is not None
+            and not self._pruning_callback_attached
+            and not self._warned_missing_callback
+        ):
+            self._warned_missing_callback = True
+            warnings.warn(_MISSING_CALLBACK, stacklevel=2)
+        if self._parent_call_has_training:
+            kwargs["training"] = training
+        return super().call(inputs, **kwargs)
+
+    # ----------------------------------------------------------- conversion
+    def _adopt(self, schedule, pattern, scorer, global_pruning):
+        """Finish an in-place class swap of an existing Keras layer.
+
+        Moves plain-attribute weights to their latent slot, refreshes the
+        call signature Keras cached, and adds masks if the layer is built.
+        """
+        for name in self.sparse_weight_layouts:
+            if name in self.__dict__:
+                object.__setattr__(self, "_" + name, self.__dict__.pop(name))
+        self._pruning_callback_attached = False
+        self._warned_missing_callback = False
+        self._mask_sparsity_cache = {}
+        self._call_signature = inspect.signature(self.call)
+        self.call_signature_parameters = list(self._call_signature.parameters)
+        self._call_has_training_arg = True
+        if hasattr(self, "_call_has_context_arg"):
+            self._call_has_context_arg = dict(self._call_has_context_arg, training=True)
+        self.configure_pruning(schedule, pattern, scorer, global_pruning)
+        if self.built:
+            self._add_masks()

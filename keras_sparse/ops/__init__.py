@@ -1,0 +1,23 @@
+"""Floor 1: pure tensor math (``keras.ops`` only, no variables, no layers)."""
+
+from keras_sparse.ops.formulas import erk_densities
+from keras_sparse.ops.formulas import polynomial_sparsity
+from keras_sparse.ops.masks import block_mask
+from keras_sparse.ops.masks import channel_mask
+from keras_sparse.ops.masks import check_sparsity
+from keras_sparse.ops.masks import global_topk_masks
+from keras_sparse.ops.masks import mask_sparsity
+from keras_sparse.ops.masks import nm_mask
+from keras_sparse.ops.masks import topk_mask
+
+__all__ = [
+    "block_mask",
+    "channel_mask",
+    "check_sparsity",
+    "erk_densities",
+    "global_topk_masks",
+    "mask_sparsity",
+    "nm_mask",
+    "polynomial_sparsity",
+    "topk_mask",
+]

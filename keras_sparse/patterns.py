@@ -1,0 +1,186 @@
+"""Sparsity patterns: *which shape* the kept weights form.
+
+A pattern turns per-weight scores and a sparsity into a boolean mask, using
+the weight's layout (which axes are inputs and which are output units).
+"""
+
+import collections
+
+from keras_sparse import config as config_lib
+from keras_sparse.ops import masks as mask_ops
+
+_REGISTRY = {}
+
+__all__ = ["Layout", "Pattern", "Unstructured", "NByM", "Block", "Channel", "get"]
+
+Layout = collections.namedtuple("Layout", ["input_axes", "output_axes"])
+Layout.__doc__ = """Axes of a weight tensor: ``input_axes`` are the axes that
+are contracted with the layer input (``(-2,)`` for a Dense kernel), and
+``output_axes`` index output units (``(-1,)`` for a Dense kernel). Either may
+be empty when the notion does not apply."""
+
+
+class Pattern(config_lib.ConfigObject):
+    """Base class. Subclasses implement :meth:`mask`."""
+
+    #: Whether layers with this pattern may share one global threshold.
+    supports_global = False
+
+    def mask(self, scores, sparsity, layout):
+        """Boolean keep-mask for ``scores`` at ``sparsity``."""
+        raise NotImplementedError
+
+    def check_weight(self, shape, layout):
+        """Raise ``ValueError`` if this pattern cannot apply to ``shape``."""
+
+    def effective_sparsity(self, sparsity):
+        """The sparsity the mask will really have for a requested one."""
+        return sparsity
+
+
+@config_lib.register(_REGISTRY, "unstructured")
+class Unstructured(Pattern):
+    """Any individual weight may be removed (top-k of the scores).
+
+    Example:
+    >>> ks.patterns.get("unstructured")
+    Unstructured()
+    """
+
+    supports_global = True
+
+    def mask(self, scores, sparsity, layout):
+        return mask_ops.topk_mask(scores, sparsity)
+
+
+@config_lib.register(_REGISTRY, "n_by_m")
+class NByM(Pattern):
+    """N:M sparsity: ``n`` weights kept in each group of ``m`` consecutive
+    weights along the input axis (``"2:4"`` is the sparse-tensor-core format).
+
+    The sparsity is fixed at ``1 - n/m``; the schedule only decides when the
+    pattern is applied (at the first update with a non-zero sparsity).
+
+    Args:
+        n: weights kept per group.
+        m: group size; must divide the kernel's input dimension.
+
+    Example:
+    >>> ks.patterns.get("2:4")
+    NByM(n=2, m=4)
+    """
+
+    def __init__(self, n=2, m=4):
+        mask_ops.check_nm(n, m)
+        self.n = n
+        self.m = m
+
+    def check_weight(self, shape, layout):
+        if not layout.input_axes:
+            raise ValueError(
+                f"N:M sparsity needs an input axis; this weight of shape "
+                f"{tuple(shape)} has none. Received: pattern={self!r}"
+            )
+        axis = layout.input_axes[-1]
+        if shape[axis] % self.m:
+            raise ValueError(
+                f"N:M groups of m={self.m} must divide the input dimension "
+                f"{shape[axis]} of a weight of shape {tuple(shape)}. "
+                f"Received: pattern={self!r}"
+            )
+
+    def mask(self, scores, sparsity, layout):
+        if sparsity <= 0.0:
+            return mask_ops.topk_mask(scores, 0.0)
+        return mask_ops.nm_mask(scores, self.n, self.m, axis=layout.input_axes[-1])
+
+    def effective_sparsity(self, sparsity):
+        return 1.0 - self.n / self.m if sparsity > 0 else 0.0
+
+    def get_config(self):
+        return {"n": self.n, "m": self.m}
+
+
+@config_lib.register(_REGISTRY, "block")
+class Block(Pattern):
+    """Whole blocks of ``block_shape`` kept or removed.
+
+    ``block_shape`` is left-padded with ones to the kernel's rank, so
+    ``Block((4, 1))`` on a Dense kernel removes runs of 4 input features for
+    one unit, and on a Conv2D kernel acts on the last two axes.
+
+    Args:
+        block_shape: tuple of positive ints dividing the kernel shape.
+
+    Example:
+    >>> ks.patterns.Block((4, 4))
+    Block(block_shape=(4, 4))
+    """
+
+    def __init__(self, block_shape=(1, 1)):
+        block_shape = tuple(block_shape)
+        if not block_shape or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block_shape
+        ):
+            raise ValueError(
+                "`block_shape` must be a non-empty tuple of positive integers. "
+                f"Received: block_shape={block_shape!r}"
+            )
+        self.block_shape = block_shape
+
+    def check_weight(self, shape, layout):
+        mask_ops.full_block_shape(self.block_shape, shape)
+
+    def mask(self, scores, sparsity, layout):
+        return mask_ops.block_mask(scores, self.block_shape, sparsity)
+
+    def get_config(self):
+        return {"block_shape": list(self.block_shape)}
+
+
+@config_lib.register(_REGISTRY, "channel", "neuron", "filter")
+class Channel(Pattern):
+    """Whole output units removed: neurons of a Dense layer, filters of a
+    convolution, rows of an embedding's output dimension.
+
+    A unit's score is the sum of its weights' scores (the L1 norm with the
+    magnitude scorer, Li et al. 2017).
+
+    Example:
+    >>> ks.patterns.get("channel")
+    Channel()
+    """
+
+    def check_weight(self, shape, layout):
+        if not layout.output_axes:
+            raise ValueError(
+                f"Channel pruning needs an output axis; this weight of shape "
+                f"{tuple(shape)} has none. Received: pattern={self!r}"
+            )
+
+    def mask(self, scores, sparsity, layout):
+        return mask_ops.channel_mask(scores, sparsity, axes=layout.output_axes)
+
+
+def _parse(text):
+    if ":" in text:
+        left, _, right = text.partition(":")
+        if left.strip().isdigit() and right.strip().isdigit():
+            return NByM(int(left), int(right))
+    return None
+
+
+def get(identifier):
+    """Resolve a pattern from an instance, an alias (``"unstructured"``,
+    ``"channel"``), ``"N:M"`` (e.g. ``"2:4"``) or a config dict."""
+    if identifier is None:
+        identifier = "unstructured"
+    if isinstance(identifier, str) and identifier.strip().lower() == "block":
+        raise ValueError(
+            "The block pattern needs a shape: use ks.patterns.Block((4, 4)). "
+            f"Received: pattern={identifier!r}"
+        )
+    return config_lib.lookup(identifier, Pattern, _REGISTRY, "pattern", _parse)
+
+
+serialize = config_lib.serialize

@@ -1,0 +1,290 @@
+"""Pruning schedules: *when* masks are updated and to *what* sparsity.
+
+A schedule is a pure function of the training step (``optimizer.iterations``)::
+
+    should_update, sparsity = schedule(step)
+
+Schedules from ``tensorflow_model_optimization`` (``ConstantSparsity``,
+``PolynomialDecay``) are accepted anywhere a schedule is expected and are
+converted to their keras_sparse equivalent by :func:`get`.
+"""
+
+import copy
+
+from keras_sparse import config as config_lib
+from keras_sparse.ops.formulas import polynomial_sparsity
+from keras_sparse.ops.masks import check_sparsity
+
+_REGISTRY = {}
+
+__all__ = [
+    "PruningSchedule",
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "OneShot",
+    "get",
+    "serialize",
+]
+
+
+def _check_step(value, name, allow_negative_one=False):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}")
+    if value < 0 and not (allow_negative_one and value == -1):
+        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+    return value
+
+
+def _check_frequency(frequency):
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise ValueError(
+            f"`frequency` must be a positive integer. Received: frequency={frequency!r}"
+        )
+    return frequency
+
+
+class PruningSchedule(config_lib.ConfigObject):
+    """Base class: subclasses implement ``should_update`` and ``sparsity``.
+
+    ``target_sparsity`` is the sparsity the schedule ends at; ``ks.prune``
+    uses :meth:`with_target` to give each layer its own target (ERK or a
+    per-layer dict) while keeping the timing.
+    """
+
+    target_sparsity = 0.0
+
+    def should_update(self, step):
+        """Whether masks are recomputed before training step ``step``."""
+        raise NotImplementedError
+
+    def sparsity(self, step):
+        """Sparsity the masks should have at ``step``."""
+        raise NotImplementedError
+
+    def __call__(self, step):
+        step = int(step)
+        return self.should_update(step), self.sparsity(step)
+
+    def last_update_step(self):
+        """The last step at which masks change, or ``None`` if unbounded."""
+        return None
+
+    def with_target(self, sparsity):
+        """A copy of this schedule whose final sparsity is ``sparsity``."""
+        clone = copy.copy(self)
+        clone.target_sparsity = check_sparsity(sparsity)
+        return clone
+
+
+@config_lib.register(_REGISTRY, "constant_sparsity", "constant")
+class ConstantSparsity(PruningSchedule):
+    """Prune to a fixed sparsity every ``frequency`` steps.
+
+    Updates happen at ``begin_step + k * frequency`` up to ``end_step``
+    (``-1`` = no end).
+
+    Args:
+        target_sparsity: sparsity in ``[0, 1)``.
+        begin_step: first update step.
+        end_step: last step at which updates may happen, or ``-1``.
+        frequency: steps between updates.
+
+    Example:
+    >>> ks.schedules.ConstantSparsity(0.8, begin_step=0, frequency=100)(200)
+    (True, 0.8)
+    """
+
+    def __init__(self, target_sparsity=0.0, begin_step=0, end_step=-1, frequency=100):
+        self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
+        self.begin_step = _check_step(begin_step, "begin_step")
+        self.end_step = _check_step(end_step, "end_step", allow_negative_one=True)
+        if end_step != -1 and end_step < begin_step:
+            raise ValueError(
+                "`end_step` must be >= `begin_step` or -1. "
+                f"Received: end_step={end_step}, begin_step={begin_step}"
+            )
+        self.frequency = _check_frequency(frequency)
+
+    def should_update(self, step):
+        if step < self.begin_step:
+            return False
+        if self.end_step != -1 and step > self.end_step:
+            return False
+        return (step - self.begin_step) % self.frequency == 0
+
+    def sparsity(self, step):
+        return self.target_sparsity if step >= self.begin_step else 0.0
+
+    def last_update_step(self):
+        return None if self.end_step == -1 else self.end_step
+
+    def get_config(self):
+        return {
+            "target_sparsity": self.target_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "frequency": self.frequency,
+        }
+
+
+@config_lib.register(_REGISTRY, "polynomial_decay", "gmp")
+class PolynomialDecay(PruningSchedule):
+    """Gradual magnitude pruning (GMP), Zhu & Gupta 2017.
+
+    .. math::
+        s_t = s_f + (s_i - s_f)\\left(1 - \\frac{t - t_0}{t_1 - t_0}\\right)^p
+
+    Masks are updated every ``frequency`` steps from ``begin_step`` and once
+    more exactly at ``end_step``, so the final sparsity is always reached.
+
+    Args:
+        initial_sparsity: ``s_i``, sparsity at ``begin_step``.
+        final_sparsity: ``s_f``, sparsity from ``end_step`` on.
+        begin_step: ``t_0``.
+        end_step: ``t_1`` (> ``begin_step``).
+        power: ``p`` (3 in the paper).
+        frequency: steps between mask updates.
+
+    Example:
+    >>> s = ks.schedules.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)
+    >>> s(500)
+    (True, 0.7875)
+    """
+
+    def __init__(
+        self,
+        initial_sparsity=0.0,
+        final_sparsity=0.9,
+        begin_step=0,
+        end_step=1000,
+        power=3,
+        frequency=100,
+    ):
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
+        self.target_sparsity = check_sparsity(final_sparsity, "final_sparsity")
+        self.begin_step = _check_step(begin_step, "begin_step")
+        self.end_step = _check_step(end_step, "end_step")
+        if self.end_step <= self.begin_step:
+            raise ValueError(
+                "`end_step` must be greater than `begin_step`. "
+                f"Received: end_step={end_step}, begin_step={begin_step}"
+            )
+        if not power > 0:
+            raise ValueError(f"`power` must be positive. Received: power={power!r}")
+        self.power = power
+        self.frequency = _check_frequency(frequency)
+
+    @property
+    def final_sparsity(self):
+        return self.target_sparsity
+
+    def should_update(self, step):
+        if step < self.begin_step or step > self.end_step:
+            return False
+        return step == self.end_step or (step - self.begin_step) % self.frequency == 0
+
+    def sparsity(self, step):
+        return polynomial_sparsity(
+            step,
+            self.initial_sparsity,
+            self.target_sparsity,
+            self.begin_step,
+            self.end_step,
+            self.power,
+        )
+
+    def last_update_step(self):
+        return self.end_step
+
+    def get_config(self):
+        return {
+            "initial_sparsity": self.initial_sparsity,
+            "final_sparsity": self.target_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "power": self.power,
+            "frequency": self.frequency,
+        }
+
+
+@config_lib.register(_REGISTRY, "one_shot")
+class OneShot(PruningSchedule):
+    """Prune once, at ``step``, to ``target_sparsity``; masks stay fixed after.
+
+    ``OneShot(0)`` gives a static sparse network from the first training step
+    (sparse initialization when combined with ``scorer="random"``).
+
+    Args:
+        step: the single update step.
+        target_sparsity: sparsity in ``[0, 1)`` (``ks.prune`` fills it in).
+
+    Example:
+    >>> ks.schedules.OneShot(0, 0.9)(0)
+    (True, 0.9)
+    """
+
+    def __init__(self, step=0, target_sparsity=0.0):
+        self.step = _check_step(step, "step")
+        self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
+
+    def should_update(self, step):
+        return step == self.step
+
+    def sparsity(self, step):
+        return self.target_sparsity if step >= self.step else 0.0
+
+    def last_update_step(self):
+        return self.step
+
+    def get_config(self):
+        return {"step": self.step, "target_sparsity": self.target_sparsity}
+
+
+def _from_tfmot(obj):
+    """Translate a tfmot schedule object by its config, without importing tfmot."""
+    module = type(obj).__module__ or ""
+    if not module.startswith("tensorflow_model_optimization"):
+        return None
+    name = type(obj).__name__
+    cfg = obj.get_config()
+    cfg = cfg.get("config", cfg)
+    if name == "ConstantSparsity":
+        return ConstantSparsity(
+            float(cfg["target_sparsity"]),
+            int(cfg["begin_step"]),
+            int(cfg["end_step"]),
+            int(cfg["frequency"]),
+        )
+    if name == "PolynomialDecay":
+        return PolynomialDecay(
+            float(cfg["initial_sparsity"]),
+            float(cfg["final_sparsity"]),
+            int(cfg["begin_step"]),
+            int(cfg["end_step"]),
+            cfg["power"],
+            int(cfg["frequency"]),
+        )
+    raise ValueError(
+        "Only tfmot's ConstantSparsity and PolynomialDecay schedules can be "
+        f"converted. Received: schedule={obj!r}"
+    )
+
+
+def get(identifier):
+    """Resolve a schedule.
+
+    Accepts ``None`` (no pruning: ``None`` is returned), a float (a
+    ``ConstantSparsity`` at that sparsity), an alias, a config dict, a
+    :class:`PruningSchedule`, or a tfmot schedule object.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, (int, float)) and not isinstance(identifier, bool):
+        return ConstantSparsity(check_sparsity(identifier, "schedule"))
+    converted = _from_tfmot(identifier)
+    if converted is not None:
+        return converted
+    return config_lib.lookup(identifier, PruningSchedule, _REGISTRY, "schedule")
+
+
+serialize = config_lib.serialize

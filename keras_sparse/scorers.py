@@ -1,0 +1,52 @@
+"""Scorers: *what to keep*. A scorer maps a weight to per-entry importance.
+
+Adding a pruning criterion is one class: subclass :class:`Scorer`, implement
+:meth:`Scorer.score`, and register it with an alias. Patterns, schedules and
+distributions combine with any scorer.
+"""
+
+from keras import ops
+
+from keras_sparse import config as config_lib
+
+_REGISTRY = {}
+
+__all__ = ["Scorer", "MagnitudeScorer", "get"]
+
+
+class Scorer(config_lib.ConfigObject):
+    """Base class for importance scores (higher = keep).
+
+    Attributes:
+        needs_gradient: whether :meth:`score` reads ``gradient``; the
+            callback then collects a gradient for the layer.
+    """
+
+    needs_gradient = False
+
+    def score(self, weight, gradient=None):
+        """Per-entry importance, same shape as ``weight``."""
+        raise NotImplementedError
+
+
+@config_lib.register(_REGISTRY, "magnitude")
+class MagnitudeScorer(Scorer):
+    """``|w|``: magnitude pruning (Han et al. 2015; Zhu & Gupta 2017).
+
+    Example:
+    >>> ks.scorers.get("magnitude").score(np.array([-3.0, 1.0]))
+    [3.0, 1.0]
+    """
+
+    def score(self, weight, gradient=None):
+        return ops.abs(weight)
+
+
+def get(identifier):
+    """Resolve a scorer from an instance, an alias or a config dict."""
+    if identifier is None:
+        identifier = "magnitude"
+    return config_lib.lookup(identifier, Scorer, _REGISTRY, "scorer")
+
+
+serialize = config_lib.serialize
