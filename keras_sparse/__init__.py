@@ -15,3 +15,22 @@ from keras_sparse import ops
 from keras_sparse import patterns
 from keras_sparse import schedules
 from keras_sparse import scorers
+from keras_sparse import callbacks
+from keras_sparse.convert import prune
+from keras_sparse.convert import strip
+from keras_sparse.report import Report
+from keras_sparse.report import report
+
+__all__ = [
+    "Report",
+    "callbacks",
+    "distributions",
+    "layers",
+    "ops",
+    "patterns",
+    "prune",
+    "report",
+    "schedules",
+    "scorers",
+    "strip",
+]

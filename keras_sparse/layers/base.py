@@ -43,6 +43,19 @@ def is_sparse_layer(layer):
     return isinstance(layer, SparseMixin)
 
 
+def refresh_call_signature(layer):
+    """Recompute what Keras cached about ``layer.call`` (after a class swap)."""
+    layer._call_signature = inspect.signature(layer.call)
+    layer.call_signature_parameters = list(layer._call_signature.parameters)
+    layer._call_has_training_arg = "training" in layer.call_signature_parameters
+    layer._call_has_mask_arg = "mask" in layer.call_signature_parameters
+    if hasattr(layer, "_call_has_context_arg"):
+        layer._call_has_context_arg = {
+            arg: arg in layer.call_signature_parameters
+            for arg in layer._call_has_context_arg
+        }
+
+
 def _weight_property(name):
     latent_attr = "_" + name
 
@@ -299,6 +312,32 @@ class SparseMixin:
             removed += self.weight_sparsity(name) * size
         return removed / total if total else 0.0
 
+    def stripped_weights(self):
+        """The weights of the plain Keras parent layer, in its order: the
+        effective value for every masked weight, the variable's value for the
+        rest (bias, ...)."""
+        effective = {
+            id(self.latent_weight(name)): name for name in self.sparse_weight_names
+        }
+        masks = {id(self.get_mask(name)) for name in self.sparse_weight_names}
+        values = []
+        for variable in self.weights:
+            if id(variable) in masks:
+                continue
+            if id(variable) in effective:
+                value = self.effective_weight(effective[id(variable)])
+                values.append(ops.convert_to_numpy(ops.cast(value, variable.dtype)))
+            else:
+                values.append(ops.convert_to_numpy(variable))
+        return values
+
+    def plain_config(self):
+        """The config of the Keras parent layer (our arguments removed)."""
+        config = self.get_config()
+        for key in SPARSE_ARGUMENTS:
+            config.pop(key, None)
+        return config
+
     # -------------------------------------------------------------------- call
     def call(self, inputs, training=None, **kwargs):
         if (
@@ -326,11 +365,7 @@ class SparseMixin:
         self._pruning_callback_attached = False
         self._warned_missing_callback = False
         self._mask_sparsity_cache = {}
-        self._call_signature = inspect.signature(self.call)
-        self.call_signature_parameters = list(self._call_signature.parameters)
-        self._call_has_training_arg = True
-        if hasattr(self, "_call_has_context_arg"):
-            self._call_has_context_arg = dict(self._call_has_context_arg, training=True)
+        refresh_call_signature(self)
         self.configure_pruning(schedule, pattern, scorer, global_pruning)
         if self.built:
             self._add_masks()

@@ -1,0 +1,351 @@
+"""Floor 4: convert whole models to the sparse family and back.
+
+Sequential and functional models (also nested) are cloned with
+``keras.models.clone_model`` and their weights copied layer by layer; the
+input model is left untouched. Subclassed models cannot be cloned, so their
+layers are converted in place (class swap plus new mask variables) and the
+model's cached train/test/predict functions are reset so the next ``fit``
+traces the masked forward pass.
+"""
+
+import re
+import warnings
+
+import keras
+import numpy as np
+
+from keras_sparse import distributions as distributions_lib
+from keras_sparse import patterns as patterns_lib
+from keras_sparse import schedules as schedules_lib
+from keras_sparse import scorers as scorers_lib
+from keras_sparse.layers.base import SparseMixin
+from keras_sparse.layers.base import refresh_call_signature
+from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.ops.masks import check_sparsity
+from keras_sparse.utils import is_container
+from keras_sparse.utils import walk_layers
+
+__all__ = ["prune", "strip", "select_layers", "is_graph_model"]
+
+
+def is_graph_model(model):
+    """Whether ``model`` is a Sequential or plain functional model (cloneable)."""
+    return type(model) is keras.Sequential or type(model).__name__ == "Functional"
+
+
+def _leaf_layers(model):
+    return [layer for layer in walk_layers(model) if not is_container(layer)]
+
+
+def select_layers(model, layers):
+    """Resolve a layer selector against ``model``'s (nested) layers.
+
+    Args:
+        layers: ``None`` (all), a name or regular expression (full match), a
+            list of names, a dict whose keys are names, or a callable
+            ``layer -> bool``.
+
+    Returns:
+        The selected layers, in model order.
+
+    Raises:
+        ValueError: if a name matches no layer.
+    """
+    candidates = _leaf_layers(model)
+    names = [layer.name for layer in candidates]
+    if layers is None:
+        return candidates
+    if callable(layers) and not isinstance(layers, (str, dict)):
+        return [layer for layer in candidates if layers(layer)]
+    if isinstance(layers, str):
+        if layers in names:
+            return [layer for layer in candidates if layer.name == layers]
+        try:
+            pattern = re.compile(layers)
+        except re.error:
+            pattern = None
+        chosen = [
+            layer for layer in candidates if pattern and pattern.fullmatch(layer.name)
+        ]
+        if not chosen:
+            raise ValueError(
+                f"`layers` matches no layer of the model (layers: {names}). "
+                f"Received: layers={layers!r}"
+            )
+        return chosen
+    if isinstance(layers, (list, tuple, set, dict)):
+        wanted = list(layers)
+        missing = [n for n in wanted if n not in names]
+        if missing or not all(isinstance(n, str) for n in wanted):
+            raise ValueError(
+                f"`layers` names layers the model does not have: {missing} "
+                f"(layers: {names}). Received: layers={layers!r}"
+            )
+        return [layer for layer in candidates if layer.name in set(wanted)]
+    raise ValueError(
+        "`layers` must be None, a name, a regular expression, a list of names, "
+        f"a dict or a callable. Received: layers={layers!r}"
+    )
+
+
+def _supports(layer):
+    return isinstance(layer, SparseMixin) or type(layer) in SPARSE_CLASS_FOR
+
+
+def _has_kernel_like_weights(layer):
+    return any(len(w.shape) >= 2 for w in layer.weights)
+
+
+def _weight_shapes(layer):
+    if not layer.built:
+        return []
+    if isinstance(layer, SparseMixin):
+        return [tuple(layer.latent_weight(n).shape) for n in layer.sparse_weight_names]
+    cls = SPARSE_CLASS_FOR[type(layer)]
+    return [tuple(getattr(layer, name).shape) for name in cls.sparse_weight_layouts]
+
+
+def _layouts(layer):
+    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    if cls is SPARSE_CLASS_FOR.get(keras.layers.EinsumDense):
+        return [cls.weight_layout(layer, "kernel")]
+    return list(cls.sparse_weight_layouts.values())
+
+
+def _warn_or_raise_unsupported(unsupported, strict):
+    if not unsupported:
+        return
+    names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
+    if strict:
+        raise ValueError(
+            f"These layers have no sparse counterpart: {names}. Pass strict=False "
+            f"to skip them. Received: strict={strict}"
+        )
+    warnings.warn(f"keras_sparse skipped layers it cannot make sparse: {names}.", stacklevel=3)
+
+
+def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict):
+    """Validate every argument and decide each layer's settings, touching nothing."""
+    if sparsity is not None:
+        sparsity = check_sparsity(sparsity)
+    schedule = schedules_lib.get(schedule)
+    pattern = patterns_lib.get(pattern)
+    scorer = scorers_lib.get(scorer)
+    if isinstance(layers, dict):
+        distribution = layers
+    distribution = distributions_lib.get(distribution)
+    if not isinstance(strict, bool):
+        raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
+    if distribution.is_global and not pattern.supports_global:
+        raise ValueError(
+            "distribution='global' needs the unstructured pattern. "
+            f"Received: pattern={pattern!r}"
+        )
+    if sparsity is None:
+        if schedule is not None:
+            sparsity = schedule.target_sparsity
+        elif not isinstance(distribution, distributions_lib.PerLayer):
+            raise ValueError(
+                "Give a target `sparsity` or a `schedule`. Received: sparsity=None"
+            )
+        else:
+            sparsity = 0.0
+    selected = select_layers(model, layers)
+    convertible = [layer for layer in selected if _supports(layer)]
+    unsupported = [
+        layer for layer in selected
+        if not _supports(layer) and _has_kernel_like_weights(layer)
+    ]
+    _warn_or_raise_unsupported(unsupported, strict)
+    shapes = {layer.name: _weight_shapes(layer) for layer in convertible}
+    if type(distribution) not in (distributions_lib.Uniform, distributions_lib.PerLayer):
+        unbuilt = [name for name, s in shapes.items() if not s]
+        if unbuilt:
+            raise ValueError(
+                f"distribution={distribution!r} needs built layers; build the model "
+                f"first (unbuilt: {unbuilt})."
+            )
+    per_layer = distribution.layer_sparsities(shapes, sparsity)
+    base = schedule if schedule is not None else schedules_lib.ConstantSparsity(sparsity)
+    plan = {}
+    for layer in convertible:
+        if layer.name not in per_layer:
+            continue
+        for shape, layout in zip(shapes[layer.name], _layouts(layer)):
+            pattern.check_weight(shape, layout)
+        plan[id(layer)] = dict(
+            schedule=base.with_target(per_layer[layer.name]),
+            pattern=pattern,
+            scorer=scorer,
+            global_pruning=distribution.is_global,
+        )
+    return plan
+
+
+def _copy_weights(source, target, skip_masks):
+    skip = set()
+    if skip_masks and isinstance(target, SparseMixin):
+        skip = {id(target.get_mask(n)) for n in target.sparse_weight_names}
+    targets = [v for v in target.weights if id(v) not in skip]
+    sources = source.weights
+    if len(sources) != len(targets):
+        raise RuntimeError(
+            f"Cannot copy weights of layer {source.name!r}: {len(sources)} source "
+            f"variables for {len(targets)} target variables."
+        )
+    for src, dst in zip(sources, targets):
+        dst.assign(src)
+
+
+def _sparse_from(layer, settings):
+    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
+    config.update(settings)
+    return cls.from_config(config)
+
+
+def _clone(model, make_layer, copy):
+    pairs = []
+
+    def clone_function(layer):
+        new = make_layer(layer)
+        pairs.append((layer, new))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for old, new in pairs:
+        if old.built:
+            copy(old, new)
+    return clone
+
+
+def _reset_compiled_functions(model):
+    for attr in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+
+
+def prune(
+    model,
+    sparsity=None,
+    *,
+    schedule=None,
+    pattern="unstructured",
+    scorer="magnitude",
+    distribution="uniform",
+    layers=None,
+    strict=False,
+):
+    """Make the supported layers of ``model`` sparse.
+
+    Args:
+        model: a Sequential, functional (possibly nested) or subclassed model.
+        sparsity: the target sparsity in ``[0, 1)``; ``None`` takes the
+            schedule's target.
+        schedule: when to update masks (default: ``ConstantSparsity`` at the
+            target, every 100 steps from step 0). Its timing is kept and its
+            target replaced by each layer's share from ``distribution``.
+            tfmot schedules are accepted.
+        pattern: ``"unstructured"``, ``"2:4"`` (any ``"N:M"``), ``"channel"``,
+            ``ks.patterns.Block(shape)`` ...
+        scorer: what to keep (``"magnitude"``).
+        distribution: ``"uniform"``, ``"global"``, ``"erk"``, or a dict
+            ``layer name -> sparsity`` (unlisted layers stay dense).
+        layers: which layers to prune: a name, a regular expression, a list
+            of names, a dict ``name -> sparsity`` or a callable.
+        strict: raise instead of warning when a selected layer with a kernel
+            has no sparse counterpart.
+
+    Returns:
+        For Sequential/functional models a new (uncompiled) model with the
+        same weights; a subclassed model is converted in place and returned
+        (compile it again before ``fit``). Already-sparse layers are
+        re-configured, never masked twice.
+
+    Raises:
+        ValueError: for an invalid argument; the model is left untouched.
+
+    Example:
+    >>> model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(
+    ...     0.0, 0.9, begin_step=0, end_step=2000))
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> model.fit(x, y, callbacks=[ks.callbacks.Pruning()])
+    """
+    plan = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict)
+
+    if is_graph_model(model):
+
+        def make_layer(layer):
+            if id(layer) in plan:
+                return _sparse_from(layer, plan[id(layer)])
+            return layer.__class__.from_config(layer.get_config())
+
+        def copy(old, new):
+            _copy_weights(old, new, skip_masks=not isinstance(old, SparseMixin))
+
+        return _clone(model, make_layer, copy)
+
+    for layer in _leaf_layers(model):
+        settings = plan.get(id(layer))
+        if settings is None:
+            continue
+        if isinstance(layer, SparseMixin):
+            layer.configure_pruning(**settings)
+        else:
+            layer.__class__ = SPARSE_CLASS_FOR[type(layer)]
+            layer._adopt(**settings)
+    _reset_compiled_functions(model)
+    return model
+
+
+def strip(model):
+    """Replace every sparse layer by its plain Keras parent holding the
+    effective weights (pruned entries stay exact zeros).
+
+    The result loads with plain ``keras.saving.load_model``, with no
+    keras_sparse object in its config. Sequential and functional models are
+    cloned (the input is untouched); subclassed models are stripped in place.
+
+    Example:
+    >>> plain = ks.strip(model)
+    >>> plain.save("model.keras")
+    """
+    if is_graph_model(model):
+
+        def make_layer(layer):
+            if isinstance(layer, SparseMixin):
+                return layer._keras_parent.from_config(layer.plain_config())
+            return layer.__class__.from_config(layer.get_config())
+
+        def copy(old, new):
+            if isinstance(old, SparseMixin):
+                new.set_weights(old.stripped_weights())
+            else:
+                _copy_weights(old, new, skip_masks=False)
+
+        return _clone(model, make_layer, copy)
+
+    for layer in _leaf_layers(model):
+        if isinstance(layer, SparseMixin):
+            _strip_in_place(layer)
+    _reset_compiled_functions(model)
+    return model
+
+
+def _strip_in_place(layer):
+    values = layer.stripped_weights() if layer.built else None
+    parent = layer._keras_parent
+    masks = [layer.get_mask(n) for n in layer.sparse_weight_names] if layer.built else []
+    latents = {n: layer.latent_weight(n) for n in layer.sparse_weight_names} if layer.built else {}
+    for mask in masks:
+        layer._untrack_variable(mask)
+    for name in layer.sparse_weight_names:
+        layer.__dict__.pop(name + "_mask", None)
+    layer.__class__ = parent
+    refresh_call_signature(layer)
+    for name, variable in latents.items():
+        if not isinstance(getattr(parent, name, None), property):
+            object.__setattr__(layer, name, variable)
+    if values is not None:
+        for variable, value in zip(layer.weights, values):
+            variable.assign(np.asarray(value))

@@ -1,0 +1,247 @@
+"""``ks.report``: what a model really costs, per layer, dense vs effective.
+
+A mask alone saves nothing at run time (dense kernels still multiply zeros).
+The report therefore shows both columns: dense parameters, bytes and FLOPs,
+and what a compressed export (sparse index + values) and a sparse kernel
+would need. FLOPs count one multiply-accumulate as 2 FLOPs, per example.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sparse.layers.base import SparseMixin
+from keras_sparse.patterns import Block
+from keras_sparse.patterns import Channel
+from keras_sparse.patterns import NByM
+from keras_sparse.utils import is_container
+from keras_sparse.utils import walk_layers
+
+__all__ = ["report", "Report", "layer_macs"]
+
+_COLUMNS = (
+    ("layer", "layer"),
+    ("type", "type"),
+    ("params", "params"),
+    ("nonzeros", "nonzero"),
+    ("sparsity", "sparsity"),
+    ("pattern", "pattern"),
+    ("dense_bytes", "dense B"),
+    ("compressed_bytes", "compressed B"),
+    ("dense_flops", "dense FLOPs"),
+    ("effective_flops", "eff. FLOPs"),
+)
+
+
+def _input_shape(layer):
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        shape = next(iter(shapes.values()))
+        if isinstance(shape, (tuple, list)) and all(
+            d is None or isinstance(d, int) for d in shape
+        ):
+            return tuple(shape)
+    return None
+
+
+def _positions(shape):
+    """Product of the non-batch, non-channel dims of a channels-last shape."""
+    if shape is None:
+        return None
+    dims = [d for d in shape[1:-1]]
+    if any(d is None for d in dims):
+        return None
+    return int(math.prod(dims)) if dims else 1
+
+
+def layer_macs(layer, weight_name, weight_size):
+    """Multiply-accumulates per example that weight ``weight_name`` (with
+    ``weight_size`` entries taking part) costs in ``layer``, or ``None``
+    when the layer's input shape is unknown."""
+    in_shape = _input_shape(layer)
+    if in_shape is None or isinstance(layer, keras.layers.Embedding):
+        return 0 if isinstance(layer, keras.layers.Embedding) else None
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    if channels_first:
+        in_shape = (in_shape[0],) + tuple(in_shape[2:]) + (in_shape[1],)
+    if isinstance(layer, keras.layers.EinsumDense):
+        out = layer.compute_output_shape(_input_shape(layer))
+        out_units = math.prod(d for d in out[1:] if d is not None)
+        kernel_out = math.prod(
+            layer.kernel.shape[i]
+            for i in (layer.weight_layout("kernel").output_axes
+                      if isinstance(layer, SparseMixin) else ())
+        ) or out[-1]
+        return weight_size * max(1, out_units // max(1, kernel_out))
+    transpose_types = tuple(
+        getattr(keras.layers, n) for n in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+    )
+    if isinstance(layer, transpose_types):
+        return weight_size * (_positions(in_shape) or 0)
+    if len(in_shape) <= 2 or isinstance(layer, keras.layers.Dense):
+        return weight_size * (_positions(in_shape) or 1)
+    out_shape = tuple(layer.compute_output_shape(_input_shape(layer)))
+    if channels_first:
+        out_shape = (out_shape[0],) + tuple(out_shape[2:]) + (out_shape[1],)
+    return weight_size * (_positions(out_shape) or 0)
+
+
+def _compressed_bytes(size, kept, value_bytes, pattern, unit_count):
+    values = kept * value_bytes
+    if kept == size:
+        return size * value_bytes
+    if isinstance(pattern, NByM):
+        index = math.ceil(kept * math.ceil(math.log2(pattern.m)) / 8)
+    elif isinstance(pattern, (Channel, Block)):
+        index = math.ceil(unit_count / 8)
+    else:
+        coordinate = max(1, math.ceil(math.log2(max(size, 2)) / 8))
+        index = min(math.ceil(size / 8), kept * coordinate)
+    return values + index
+
+
+def _unit_count(layer, name, pattern, shape):
+    if isinstance(pattern, Channel):
+        layout = layer.weight_layout(name)
+        return math.prod(shape[a] for a in layout.output_axes)
+    if isinstance(pattern, Block):
+        block = (1,) * (len(shape) - len(pattern.block_shape)) + tuple(pattern.block_shape)
+        return math.prod(d // b for d, b in zip(shape, block))
+    return 0
+
+
+def _layer_row(layer):
+    sparse = isinstance(layer, SparseMixin)
+    masks = {id(layer.get_mask(n)) for n in layer.sparse_weight_names} if sparse else set()
+    latents = {id(layer.latent_weight(n)): n for n in layer.sparse_weight_names} if sparse else {}
+    row = dict(layer=layer.name, type=type(layer).__name__, params=0, nonzeros=0,
+               pattern=type(layer.pattern).__name__ if sparse else "-",
+               dense_bytes=0, compressed_bytes=0, dense_flops=0, effective_flops=0)
+    flops_known = True
+    kernel_names = _kernel_names(layer)
+    for variable in layer.weights:
+        if id(variable) in masks:
+            continue
+        size = int(math.prod(variable.shape))
+        value_bytes = np.dtype(variable.dtype).itemsize if variable.dtype != "bfloat16" else 2
+        row["params"] += size
+        row["dense_bytes"] += size * value_bytes
+        name = latents.get(id(variable))
+        if name is not None:
+            value = ops.convert_to_numpy(layer.effective_weight(name))
+            kept = int(np.count_nonzero(value))
+            unit_count = _unit_count(layer, name, layer.pattern, tuple(variable.shape))
+            row["compressed_bytes"] += _compressed_bytes(
+                size, kept, value_bytes, layer.pattern, unit_count)
+        else:
+            kept = int(np.count_nonzero(ops.convert_to_numpy(variable)))
+            row["compressed_bytes"] += size * value_bytes
+            name = kernel_names.get(id(variable))
+        row["nonzeros"] += kept
+        if name is not None:
+            dense = layer_macs(layer, name, size)
+            eff = layer_macs(layer, name, kept)
+            if dense is None:
+                flops_known = False
+            else:
+                row["dense_flops"] += 2 * dense
+                row["effective_flops"] += 2 * eff
+    if not flops_known:
+        row["dense_flops"] = row["effective_flops"] = None
+    if sparse:
+        row["sparsity"] = layer.sparsity
+    else:
+        row["sparsity"] = 1.0 - row["nonzeros"] / row["params"] if row["params"] else 0.0
+    return row
+
+
+def _kernel_names(layer):
+    """Variables of a plain Keras layer that take part in its MACs."""
+    names = {}
+    for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+        value = layer.__dict__.get(name, None) or layer.__dict__.get("_" + name, None)
+        if value is not None and hasattr(value, "shape"):
+            names[id(value)] = name
+    return names
+
+
+class Report:
+    """Per-layer cost table with totals. ``str(report)`` is the table;
+    :meth:`to_dict` gives plain data (for JSON).
+
+    Attributes:
+        rows: list of dicts, one per layer with weights.
+        totals: dict with the column sums and the overall sparsity of the
+            masked weights.
+    """
+
+    def __init__(self, rows):
+        self.rows = rows
+        totals = {key: 0 for key in ("params", "nonzeros", "dense_bytes",
+                                     "compressed_bytes", "dense_flops", "effective_flops")}
+        for row in rows:
+            for key in totals:
+                if totals[key] is not None:
+                    totals[key] = None if row[key] is None else totals[key] + row[key]
+        totals["sparsity"] = (
+            1.0 - totals["nonzeros"] / totals["params"] if totals["params"] else 0.0
+        )
+        self.totals = totals
+
+    def to_dict(self):
+        return {"layers": list(self.rows), "totals": dict(self.totals)}
+
+    def __str__(self):
+        def fmt(key, value):
+            if value is None:
+                return "?"
+            if key == "sparsity":
+                return f"{100 * value:.1f}%"
+            if isinstance(value, int):
+                return f"{value:,}"
+            return str(value)
+
+        table = [[title for _, title in _COLUMNS]]
+        for row in self.rows + [dict(self.totals, layer="total", type="", pattern="")]:
+            table.append([fmt(key, row.get(key, "")) for key, _ in _COLUMNS])
+        widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
+        lines = []
+        for i, r in enumerate(table):
+            lines.append("  ".join(
+                c.ljust(w) if j < 2 or j == 5 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0 or i == len(table) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def report(model, print_fn=print):
+    """Print and return a per-layer table of parameters, non-zeros, sparsity,
+    pattern, dense bytes, compressed-bytes estimate (values + index) and dense
+    vs effective FLOPs per example.
+
+    Args:
+        model: any built Keras model (sparse or not).
+        print_fn: called with the table text; ``None`` to stay silent.
+
+    Returns:
+        A :class:`Report`.
+
+    Example:
+    >>> r = ks.report(model)
+    >>> r.totals["sparsity"]
+    0.9
+    """
+    rows = [
+        _layer_row(layer)
+        for layer in walk_layers(model)
+        if not is_container(layer) and layer.weights
+    ]
+    result = Report(rows)
+    if print_fn is not None:
+        print_fn(str(result))
+    return result
