@@ -185,7 +185,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
 def _copy_weights(source, target, skip_masks):
     skip = set()
     if skip_masks and isinstance(target, SparseMixin):
-        skip = {id(target.get_mask(n)) for n in target.sparse_weight_names}
+        skip = {id(v) for v in target.auxiliary_variables()}
     targets = [v for v in target.weights if id(v) not in skip]
     sources = source.weights
     if len(sources) != len(targets):
@@ -335,12 +335,13 @@ def strip(model):
 def _strip_in_place(layer):
     values = layer.stripped_weights() if layer.built else None
     parent = layer._keras_parent
-    masks = [layer.get_mask(n) for n in layer.sparse_weight_names] if layer.built else []
+    auxiliary = layer.auxiliary_variables() if layer.built else []
     latents = {n: layer.latent_weight(n) for n in layer.sparse_weight_names} if layer.built else {}
-    for mask in masks:
-        layer._untrack_variable(mask)
+    for variable in auxiliary:
+        layer._untrack_variable(variable)
     for name in layer.sparse_weight_names:
         layer.__dict__.pop(name + "_mask", None)
+        layer.__dict__.pop(name + "_probe", None)
     layer.__class__ = parent
     refresh_call_signature(layer)
     for name, variable in latents.items():

@@ -114,7 +114,7 @@ def _unit_count(layer, name, pattern, shape):
 
 def _layer_row(layer):
     sparse = isinstance(layer, SparseMixin)
-    masks = {id(layer.get_mask(n)) for n in layer.sparse_weight_names} if sparse else set()
+    masks = {id(v) for v in layer.auxiliary_variables()} if sparse else set()
     latents = {id(layer.latent_weight(n)): n for n in layer.sparse_weight_names} if sparse else {}
     row = dict(layer=layer.name, type=type(layer).__name__, params=0, nonzeros=0,
                pattern=type(layer.pattern).__name__ if sparse else "-",

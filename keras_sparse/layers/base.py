@@ -194,30 +194,84 @@ class SparseMixin:
             )
         self._add_masks()
 
-    def _add_masks(self):
-        # Dense.build() may lock the layer when LoRA is enabled; the masks are
-        # part of the layer's state, so unlock just to add them.
+    def _add_state(self, suffix, **kwargs):
+        """Add a ``<name><suffix>`` variable shaped like each masked weight."""
+        # Dense.build() may lock the layer when LoRA is enabled, and a layer
+        # converted in place is already locked; this state belongs to the
+        # layer, so unlock just to add it.
         tracker = getattr(self, "_tracker", None)
         was_locked = bool(tracker is not None and tracker.locked)
         if was_locked:
             tracker.unlock()
         try:
             for name in self.sparse_weight_layouts:
-                if getattr(self, name + "_mask", None) is not None:
+                if getattr(self, name + suffix, None) is not None:
                     continue
                 latent = self.latent_weight(name)
-                mask = self.add_weight(
-                    name=name + "_mask",
-                    shape=tuple(latent.shape),
-                    initializer="ones",
-                    trainable=False,
-                    dtype="bool",
-                    autocast=False,
+                variable = self.add_weight(
+                    name=name + suffix, shape=tuple(latent.shape), **kwargs
                 )
-                setattr(self, name + "_mask", mask)
+                setattr(self, name + suffix, variable)
         finally:
             if was_locked:
                 tracker.lock()
+
+    def _add_masks(self):
+        self._add_state(
+            "_mask", initializer="ones", trainable=False, dtype="bool", autocast=False
+        )
+
+    def enable_gradient_probe(self):
+        """Add a gradient probe to every masked weight (idempotent).
+
+        The probe ``p`` is a zero trainable variable with
+        ``overwrite_with_gradient=True`` entering the effective weight as
+        ``mask * w + (p - stop_gradient(p))``: the forward pass is unchanged,
+        and after each optimizer step ``p`` holds the dense gradient of the
+        loss with respect to the effective weight, pruned entries included
+        (what RigL regrowth and saliency scorers need). The optimizer keeps
+        no slots for it. Call before ``compile``/``fit``, or remake the
+        train function afterwards (``Pruning`` callbacks do this).
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer {self.name!r} must be built before adding a gradient probe."
+            )
+        self._add_state(
+            "_probe",
+            initializer="zeros",
+            trainable=True,
+            dtype=self.latent_weight(self.sparse_weight_names[0]).dtype,
+            overwrite_with_gradient=True,
+        )
+
+    @property
+    def has_gradient_probe(self):
+        """Whether :meth:`enable_gradient_probe` was called."""
+        return all(
+            getattr(self, n + "_probe", None) is not None for n in self.sparse_weight_names
+        )
+
+    def last_gradient(self, name):
+        """The dense gradient of weight ``name`` from the last training step
+        (needs :meth:`enable_gradient_probe`)."""
+        probe = getattr(self, name + "_probe", None)
+        if probe is None:
+            raise ValueError(
+                f"Layer {self.name!r} has no gradient probe; call "
+                "enable_gradient_probe() first."
+            )
+        return ops.convert_to_tensor(probe)
+
+    def auxiliary_variables(self):
+        """Masks and probes: state the Keras parent layer does not have."""
+        found = []
+        for name in self.sparse_weight_names:
+            for suffix in ("_mask", "_probe"):
+                variable = getattr(self, name + suffix, None)
+                if variable is not None:
+                    found.append(variable)
+        return found
 
     # Keras' Dense/Conv save the *effective* kernel and check variable counts;
     # the generic Layer methods save every own variable: latent + mask.
@@ -255,9 +309,15 @@ class SparseMixin:
         raw = getter(self) if getter is not None else self.latent_weight(name)
         value = ops.convert_to_tensor(self.transform_weight(name, raw))
         mask = getattr(self, name + "_mask", None)
-        if mask is None:
-            return value
-        return ops.multiply(value, ops.cast(mask, value.dtype))
+        if mask is not None:
+            value = ops.multiply(value, ops.cast(mask, value.dtype))
+        probe = getattr(self, name + "_probe", None)
+        if probe is not None:
+            # Adds exactly zero to the forward pass; the optimizer overwrites
+            # the probe with d(loss)/d(effective weight), the dense gradient.
+            probe = ops.cast(probe, value.dtype)
+            value = ops.add(value, ops.subtract(probe, ops.stop_gradient(probe)))
+        return value
 
     def masked_latent(self, name):
         """``mask * latent`` (no transform): what magnitude scores are taken on."""
@@ -319,10 +379,10 @@ class SparseMixin:
         effective = {
             id(self.latent_weight(name)): name for name in self.sparse_weight_names
         }
-        masks = {id(self.get_mask(name)) for name in self.sparse_weight_names}
+        auxiliary = {id(v) for v in self.auxiliary_variables()}
         values = []
         for variable in self.weights:
-            if id(variable) in masks:
+            if id(variable) in auxiliary:
                 continue
             if id(variable) in effective:
                 value = self.effective_weight(effective[id(variable)])
