@@ -16,6 +16,7 @@ from keras_sparse import patterns
 from keras_sparse import schedules
 from keras_sparse import scorers
 from keras_sparse import callbacks
+from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
 from keras_sparse.report import Report
@@ -33,4 +34,5 @@ __all__ = [
     "schedules",
     "scorers",
     "strip",
+    "testing",
 ]

@@ -142,7 +142,9 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             f"Received: pattern={pattern!r}"
         )
     if sparsity is None:
-        if schedule is not None:
+        if isinstance(pattern, patterns_lib.NByM) and schedule is None:
+            sparsity = pattern.effective_sparsity(1.0)
+        elif schedule is not None:
             sparsity = schedule.target_sparsity
         elif not isinstance(distribution, distributions_lib.PerLayer):
             raise ValueError(
@@ -150,6 +152,14 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             )
         else:
             sparsity = 0.0
+    fixed = pattern.effective_sparsity(1.0)
+    if isinstance(pattern, patterns_lib.NByM) and sparsity not in (0.0, fixed) and not (
+        abs(sparsity - fixed) < 1e-9
+    ):
+        raise ValueError(
+            f"pattern={pattern!r} fixes the sparsity at {fixed}; pass sparsity={fixed} "
+            f"or None. Received: sparsity={sparsity}"
+        )
     selected = select_layers(model, layers)
     convertible = [layer for layer in selected if _supports(layer)]
     unsupported = [
@@ -194,7 +204,9 @@ def _copy_weights(source, target, skip_masks):
             f"variables for {len(targets)} target variables."
         )
     for src, dst in zip(sources, targets):
-        dst.assign(src)
+        # A host copy: on JAX, assigning one variable to another shares the
+        # buffer, which the new model's first step then donates.
+        dst.assign(np.array(keras.ops.convert_to_numpy(src)))
 
 
 def _sparse_from(layer, settings):
@@ -257,8 +269,9 @@ def prune(
             has no sparse counterpart.
 
     Returns:
-        For Sequential/functional models a new (uncompiled) model with the
-        same weights; a subclassed model is converted in place and returned
+        For Sequential/functional models a new model with the same weights,
+        compiled with the input's compile config (fresh optimizer state) if
+        the input was compiled; a subclassed model is converted in place and returned
         (compile it again before ``fit``). Already-sparse layers are
         re-configured, never masked twice.
 
@@ -303,8 +316,9 @@ def strip(model):
     effective weights (pruned entries stay exact zeros).
 
     The result loads with plain ``keras.saving.load_model``, with no
-    keras_sparse object in its config. Sequential and functional models are
-    cloned (the input is untouched); subclassed models are stripped in place.
+    keras_sparse object in its config, and is not compiled (nothing but the
+    weights is shipped). Sequential and functional models are cloned (the
+    input is untouched); subclassed models are stripped in place.
 
     Example:
     >>> plain = ks.strip(model)
@@ -323,7 +337,14 @@ def strip(model):
             else:
                 _copy_weights(old, new, skip_masks=False)
 
-        return _clone(model, make_layer, copy)
+        stripped = _clone(model, make_layer, copy)
+        if not stripped.compiled:
+            return stripped
+        # clone_model re-compiles a compiled input; a model to ship should not
+        # carry a fresh optimizer (it would triple the .keras file).
+        fresh = type(stripped).from_config(stripped.get_config())
+        fresh.set_weights(stripped.get_weights())
+        return fresh
 
     for layer in _leaf_layers(model):
         if isinstance(layer, SparseMixin):

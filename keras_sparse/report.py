@@ -117,6 +117,7 @@ def _layer_row(layer):
     masks = {id(v) for v in layer.auxiliary_variables()} if sparse else set()
     latents = {id(layer.latent_weight(n)): n for n in layer.sparse_weight_names} if sparse else {}
     row = dict(layer=layer.name, type=type(layer).__name__, params=0, nonzeros=0,
+               masked_params=0, masked_nonzeros=0,
                pattern=type(layer.pattern).__name__ if sparse else "-",
                dense_bytes=0, compressed_bytes=0, dense_flops=0, effective_flops=0)
     flops_known = True
@@ -135,6 +136,8 @@ def _layer_row(layer):
             unit_count = _unit_count(layer, name, layer.pattern, tuple(variable.shape))
             row["compressed_bytes"] += _compressed_bytes(
                 size, kept, value_bytes, layer.pattern, unit_count)
+            row["masked_params"] += size
+            row["masked_nonzeros"] += kept
         else:
             kept = int(np.count_nonzero(ops.convert_to_numpy(variable)))
             row["compressed_bytes"] += size * value_bytes
@@ -172,22 +175,29 @@ class Report:
     :meth:`to_dict` gives plain data (for JSON).
 
     Attributes:
-        rows: list of dicts, one per layer with weights.
-        totals: dict with the column sums and the overall sparsity of the
-            masked weights.
+        rows: list of dicts, one per layer with weights (``masked_params``
+            and ``masked_nonzeros`` count the masked weights only).
+        totals: dict with the column sums and the sparsity of the masked
+            weights (biases and other unmasked weights excluded).
     """
 
     def __init__(self, rows):
         self.rows = rows
-        totals = {key: 0 for key in ("params", "nonzeros", "dense_bytes",
-                                     "compressed_bytes", "dense_flops", "effective_flops")}
+        totals = {key: 0 for key in ("params", "nonzeros", "masked_params", "masked_nonzeros",
+                                     "dense_bytes", "compressed_bytes", "dense_flops",
+                                     "effective_flops")}
         for row in rows:
             for key in totals:
                 if totals[key] is not None:
                     totals[key] = None if row[key] is None else totals[key] + row[key]
-        totals["sparsity"] = (
-            1.0 - totals["nonzeros"] / totals["params"] if totals["params"] else 0.0
-        )
+        # Sparsity of the masked weights (as in each sparse row); a model with
+        # no masked weight reports its fraction of zero parameters instead.
+        if totals["masked_params"]:
+            totals["sparsity"] = 1.0 - totals["masked_nonzeros"] / totals["masked_params"]
+        else:
+            totals["sparsity"] = (
+                1.0 - totals["nonzeros"] / totals["params"] if totals["params"] else 0.0
+            )
         self.totals = totals
 
     def to_dict(self):

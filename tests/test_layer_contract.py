@@ -108,8 +108,8 @@ class _NotSparse(keras.layers.Dense):
 class _NoMask(ks.layers.SparseDense):
     """Hides its mask: the contract must notice."""
 
-    def build(self, input_shape):
-        keras.layers.Dense.build(self, input_shape)
+    def _add_masks(self):
+        pass
 
 
 @keras.saving.register_keras_serializable(package="test_layer_contract")

@@ -291,12 +291,6 @@ def test_user_layer_contract():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="SparseMixin adds masks in its own build(); a subclass build that "
-    "does not call super().build() gets no mask",
-)
 def test_user_layer_without_super_build_gets_masks():
     layer = MyPlainBuildLayer(3)
     layer(np.ones((2, 6), "float32"))
@@ -449,11 +443,6 @@ def test_xla_fit_with_sparse_layers():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent weights are zeroed only when a mask changes; Adam's moments "
-    "move pruned latent weights again on the steps after the last update",
-)
 def test_latent_weights_stay_zero_after_fit_with_adam():
     layer = ks.layers.SparseDense(4, schedule=ks.schedules.OneShot(3, 0.5))
     model = keras.Sequential([keras.Input((8,)), layer])

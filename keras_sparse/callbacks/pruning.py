@@ -53,10 +53,22 @@ class Pruning(keras.callbacks.Callback):
         self._layers = sparse_layers(self.model)
         for layer in self._layers:
             layer._pruning_callback_attached = True
+        # Fill every layer's sparsity cache while the variables are readable
+        # (on JAX they are not between steps without a state sync).
+        backend.sync_model_state(self.model)
+        self.overall_sparsity()
 
     def on_train_end(self, logs=None):
+        self._reapply_masks()
         for layer in self._layers:
             layer._pruning_callback_attached = False
+
+    def _reapply_masks(self):
+        if not self._layers:
+            return
+        backend.sync_model_state(self.model)
+        for layer in self._layers:
+            layer.reapply_masks()
 
     def on_epoch_begin(self, epoch, logs=None):
         backend.sync_model_state(self.model)
@@ -71,6 +83,9 @@ class Pruning(keras.callbacks.Callback):
             logs["sparsity"] = self.overall_sparsity()
 
     def on_epoch_end(self, epoch, logs=None):
+        # Stored weights agree with the masks at every epoch boundary, so
+        # checkpoints written at epoch end hold exact zeros.
+        self._reapply_masks()
         if logs is None or not self._layers:
             return
         logs["sparsity"] = self.overall_sparsity()

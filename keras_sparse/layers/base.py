@@ -12,6 +12,7 @@ where ``latent`` is the float variable the optimizer trains and saves,
 on every backend and under XLA.
 """
 
+import functools
 import inspect
 import warnings
 
@@ -89,6 +90,21 @@ def _merged_signature(parent):
     return inspect.Signature(params + ours + var_kw)
 
 
+def _finishing_build(build):
+    """Wrap a subclass's own ``build`` so masks are added even when it does
+    not call ``super().build()`` (the usual Keras 3 custom-layer style)."""
+    if getattr(build, "_keras_sparse_build", False):
+        return build
+
+    @functools.wraps(build)
+    def wrapper(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        self._finish_sparse_build()
+
+    wrapper._keras_sparse_build = True
+    return wrapper
+
+
 class SparseMixin:
     """Mixin that gives a Keras layer masked (and transformable) weights.
 
@@ -132,6 +148,8 @@ class SparseMixin:
             cls.__signature__ = _merged_signature(parent)
         call_params = inspect.signature(parent.call).parameters
         cls._parent_call_has_training = "training" in call_params
+        if "build" in cls.__dict__:
+            cls.build = _finishing_build(cls.__dict__["build"])
 
     def __init__(
         self,
@@ -188,6 +206,9 @@ class SparseMixin:
     # ------------------------------------------------------------------- state
     def build(self, input_shape=None):
         super().build(input_shape)
+        self._finish_sparse_build()
+
+    def _finish_sparse_build(self):
         for name in self.sparse_weight_layouts:
             self.pattern.check_weight(
                 tuple(self.latent_weight(name).shape), self.weight_layout(name)
@@ -338,6 +359,14 @@ class SparseMixin:
         latent = self.latent_weight(name)
         latent.assign(ops.multiply(latent, ops.cast(mask, latent.dtype)))
         self._mask_sparsity_cache[name] = mask_sparsity(mask)
+
+    def reapply_masks(self):
+        """Zero the latent weights at removed positions again (optimizer
+        momentum moves them between mask updates; the forward pass is masked
+        anyway, but stored weights should agree with the masks)."""
+        for name in self.sparse_weight_names:
+            latent = self.latent_weight(name)
+            latent.assign(ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype)))
 
     def score_weight(self, name, gradient=None):
         """Importance of each entry of weight ``name`` under this layer's scorer."""

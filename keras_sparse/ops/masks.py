@@ -16,6 +16,7 @@ Conventions shared by all functions:
 
 import math
 
+import numpy as np
 from keras import ops
 
 __all__ = [
@@ -53,19 +54,27 @@ def _num_pruned(sparsity, count):
 
 
 def _keep_top(flat_scores, keep):
-    """Boolean mask over a 1-D tensor keeping the ``keep`` largest entries."""
+    """Boolean mask over a 1-D tensor keeping the ``keep`` largest entries.
+
+    The threshold (the ``keep``-th largest value) comes from a linear-time
+    selection (``numpy.partition``); everything else is elementwise, so the
+    traced shapes never depend on ``keep`` (no recompilation as a schedule
+    moves) and the update costs a fraction of a full sort or top-k. Ties at
+    the threshold are filled in index order.
+    """
     n = int(flat_scores.shape[0])
     if keep >= n:
         return ops.ones((n,), dtype="bool")
     if keep <= 0:
         return ops.zeros((n,), dtype="bool")
-    # top_k keeps the lower index among equal values on every backend, which
-    # gives the deterministic tie-break promised above.
-    _, indices = ops.top_k(ops.cast(flat_scores, "float32"), keep, sorted=True)
-    hits = ops.scatter(
-        ops.expand_dims(indices, -1), ops.ones((keep,), dtype="int32"), (n,)
-    )
-    return ops.greater(hits, 0)
+    scores = ops.cast(flat_scores, "float32")
+    values = np.asarray(ops.convert_to_numpy(scores))
+    threshold = np.partition(values, n - keep)[n - keep]
+    above = ops.greater(scores, threshold)
+    ties = ops.equal(scores, threshold)
+    missing = keep - int(np.count_nonzero(values > threshold))
+    tie_rank = ops.cumsum(ops.cast(ties, "int32"))
+    return ops.logical_or(above, ops.logical_and(ties, tie_rank <= missing))
 
 
 def topk_mask(scores, sparsity):
