@@ -19,7 +19,7 @@ from keras_sparse.patterns import NByM
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
-__all__ = ["report", "Report", "layer_macs"]
+__all__ = ["report", "Report", "layer_macs", "register_cost"]
 
 _COLUMNS = (
     ("layer", "layer"),
@@ -112,7 +112,36 @@ def _unit_count(layer, name, pattern, shape):
     return 0
 
 
+#: layer class -> function(layer) -> row dict, for layers whose cost is not
+#: "weights x positions" (low-rank, column-sampled, quantized ...).
+_COST_FUNCTIONS = {}
+
+
+def register_cost(layer_cls):
+    """Decorator registering ``fn(layer) -> row`` as the cost model of
+    ``layer_cls`` (and its subclasses) in :func:`report`. The row holds the
+    keys ``params, nonzeros, masked_params, masked_nonzeros, pattern,
+    dense_bytes, compressed_bytes, dense_flops, effective_flops, sparsity``
+    (``layer`` and ``type`` are filled in).
+
+    Example:
+    >>> @ks.report_lib.register_cost(MyLayer)
+    ... def _cost(layer): return {...}
+    """
+
+    def decorator(fn):
+        _COST_FUNCTIONS[layer_cls] = fn
+        return fn
+
+    return decorator
+
+
 def _layer_row(layer):
+    for klass in type(layer).__mro__:
+        if klass in _COST_FUNCTIONS:
+            row = dict(_COST_FUNCTIONS[klass](layer))
+            row.update(layer=layer.name, type=type(layer).__name__)
+            return row
     sparse = isinstance(layer, SparseMixin)
     masks = {id(v) for v in layer.auxiliary_variables()} if sparse else set()
     latents = {id(layer.latent_weight(n)): n for n in layer.sparse_weight_names} if sparse else {}

@@ -1,17 +1,14 @@
-"""Scorers: *what to keep*. A scorer maps a weight to per-entry importance.
-
-Adding a pruning criterion is one class: subclass :class:`Scorer`, implement
-:meth:`Scorer.score`, and register it with an alias. Patterns, schedules and
-distributions combine with any scorer.
-"""
+"""The scorer base class, the alias registry and the magnitude scorer."""
 
 from keras import ops
 
 from keras_sparse import config as config_lib
 
-_REGISTRY = {}
+#: alias -> class; every scorer module registers here.
+REGISTRY = {}
+_REGISTRY = REGISTRY
 
-__all__ = ["Scorer", "MagnitudeScorer", "get"]
+__all__ = ["Scorer", "MagnitudeScorer", "REGISTRY", "get", "serialize"]
 
 
 class Scorer(config_lib.ConfigObject):

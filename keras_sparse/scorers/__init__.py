@@ -1,0 +1,15 @@
+"""Scorers: *what to keep*. A scorer maps a weight to per-entry importance.
+
+Adding a pruning criterion is one class: subclass :class:`Scorer`, implement
+:meth:`Scorer.score`, and register it with
+``@config.register(REGISTRY, "alias")``. Patterns, schedules and
+distributions combine with any scorer.
+"""
+
+from keras_sparse.scorers.base import REGISTRY
+from keras_sparse.scorers.base import MagnitudeScorer
+from keras_sparse.scorers.base import Scorer
+from keras_sparse.scorers.base import get
+from keras_sparse.scorers.base import serialize
+
+__all__ = ["MagnitudeScorer", "REGISTRY", "Scorer", "get", "serialize"]
