@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from keras_sparse import patterns as patterns_lib
+from keras_sparse.initializers import SparseInitializer
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
 from keras_sparse.ops.masks import check_sparsity
@@ -214,6 +215,19 @@ class SparseMixin:
                 tuple(self.latent_weight(name).shape), self.weight_layout(name)
             )
         self._add_masks()
+        # A kernel drawn by SparseInitializer is sparse from its first value:
+        # start the mask from its zeros so training keeps them at zero.
+        for name in self.sparse_weight_layouts:
+            if isinstance(self._initializer_of(name), SparseInitializer):
+                latent = ops.convert_to_tensor(self.latent_weight(name))
+                self.set_mask(name, ops.not_equal(latent, 0))
+
+    def _initializer_of(self, name):
+        for attr in (name + "_initializer", name.replace("_kernel", "") + "_initializer",
+                     "depthwise_initializer"):
+            if attr in self.__dict__:
+                return self.__dict__[attr]
+        return None
 
     def _add_state(self, suffix, **kwargs):
         """Add a ``<name><suffix>`` variable shaped like each masked weight."""
