@@ -16,6 +16,9 @@ from keras_sparse import patterns
 from keras_sparse import schedules
 from keras_sparse import scorers
 from keras_sparse import callbacks
+from keras_sparse import initializers
+from keras_sparse import regularizers
+from keras_sparse.regularizers import slimming
 from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
@@ -26,6 +29,9 @@ __all__ = [
     "Report",
     "callbacks",
     "distributions",
+    "initializers",
+    "regularizers",
+    "slimming",
     "layers",
     "ops",
     "patterns",
