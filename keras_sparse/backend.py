@@ -27,3 +27,18 @@ def sync_model_state(model):
 def read_int(variable):
     """Read a scalar integer variable (e.g. ``optimizer.iterations``)."""
     return int(ops.convert_to_numpy(variable))
+
+
+def is_traced(tensor):
+    """Whether ``tensor`` is symbolic (inside ``tf.function`` or ``jax.jit``),
+    so its value cannot be read on the host."""
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    return False

@@ -45,7 +45,13 @@ def lookup(identifier, base_cls, registry, arg_name, parse_string=None):
             f"{base_cls.__name__} instance. Received: {arg_name}={identifier!r}"
         )
     if isinstance(identifier, dict):
-        obj = keras.saving.deserialize_keras_object(identifier)
+        try:
+            obj = keras.saving.deserialize_keras_object(identifier)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"Could not deserialize `{arg_name}` ({error}). "
+                f"Received: {arg_name}={identifier!r}"
+            ) from None
         if isinstance(obj, base_cls):
             return obj
     raise ValueError(

@@ -81,6 +81,7 @@ class ERK(Distribution):
         self.power_scale = float(power_scale)
 
     def layer_sparsities(self, shapes, sparsity):
+        sparsity = check_sparsity(sparsity)
         flat = [(name, shape) for name, group in shapes.items() for shape in group]
         if not flat:
             return {}

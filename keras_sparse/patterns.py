@@ -5,6 +5,7 @@ the weight's layout (which axes are inputs and which are output units).
 """
 
 import collections
+import numbers
 
 from keras_sparse import config as config_lib
 from keras_sparse.ops import masks as mask_ops
@@ -118,15 +119,18 @@ class Block(Pattern):
     """
 
     def __init__(self, block_shape=(1, 1)):
-        block_shape = tuple(block_shape)
+        if isinstance(block_shape, numbers.Integral):
+            block_shape = (block_shape,)
+        block_shape = tuple(block_shape) if isinstance(block_shape, (tuple, list)) else ()
         if not block_shape or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block_shape
+            isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1
+            for b in block_shape
         ):
             raise ValueError(
                 "`block_shape` must be a non-empty tuple of positive integers. "
                 f"Received: block_shape={block_shape!r}"
             )
-        self.block_shape = block_shape
+        self.block_shape = tuple(int(b) for b in block_shape)
 
     def check_weight(self, shape, layout):
         mask_ops.full_block_shape(self.block_shape, shape)
@@ -136,6 +140,9 @@ class Block(Pattern):
 
     def get_config(self):
         return {"block_shape": list(self.block_shape)}
+
+    def __repr__(self):
+        return f"Block(block_shape={self.block_shape})"
 
 
 @config_lib.register(_REGISTRY, "channel", "neuron", "filter")

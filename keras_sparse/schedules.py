@@ -10,6 +10,9 @@ converted to their keras_sparse equivalent by :func:`get`.
 """
 
 import copy
+import numbers
+
+import numpy as np
 
 from keras_sparse import config as config_lib
 from keras_sparse.ops.formulas import polynomial_sparsity
@@ -169,7 +172,7 @@ class PolynomialDecay(PruningSchedule):
                 "`end_step` must be greater than `begin_step`. "
                 f"Received: end_step={end_step}, begin_step={begin_step}"
             )
-        if not power > 0:
+        if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
             raise ValueError(f"`power` must be positive. Received: power={power!r}")
         self.power = power
         self.frequency = _check_frequency(frequency)
@@ -279,7 +282,7 @@ def get(identifier):
     """
     if identifier is None:
         return None
-    if isinstance(identifier, (int, float)) and not isinstance(identifier, bool):
+    if isinstance(identifier, numbers.Real) and not isinstance(identifier, (bool, np.bool_)):
         return ConstantSparsity(check_sparsity(identifier, "schedule"))
     converted = _from_tfmot(identifier)
     if converted is not None:

@@ -494,11 +494,7 @@ def _compile(fn):
     pytest.skip(f"no compiled-function test for backend {backend}")
 
 
-_KEEP_TOP_NOT_TRACEABLE = pytest.mark.xfail(
-    strict=True,
-    reason="_keep_top reads the scores with ops.convert_to_numpy (numpy.partition "
-    "threshold), so top-k based masks cannot be traced by tf.function or jax.jit",
-)
+_KEEP_TOP_NOT_TRACEABLE = ()
 
 
 @pytest.mark.parametrize(
@@ -554,11 +550,6 @@ def test_check_sparsity_rejects(value):
     assert f"sparsity={value!r}" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_sparsity uses float(), so numeric strings and booleans pass "
-    "although the docstring says non-numbers raise",
-)
 @pytest.mark.parametrize("value", ["0.5", False], ids=repr)
 def test_check_sparsity_rejects_numeric_strings_and_bools(value):
     with pytest.raises(ValueError, match=repr(value)):

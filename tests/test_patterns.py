@@ -79,11 +79,6 @@ def test_get_unknown_lists_aliases():
         assert alias in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.lookup passes dicts to keras.saving.deserialize_keras_object, "
-    "which raises TypeError (not ValueError naming `pattern`) for an unknown class",
-)
 def test_get_dict_with_unknown_class():
     with pytest.raises(ValueError, match="pattern="):
         ks.patterns.get({"class_name": "NoSuchPattern", "config": {}})
@@ -99,10 +94,6 @@ def test_nbym_invalid(n, m):
         patterns.NByM(n, m)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_nm accepts only Python int, so numpy integers are rejected",
-)
 def test_nbym_accepts_numpy_integers():
     assert patterns.NByM(np.int64(2), np.int64(4)) == patterns.NByM(2, 4)
 
@@ -113,14 +104,10 @@ def test_block_invalid(block_shape):
         patterns.Block(block_shape)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Block(4) calls tuple(4) and raises TypeError instead of a "
-    "ValueError naming `block_shape`",
-)
-def test_block_int_shape():
+def test_block_int_shape_means_one_axis():
+    assert patterns.Block(4) == patterns.Block((4,))
     with pytest.raises(ValueError, match="block_shape="):
-        patterns.Block(4)
+        patterns.Block(0)
 
 
 def test_block_accepts_list():

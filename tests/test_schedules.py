@@ -199,11 +199,6 @@ def test_get_number_is_constant_sparsity(value):
     assert s == schedules.ConstantSparsity(float(value))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedules.get tests isinstance(x, (int, float)); numpy float32 and "
-    "int scalars are not Python floats and are rejected",
-)
 @pytest.mark.parametrize("value", [np.float32(0.5), np.int64(0)], ids=repr)
 def test_get_numpy_scalar_is_constant_sparsity(value):
     assert ks.schedules.get(value) == schedules.ConstantSparsity(float(value))
@@ -281,11 +276,6 @@ def test_invalid_arguments_name_the_argument(cls, kwargs, name):
     assert f"{name}=" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PolynomialDecay checks `not power > 0`, which raises TypeError "
-    "for non-numbers instead of a ValueError naming `power`",
-)
 @pytest.mark.parametrize("power", [None, "3"], ids=repr)
 def test_polynomial_decay_non_numeric_power(power):
     with pytest.raises(ValueError, match="power="):

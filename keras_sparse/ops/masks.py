@@ -15,9 +15,12 @@ Conventions shared by all functions:
 """
 
 import math
+import numbers
 
 import numpy as np
 from keras import ops
+
+from keras_sparse import backend
 
 __all__ = [
     "check_sparsity",
@@ -36,6 +39,12 @@ def check_sparsity(sparsity, name="sparsity"):
     Raises:
         ValueError: if ``sparsity`` is not a number in ``[0, 1)``.
     """
+    if isinstance(sparsity, (str, bool, np.bool_)) or not isinstance(
+        sparsity, (numbers.Real, np.ndarray)
+    ):
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1). Received: {name}={sparsity!r}"
+        )
     try:
         value = float(sparsity)
     except (TypeError, ValueError):
@@ -68,6 +77,13 @@ def _keep_top(flat_scores, keep):
     if keep <= 0:
         return ops.zeros((n,), dtype="bool")
     scores = ops.cast(flat_scores, "float32")
+    if backend.is_traced(scores):
+        # Compiled callers: top-k keeps the lower index among equal values.
+        _, indices = ops.top_k(scores, keep, sorted=True)
+        hits = ops.scatter(
+            ops.expand_dims(indices, -1), ops.ones((keep,), dtype="int32"), (n,)
+        )
+        return ops.greater(hits, 0)
     values = np.asarray(ops.convert_to_numpy(scores))
     threshold = np.partition(values, n - keep)[n - keep]
     above = ops.greater(scores, threshold)
@@ -176,7 +192,8 @@ def nm_mask(scores, n, m, axis=-2):
 
 def check_nm(n, m):
     """Validate an N:M pair (``0 < n < m``), raising ``ValueError``."""
-    if not isinstance(n, int) or not isinstance(m, int) or isinstance(n, bool):
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+               for v in (n, m)):
         raise ValueError(
             f"`n` and `m` must be integers. Received: n={n!r}, m={m!r}"
         )
@@ -198,7 +215,15 @@ def _normalize_axis(axis, rank):
 def full_block_shape(block_shape, shape):
     """Left-pad ``block_shape`` with ones to the rank of ``shape`` and check
     that every block dimension divides the tensor dimension."""
-    block_shape = tuple(int(b) for b in block_shape)
+    if isinstance(block_shape, numbers.Integral):
+        block_shape = (block_shape,)
+    try:
+        block_shape = tuple(int(b) for b in block_shape)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`block_shape` must be a tuple of positive integers. "
+            f"Received: block_shape={block_shape!r}"
+        ) from None
     if len(block_shape) > len(shape) or any(b < 1 for b in block_shape):
         raise ValueError(
             f"`block_shape` must have at most {len(shape)} positive entries "
