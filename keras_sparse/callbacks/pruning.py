@@ -3,9 +3,13 @@
 import math
 
 import keras
+import numpy as np
+from keras import ops
 
 from keras_sparse import backend
+from keras_sparse.callbacks.optimizer_state import add_gradient_probes
 from keras_sparse.config import PACKAGE
+from keras_sparse.ops.drop_grow import variance_rescale
 from keras_sparse.ops.masks import global_topk_masks
 from keras_sparse.utils import sparse_layers
 
@@ -27,6 +31,20 @@ class Pruning(keras.callbacks.Callback):
     the end of each epoch, so the progress bar, ``CSVLogger`` and
     ``TensorBoard`` show them with no extra code.
 
+    Gradient-based scorers (``"saliency"``, ``"taylor"``, ``"movement"``)
+    read the dense gradient of the last training step from a gradient probe
+    the callback adds to their layers when training begins (the optimizer is
+    rebuilt with the probes, keeping its state, and the train function
+    remade). Accumulating scorers (Taylor, movement) are summed after every
+    step, on the weights after the step; the sums live in the callback, so a
+    resumed run restarts them. A scorer with ``rescale_survivors`` (random)
+    rescales the kept weights of each unit when a mask is applied.
+
+    Subclasses change *how* a layer's masks are updated by overriding
+    :meth:`update_layer` (and :meth:`due_step` for their own timing);
+    :class:`~keras_sparse.callbacks.SET` and
+    :class:`~keras_sparse.callbacks.RigL` do.
+
     Args:
         log_per_layer: add per-layer sparsity to the epoch logs.
 
@@ -44,6 +62,8 @@ class Pruning(keras.callbacks.Callback):
         self.log_per_layer = log_per_layer
         self._layers = []
         self._epoch_start_step = 0
+        self._accumulated = {}
+        self._probed = False
 
     def get_config(self):
         return {"log_per_layer": self.log_per_layer}
@@ -57,6 +77,18 @@ class Pruning(keras.callbacks.Callback):
         # (on JAX they are not between steps without a state sync).
         backend.sync_model_state(self.model)
         self.overall_sparsity()
+        self._accumulated = {}
+        probed = self.layers_needing_gradient()
+        self._probed = bool(probed)
+        if probed:
+            add_gradient_probes(self.model, probed)
+
+    def layers_needing_gradient(self):
+        """Layers that need a gradient probe during this run."""
+        return [
+            layer for layer in self._layers
+            if layer.schedule is not None and layer.scorer.needs_gradient
+        ]
 
     def on_train_end(self, logs=None):
         self._reapply_masks()
@@ -79,8 +111,24 @@ class Pruning(keras.callbacks.Callback):
         self.update_masks(steps)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._accumulate_scores()
         if logs is not None and self._layers:
             logs["sparsity"] = self.overall_sparsity()
+
+    def _accumulate_scores(self):
+        layers = [
+            layer for layer in self._layers
+            if layer.schedule is not None and layer.scorer.accumulate
+        ]
+        if not layers:
+            return
+        backend.sync_model_state(self.model)
+        for layer in layers:
+            for name in layer.sparse_weight_names:
+                score = layer.score_weight(name, layer.last_gradient(name))
+                key = (id(layer), name)
+                previous = self._accumulated.get(key)
+                self._accumulated[key] = score if previous is None else ops.add(previous, score)
 
     def on_epoch_end(self, epoch, logs=None):
         # Stored weights agree with the masks at every epoch boundary, so
@@ -113,22 +161,76 @@ class Pruning(keras.callbacks.Callback):
         due = [
             (layer, step)
             for layer in independent
-            for step in [_first_update(layer.schedule, steps)]
+            for step in [self.due_step(layer, steps)]
             if step is not None
         ]
-        global_step = (
-            _first_update(global_layers[0].schedule, steps) if global_layers else None
-        )
+        global_step = self.due_step(global_layers[0], steps) if global_layers else None
         if not due and global_step is None:
             return []
         backend.sync_model_state(self.model)
         for layer, step in due:
-            layer.prune_to(layer.schedule.sparsity(step))
+            self.update_layer(layer, step)
         updated = [layer for layer, _ in due]
         if global_step is not None:
-            prune_globally(global_layers, global_layers[0].schedule.sparsity(global_step))
+            self.update_global(global_layers, global_step)
             updated += global_layers
         return updated
+
+    def due_step(self, layer, steps):
+        """The first step of ``steps`` at which ``layer`` is updated, or
+        ``None``. Default: the layer's schedule decides."""
+        return _first_update(layer.schedule, steps)
+
+    def update_layer(self, layer, step):
+        """Recompute the masks of ``layer`` for training step ``step``
+        (variables are synced). Default: the layer's scorer and pattern at
+        the schedule's sparsity."""
+        sparsity = layer.schedule.sparsity(step)
+        for name in layer.sparse_weight_names:
+            mask = layer.compute_mask_for(name, sparsity, self.scores(layer, name))
+            self.apply_mask(layer, name, mask)
+
+    def update_global(self, layers, step):
+        """Update layers sharing one threshold (``global_pruning=True``)."""
+        entries = [(layer, name) for layer in layers for name in layer.sparse_weight_names]
+        scores = [self.scores(layer, name) for layer, name in entries]
+        sparsity = layers[0].schedule.sparsity(step)
+        for (layer, name), mask in zip(entries, global_topk_masks(scores, sparsity)):
+            self.apply_mask(layer, name, mask)
+
+    def scores(self, layer, name):
+        """Importance of each entry of weight ``name`` under the layer's
+        scorer: with the last step's gradient if the scorer needs one, and
+        the sum since the last update for accumulating scorers."""
+        scorer = layer.scorer
+        if scorer.accumulate:
+            key = (id(layer), name)
+            total = self._accumulated.get(key)
+            if total is None:
+                total = layer.score_weight(name, layer.last_gradient(name))
+            if scorer.reset_after_update:
+                self._accumulated.pop(key, None)
+            # A pruned entry stays pruned unless the sparsity goes down.
+            floor = ops.full(ops.shape(total), -np.inf, dtype=total.dtype)
+            return ops.where(ops.convert_to_tensor(layer.get_mask(name)), total, floor)
+        if scorer.needs_gradient:
+            return layer.score_weight(name, layer.last_gradient(name))
+        return layer.score_weight(name)
+
+    def apply_mask(self, layer, name, mask):
+        """Assign ``mask`` (and rescale survivors if the scorer asks)."""
+        if layer.scorer.rescale_survivors:
+            # A host copy: on TF a read of the variable can alias its buffer.
+            before = np.array(ops.convert_to_numpy(layer.get_mask(name)))
+            layer.set_mask(name, mask)
+            output_axes = layer.weight_layout(name).output_axes or tuple(
+                range(before.ndim)
+            )
+            factor = variance_rescale(before, mask, output_axes)
+            latent = layer.latent_weight(name)
+            latent.assign(ops.multiply(latent, ops.cast(factor, latent.dtype)))
+        else:
+            layer.set_mask(name, mask)
 
     def overall_sparsity(self):
         """Fraction of removed weights over every masked weight (cached)."""
@@ -149,7 +251,8 @@ def _first_update(schedule, steps):
 
 
 def prune_globally(layers, sparsity):
-    """Apply one magnitude threshold across every masked weight of ``layers``."""
+    """Apply one magnitude threshold across every masked weight of ``layers``
+    (scorers that need no gradient)."""
     entries = [(layer, name) for layer in layers for name in layer.sparse_weight_names]
     scores = [layer.score_weight(name) for layer, name in entries]
     for (layer, name), mask in zip(entries, global_topk_masks(scores, sparsity)):

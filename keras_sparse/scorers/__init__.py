@@ -4,6 +4,9 @@ Adding a pruning criterion is one class: subclass :class:`Scorer`, implement
 :meth:`Scorer.score`, and register it with
 ``@config.register(REGISTRY, "alias")``. Patterns, schedules and
 distributions combine with any scorer.
+
+Aliases: ``"magnitude"``, ``"random"``, ``"saliency"`` (= ``"snip"``),
+``"taylor"``, ``"movement"``.
 """
 
 from keras_sparse.scorers.base import REGISTRY
@@ -11,5 +14,19 @@ from keras_sparse.scorers.base import MagnitudeScorer
 from keras_sparse.scorers.base import Scorer
 from keras_sparse.scorers.base import get
 from keras_sparse.scorers.base import serialize
+from keras_sparse.scorers.gradient import MovementScorer
+from keras_sparse.scorers.gradient import SaliencyScorer
+from keras_sparse.scorers.gradient import TaylorScorer
+from keras_sparse.scorers.random import RandomScorer
 
-__all__ = ["MagnitudeScorer", "REGISTRY", "Scorer", "get", "serialize"]
+__all__ = [
+    "MagnitudeScorer",
+    "MovementScorer",
+    "REGISTRY",
+    "RandomScorer",
+    "SaliencyScorer",
+    "Scorer",
+    "TaylorScorer",
+    "get",
+    "serialize",
+]

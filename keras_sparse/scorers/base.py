@@ -16,10 +16,25 @@ class Scorer(config_lib.ConfigObject):
 
     Attributes:
         needs_gradient: whether :meth:`score` reads ``gradient``; the
-            callback then collects a gradient for the layer.
+            callback then collects a gradient for the layer (the dense
+            gradient of the loss with respect to the effective weight, from
+            the layer's gradient probe).
+        accumulate: the callback sums :meth:`score` over every training
+            step and ranks on the sum at each mask update (Taylor and
+            movement pruning); otherwise it scores once, at the update.
+        reset_after_update: with ``accumulate``, restart the sum after
+            each mask update (``False`` sums over the whole run).
+        rescale_survivors: after a mask update the surviving weights of
+            each unit are scaled by ``sqrt(k_before / k_after)``, the ratio
+            of the unit's fan-in before and after
+            (:func:`keras_sparse.ops.drop_grow.variance_rescale`), which
+            keeps the variance a dense initializer chose.
     """
 
     needs_gradient = False
+    accumulate = False
+    reset_after_update = True
+    rescale_survivors = False
 
     def score(self, weight, gradient=None):
         """Per-entry importance, same shape as ``weight``."""
