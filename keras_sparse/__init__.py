@@ -16,6 +16,9 @@ from keras_sparse import patterns
 from keras_sparse import schedules
 from keras_sparse import scorers
 from keras_sparse import callbacks
+from keras_sparse import constraints
+from keras_sparse import metrics
+from keras_sparse import optimizers
 from keras_sparse import initializers
 from keras_sparse import regularizers
 from keras_sparse.regularizers import slimming
@@ -28,12 +31,15 @@ from keras_sparse.report import report
 __all__ = [
     "Report",
     "callbacks",
+    "constraints",
     "distributions",
     "initializers",
     "regularizers",
     "slimming",
     "layers",
+    "metrics",
     "ops",
+    "optimizers",
     "patterns",
     "prune",
     "report",
