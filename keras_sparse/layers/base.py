@@ -6,12 +6,14 @@ A sparse layer is a Keras layer subclass whose weight property (``kernel``,
     effective = mask * transform(latent)
 
 where ``latent`` is the float variable the optimizer trains and saves,
-``transform`` is the identity unless a subclass composes a quantizer, and
-``mask`` is a compact non-trainable boolean variable. The Keras parent's own
+``transform`` is the layer's ``kernel_quantizer`` (identity when ``None``),
+and ``mask`` is a compact non-trainable boolean variable. An
+``input_quantizer`` quantizes the layer input before the parent's ``call``. The Keras parent's own
 ``call`` reads the property, so the forward pass is the parent's, unchanged,
 on every backend and under XLA.
 """
 
+import contextlib
 import functools
 import inspect
 import warnings
@@ -20,6 +22,7 @@ import keras
 from keras import ops
 
 from keras_sparse import patterns as patterns_lib
+from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.initializers import SparseInitializer
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
@@ -31,7 +34,14 @@ __all__ = ["SparseMixin", "Layout", "is_sparse_layer"]
 Layout = patterns_lib.Layout
 
 #: Keyword arguments the mixin adds to every layer of the family.
-SPARSE_ARGUMENTS = ("schedule", "pattern", "scorer", "global_pruning")
+SPARSE_ARGUMENTS = (
+    "schedule",
+    "pattern",
+    "scorer",
+    "global_pruning",
+    "kernel_quantizer",
+    "input_quantizer",
+)
 
 _MISSING_CALLBACK = (
     "A keras_sparse layer with a pruning schedule is training without the "
@@ -87,6 +97,8 @@ def _merged_signature(parent):
         inspect.Parameter("pattern", inspect.Parameter.KEYWORD_ONLY, default="unstructured"),
         inspect.Parameter("scorer", inspect.Parameter.KEYWORD_ONLY, default="magnitude"),
         inspect.Parameter("global_pruning", inspect.Parameter.KEYWORD_ONLY, default=False),
+        inspect.Parameter("kernel_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("input_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
     ]
     return inspect.Signature(params + ours + var_kw)
 
@@ -100,7 +112,7 @@ def _finishing_build(build):
     @functools.wraps(build)
     def wrapper(self, *args, **kwargs):
         build(self, *args, **kwargs)
-        self._finish_sparse_build()
+        self._finish_sparse_build(args[0] if args else kwargs.get("input_shape"))
 
     wrapper._keras_sparse_build = True
     return wrapper
@@ -128,6 +140,16 @@ class SparseMixin:
         scorer: a :mod:`keras_sparse.scorers` scorer or alias.
         global_pruning: rank this layer's weights together with every other
             layer that has ``global_pruning=True`` (one threshold).
+        kernel_quantizer: a :mod:`keras_sparse.quantizers` quantizer, alias
+            or number of bits applied to every masked weight: the effective
+            weight is ``mask * kernel_quantizer(latent)``; the latent float
+            weight is what is trained and saved.
+        input_quantizer: a quantizer applied to the layer input (per
+            tensor) before the parent's ``call``.
+
+    Example:
+    >>> layer = ks.layers.SparseDense(64, kernel_quantizer="ste_sign",
+    ...                               input_quantizer="ste_sign")
     """
 
     #: dict weight name -> Layout; set by each concrete layer.
@@ -159,13 +181,17 @@ class SparseMixin:
         pattern="unstructured",
         scorer="magnitude",
         global_pruning=False,
+        kernel_quantizer=None,
+        input_quantizer=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self._pruning_callback_attached = False
         self._warned_missing_callback = False
         self._mask_sparsity_cache = {}
+        self._reset_quantization()
         self.configure_pruning(schedule, pattern, scorer, global_pruning)
+        self.configure_quantization(kernel_quantizer, input_quantizer)
 
     # ------------------------------------------------------------------ config
     def configure_pruning(self, schedule=None, pattern="unstructured",
@@ -200,16 +226,63 @@ class SparseMixin:
                 "pattern": patterns_lib.serialize(self.pattern),
                 "scorer": scorers_lib.serialize(self.scorer),
                 "global_pruning": self.global_pruning,
+                "kernel_quantizer": quantizers_lib.serialize(self.kernel_quantizer),
+                "input_quantizer": quantizers_lib.serialize(self.input_quantizer),
             }
         )
         return config
 
+    def configure_quantization(self, kernel_quantizer=None, input_quantizer=None):
+        """Set (or replace) this layer's weight and input quantizers.
+
+        Everything is validated before anything is changed. On a built
+        layer, learnable quantizer state (an LSQ step, a PACT clip) is
+        created now, and the state of replaced quantizers is removed.
+
+        Raises:
+            ValueError: for an unknown quantizer, a ``kernel_quantizer`` on
+                a layer without masked weights, or an ``input_quantizer`` on
+                a layer with integer inputs (``Embedding``).
+        """
+        kernel_quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
+        input_quantizer = quantizers_lib.get(input_quantizer, "input_quantizer")
+        if kernel_quantizer is not None and not self.sparse_weight_layouts:
+            raise ValueError(
+                f"Layer {self.name!r} ({type(self).__name__}) has no kernel to "
+                f"quantize. Received: kernel_quantizer={kernel_quantizer!r}"
+            )
+        if input_quantizer is not None and isinstance(self, keras.layers.Embedding):
+            raise ValueError(
+                f"Layer {self.name!r} takes integer ids; they cannot be quantized. "
+                f"Received: input_quantizer={input_quantizer!r}"
+            )
+        if self.built and (
+            kernel_quantizer != self.kernel_quantizer or input_quantizer != self.input_quantizer
+        ):
+            self._drop_quantizer_state()
+            self.kernel_quantizer = kernel_quantizer
+            self.input_quantizer = input_quantizer
+            self._build_quantizer_state(_built_input_shape(self))
+        self.kernel_quantizer = kernel_quantizer
+        self.input_quantizer = input_quantizer
+
+    def _reset_quantization(self):
+        self.kernel_quantizer = None
+        self.input_quantizer = None
+        self._quantizer_training = None
+        self._set_quantizer_state({})
+
+    @property
+    def quantized(self):
+        """Whether the layer has a weight or input quantizer."""
+        return self.kernel_quantizer is not None or self.input_quantizer is not None
+
     # ------------------------------------------------------------------- state
     def build(self, input_shape=None):
         super().build(input_shape)
-        self._finish_sparse_build()
+        self._finish_sparse_build(input_shape)
 
-    def _finish_sparse_build(self):
+    def _finish_sparse_build(self, input_shape=None):
         for name in self.sparse_weight_layouts:
             self.pattern.check_weight(
                 tuple(self.latent_weight(name).shape), self.weight_layout(name)
@@ -221,6 +294,7 @@ class SparseMixin:
             if isinstance(self._initializer_of(name), SparseInitializer):
                 latent = ops.convert_to_tensor(self.latent_weight(name))
                 self.set_mask(name, ops.not_equal(latent, 0))
+        self._build_quantizer_state(input_shape)
 
     def _initializer_of(self, name):
         for attr in (name + "_initializer", name.replace("_kernel", "") + "_initializer",
@@ -229,16 +303,24 @@ class SparseMixin:
                 return self.__dict__[attr]
         return None
 
-    def _add_state(self, suffix, **kwargs):
-        """Add a ``<name><suffix>`` variable shaped like each masked weight."""
+    @contextlib.contextmanager
+    def _unlocked(self):
         # Dense.build() may lock the layer when LoRA is enabled, and a layer
-        # converted in place is already locked; this state belongs to the
-        # layer, so unlock just to add it.
+        # converted in place is already locked; masks and quantizer state
+        # belong to the layer, so unlock just to add them.
         tracker = getattr(self, "_tracker", None)
         was_locked = bool(tracker is not None and tracker.locked)
         if was_locked:
             tracker.unlock()
         try:
+            yield
+        finally:
+            if was_locked:
+                tracker.lock()
+
+    def _add_state(self, suffix, **kwargs):
+        """Add a ``<name><suffix>`` variable shaped like each masked weight."""
+        with self._unlocked():
             for name in self.sparse_weight_layouts:
                 if getattr(self, name + suffix, None) is not None:
                     continue
@@ -247,9 +329,65 @@ class SparseMixin:
                     name=name + suffix, shape=tuple(latent.shape), **kwargs
                 )
                 setattr(self, name + suffix, variable)
-        finally:
-            if was_locked:
-                tracker.lock()
+
+    # ------------------------------------------------------- quantizer state
+    def _set_quantizer_state(self, state):
+        with self._unlocked():
+            self._quantizer_state = state
+
+    def _build_quantizer_state(self, input_shape=None):
+        """Let each quantizer create its state (variables made with
+        ``add_weight``, so they train and save with the layer)."""
+        if self._quantizer_state:
+            return
+        state = {}
+        with self._unlocked():
+            if self.kernel_quantizer is not None:
+                for name in self.sparse_weight_names:
+                    latent = self.latent_weight(name)
+                    mask = getattr(self, name + "_mask", None)
+                    built = self.kernel_quantizer.build(
+                        self, tuple(latent.shape), f"{name}_quantizer", value=latent
+                    )
+                    if built and mask is not None:
+                        self.kernel_quantizer.initialize(built, latent, mask)
+                    state[name] = built
+            if self.input_quantizer is not None:
+                shape = _example_shape(input_shape)
+                state["input"] = self.input_quantizer.build(self, shape, "input_quantizer")
+        self._set_quantizer_state(state)
+
+    def _drop_quantizer_state(self):
+        for variable in self.quantizer_variables():
+            self._untrack_variable(variable)
+        self._set_quantizer_state({})
+
+    def quantizer_variables(self):
+        """The variables of this layer's quantizers (LSQ steps, PACT clips)."""
+        found = []
+        for state in self._quantizer_state.values():
+            for value in state.values():
+                if isinstance(value, keras.Variable):
+                    found.append(value)
+        return found
+
+    def quantizer_state(self, name):
+        """The state dict of the quantizer of weight ``name`` (or
+        ``"input"``); empty when the quantizer has none."""
+        return self._quantizer_state.get(name, {})
+
+    def initialize_quantizers(self):
+        """Reset data-dependent quantizer state (the LSQ step) from the
+        current latent weights and masks, e.g. after loading trained float
+        weights into a freshly quantized layer."""
+        if self.kernel_quantizer is None:
+            return
+        for name in self.sparse_weight_names:
+            state = self._quantizer_state.get(name)
+            if state:
+                self.kernel_quantizer.initialize(
+                    state, self.latent_weight(name), self.get_mask(name)
+                )
 
     def _add_masks(self):
         self._add_state(
@@ -299,14 +437,15 @@ class SparseMixin:
         return ops.convert_to_tensor(probe)
 
     def auxiliary_variables(self):
-        """Masks and probes: state the Keras parent layer does not have."""
+        """Masks, probes and quantizer variables: state the Keras parent
+        layer does not have."""
         found = []
         for name in self.sparse_weight_names:
             for suffix in ("_mask", "_probe"):
                 variable = getattr(self, name + suffix, None)
                 if variable is not None:
                     found.append(variable)
-        return found
+        return found + self.quantizer_variables()
 
     # Keras' Dense/Conv save the *effective* kernel and check variable counts;
     # the generic Layer methods save every own variable: latent + mask.
@@ -335,8 +474,16 @@ class SparseMixin:
         return getattr(self, name + "_mask")
 
     def transform_weight(self, name, value):
-        """Hook applied to the latent weight before masking (identity)."""
-        return value
+        """Hook applied to the latent weight before masking: the
+        ``kernel_quantizer`` (identity without one)."""
+        if self.kernel_quantizer is None:
+            return value
+        return self.kernel_quantizer(
+            value,
+            state=self._quantizer_state.get(name) or None,
+            output_axes=tuple(self.weight_layout(name).output_axes),
+            training=self._quantizer_training,
+        )
 
     def effective_weight(self, name):
         """``mask * transform_weight(latent)`` as a tensor."""
@@ -453,7 +600,22 @@ class SparseMixin:
             warnings.warn(_MISSING_CALLBACK, stacklevel=2)
         if self._parent_call_has_training:
             kwargs["training"] = training
-        return super().call(inputs, **kwargs)
+        if self.input_quantizer is not None:
+            inputs = self.input_quantizer(
+                inputs,
+                state=self._quantizer_state.get("input") or None,
+                output_axes=(),
+                training=training,
+            )
+        if self.kernel_quantizer is None:
+            return super().call(inputs, **kwargs)
+        # The kernel property has no `training` argument; stochastic
+        # quantizers read it from here during the parent's call.
+        self._quantizer_training = training
+        try:
+            return super().call(inputs, **kwargs)
+        finally:
+            self._quantizer_training = None
 
     # ----------------------------------------------------------- conversion
     def _adopt(self, schedule, pattern, scorer, global_pruning):
@@ -468,7 +630,25 @@ class SparseMixin:
         self._pruning_callback_attached = False
         self._warned_missing_callback = False
         self._mask_sparsity_cache = {}
+        self._reset_quantization()
         refresh_call_signature(self)
         self.configure_pruning(schedule, pattern, scorer, global_pruning)
         if self.built:
             self._add_masks()
+
+
+def _built_input_shape(layer):
+    """The input shape a built layer was built with, if Keras recorded one."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        return next(iter(shapes.values()))
+    return None
+
+
+def _example_shape(input_shape):
+    """The shape of one example (batch axis dropped) or ``()`` if unknown."""
+    if isinstance(input_shape, (tuple, list)) and input_shape and all(
+        d is None or isinstance(d, int) for d in input_shape
+    ):
+        return tuple(input_shape[1:])
+    return ()
