@@ -13,6 +13,7 @@ from keras_sparse import distributions
 from keras_sparse import layers
 from keras_sparse import ops
 from keras_sparse import patterns
+from keras_sparse import quantizers
 from keras_sparse import schedules
 from keras_sparse import scorers
 from keras_sparse import callbacks
@@ -25,6 +26,7 @@ from keras_sparse.regularizers import slimming
 from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
+from keras_sparse.quantize import quantize
 from keras_sparse.report import Report
 from keras_sparse.report import report
 
@@ -42,6 +44,8 @@ __all__ = [
     "optimizers",
     "patterns",
     "prune",
+    "quantize",
+    "quantizers",
     "report",
     "schedules",
     "scorers",

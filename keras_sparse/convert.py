@@ -6,6 +6,10 @@ input model is left untouched. Subclassed models cannot be cloned, so their
 layers are converted in place (class swap plus new mask variables) and the
 model's cached train/test/predict functions are reset so the next ``fit``
 traces the masked forward pass.
+
+:func:`convert` is the shared machinery: ``ks.prune`` and ``ks.quantize``
+each validate their arguments into a *plan* (layer -> settings) and hand it
+over, so the two compose in either order.
 """
 
 import re
@@ -25,7 +29,7 @@ from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
-__all__ = ["prune", "strip", "select_layers", "is_graph_model"]
+__all__ = ["convert", "prune", "strip", "select_layers", "is_graph_model"]
 
 
 def is_graph_model(model):
@@ -192,26 +196,67 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
     return plan
 
 
-def _copy_weights(source, target, skip_masks):
-    skip = set()
-    if skip_masks and isinstance(target, SparseMixin):
-        skip = {id(v) for v in target.auxiliary_variables()}
-    targets = [v for v in target.weights if id(v) not in skip]
-    sources = source.weights
+def _auxiliary(layer):
+    return layer.auxiliary_variables() if isinstance(layer, SparseMixin) else []
+
+
+def _assign(dst, src):
+    # A host copy: on JAX, assigning one variable to another shares the
+    # buffer, which the new model's first step then donates.
+    dst.assign(np.array(keras.ops.convert_to_numpy(src)))
+
+
+def _copy_weights(source, target):
+    """Copy ``source``'s weights into ``target`` (same Keras parent).
+
+    The Keras parent's weights are copied in order; masks and probes by
+    name; quantizer state only when both layers use the same quantizer (it
+    is initialized from the copied weights otherwise).
+    """
+    skip_source = {id(v) for v in _auxiliary(source)}
+    skip_target = {id(v) for v in _auxiliary(target)}
+    sources = [v for v in source.weights if id(v) not in skip_source]
+    targets = [v for v in target.weights if id(v) not in skip_target]
     if len(sources) != len(targets):
         raise RuntimeError(
             f"Cannot copy weights of layer {source.name!r}: {len(sources)} source "
             f"variables for {len(targets)} target variables."
         )
     for src, dst in zip(sources, targets):
-        # A host copy: on JAX, assigning one variable to another shares the
-        # buffer, which the new model's first step then donates.
-        dst.assign(np.array(keras.ops.convert_to_numpy(src)))
+        _assign(dst, src)
+    if not isinstance(target, SparseMixin):
+        return
+    if isinstance(source, SparseMixin):
+        for name in target.sparse_weight_names:
+            for suffix in ("_mask", "_probe"):
+                src = getattr(source, name + suffix, None)
+                dst = getattr(target, name + suffix, None)
+                if src is not None and dst is not None:
+                    _assign(dst, src)
+        target._mask_sparsity_cache = {}
+    initialize = False
+    for key in target._quantizer_state:
+        quantizer = target.input_quantizer if key == "input" else target.kernel_quantizer
+        same = isinstance(source, SparseMixin) and quantizer == (
+            source.input_quantizer if key == "input" else source.kernel_quantizer
+        )
+        source_state = source.quantizer_state(key) if same else {}
+        for item, dst in target.quantizer_state(key).items():
+            if not isinstance(dst, keras.Variable):
+                continue
+            if item in source_state:
+                _assign(dst, source_state[item])
+            elif key != "input":
+                initialize = True
+    if initialize:
+        target.initialize_quantizers()
 
 
 def _sparse_from(layer, settings):
+    # An already-sparse layer keeps its other settings (a quantized layer
+    # keeps its quantizers when pruned, and the other way round).
     cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
-    config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
+    config = layer.get_config()
     config.update(settings)
     return cls.from_config(config)
 
@@ -235,6 +280,46 @@ def _reset_compiled_functions(model):
     for attr in ("train_function", "test_function", "predict_function"):
         if hasattr(model, attr):
             setattr(model, attr, None)
+
+
+def convert(model, plan, configure):
+    """Apply a validated conversion plan to ``model``.
+
+    Args:
+        model: a Sequential, functional (possibly nested) or subclassed model.
+        plan: dict ``id(layer) -> settings``: keyword arguments of the sparse
+            layer class for each layer to convert (e.g. ``schedule=...`` or
+            ``kernel_quantizer=...``). Validate everything before calling:
+            a failure here would leave a subclassed model half converted.
+        configure: name of the :class:`SparseMixin` method that applies
+            ``settings`` in place (``"configure_pruning"``,
+            ``"configure_quantization"``).
+
+    Returns:
+        Sequential/functional models: a clone with the same weights (layers
+        in ``plan`` become sparse-family layers built from their config plus
+        ``settings``). Subclassed models: the same model, converted in place
+        (plain layers are class-swapped; compile again before ``fit``).
+    """
+    if is_graph_model(model):
+
+        def make_layer(layer):
+            if id(layer) in plan:
+                return _sparse_from(layer, plan[id(layer)])
+            return layer.__class__.from_config(layer.get_config())
+
+        return _clone(model, make_layer, _copy_weights)
+
+    for layer in _leaf_layers(model):
+        settings = plan.get(id(layer))
+        if settings is None:
+            continue
+        if not isinstance(layer, SparseMixin):
+            layer.__class__ = SPARSE_CLASS_FOR[type(layer)]
+            layer._adopt()
+        getattr(layer, configure)(**settings)
+    _reset_compiled_functions(model)
+    return model
 
 
 def prune(
@@ -285,30 +370,7 @@ def prune(
     >>> model.fit(x, y, callbacks=[ks.callbacks.Pruning()])
     """
     plan = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict)
-
-    if is_graph_model(model):
-
-        def make_layer(layer):
-            if id(layer) in plan:
-                return _sparse_from(layer, plan[id(layer)])
-            return layer.__class__.from_config(layer.get_config())
-
-        def copy(old, new):
-            _copy_weights(old, new, skip_masks=not isinstance(old, SparseMixin))
-
-        return _clone(model, make_layer, copy)
-
-    for layer in _leaf_layers(model):
-        settings = plan.get(id(layer))
-        if settings is None:
-            continue
-        if isinstance(layer, SparseMixin):
-            layer.configure_pruning(**settings)
-        else:
-            layer.__class__ = SPARSE_CLASS_FOR[type(layer)]
-            layer._adopt(**settings)
-    _reset_compiled_functions(model)
-    return model
+    return convert(model, plan, "configure_pruning")
 
 
 def strip(model):
@@ -320,10 +382,26 @@ def strip(model):
     weights is shipped). Sequential and functional models are cloned (the
     input is untouched); subclassed models are stripped in place.
 
+    Quantized weights are stored as their quantized float values (binary
+    layers hold exactly ±1 or ±alpha). Input quantizers have no plain Keras
+    equivalent and are dropped, with a warning: the stripped model then
+    computes on float inputs.
+
     Example:
     >>> plain = ks.strip(model)
     >>> plain.save("model.keras")
     """
+    dropped = [
+        layer.name for layer in _leaf_layers(model)
+        if isinstance(layer, SparseMixin) and layer.input_quantizer is not None
+    ]
+    if dropped:
+        warnings.warn(
+            "ks.strip dropped the input quantizers of layers "
+            f"{dropped}: plain Keras layers have none, so the stripped model "
+            "computes on float inputs.",
+            stacklevel=2,
+        )
     if is_graph_model(model):
 
         def make_layer(layer):
@@ -335,7 +413,7 @@ def strip(model):
             if isinstance(old, SparseMixin):
                 new.set_weights(old.stripped_weights())
             else:
-                _copy_weights(old, new, skip_masks=False)
+                _copy_weights(old, new)
 
         stripped = _clone(model, make_layer, copy)
         if not stripped.compiled:
@@ -363,6 +441,8 @@ def _strip_in_place(layer):
     for name in layer.sparse_weight_names:
         layer.__dict__.pop(name + "_mask", None)
         layer.__dict__.pop(name + "_probe", None)
+    for attr in ("kernel_quantizer", "input_quantizer", "_quantizer_state", "_quantizer_training"):
+        layer.__dict__.pop(attr, None)
     layer.__class__ = parent
     refresh_call_signature(layer)
     for name, variable in latents.items():

@@ -4,6 +4,12 @@ A mask alone saves nothing at run time (dense kernels still multiply zeros).
 The report therefore shows both columns: dense parameters, bytes and FLOPs,
 and what a compressed export (sparse index + values) and a sparse kernel
 would need. FLOPs count one multiply-accumulate as 2 FLOPs, per example.
+
+For quantized layers it adds the weight precision (``bits``), the packed
+size (values packed at 1, 2, 4 or 8 bits, plus the sparse index of pruned
+weights and the float32 scales the quantizer needs) and the share of
+multiply-accumulates whose weight and input are both binary (``1-bit MACs``,
+the ones an XNOR-popcount kernel can run).
 """
 
 import math
@@ -28,10 +34,13 @@ _COLUMNS = (
     ("nonzeros", "nonzero"),
     ("sparsity", "sparsity"),
     ("pattern", "pattern"),
+    ("bits", "bits"),
     ("dense_bytes", "dense B"),
     ("compressed_bytes", "compressed B"),
+    ("packed_bytes", "packed B"),
     ("dense_flops", "dense FLOPs"),
     ("effective_flops", "eff. FLOPs"),
+    ("binary_mac_share", "1-bit MACs"),
 )
 
 
@@ -92,6 +101,27 @@ def _compressed_bytes(size, kept, value_bytes, pattern, unit_count):
     values = kept * value_bytes
     if kept == size:
         return size * value_bytes
+    return values + _index_bytes(size, kept, pattern, unit_count)
+
+
+def packed_width(precision):
+    """Bits one value occupies once packed: 1, 2, 4 or 8 (16 or 32 above)."""
+    for width in (1, 2, 4, 8, 16):
+        if precision <= width:
+            return width
+    return 32
+
+
+def _packed_bytes(size, kept, bits, pattern, unit_count, side_values):
+    """Values packed at ``bits`` each: densely, or only the ``kept`` ones
+    plus the sparse index, whichever is smaller; plus float32 side values."""
+    dense = math.ceil(size * bits / 8)
+    if kept < size:
+        dense = min(dense, math.ceil(kept * bits / 8) + _index_bytes(size, kept, pattern, unit_count))
+    return dense + 4 * side_values
+
+
+def _index_bytes(size, kept, pattern, unit_count):
     if isinstance(pattern, NByM):
         index = math.ceil(kept * math.ceil(math.log2(pattern.m)) / 8)
     elif isinstance(pattern, (Channel, Block)):
@@ -99,7 +129,7 @@ def _compressed_bytes(size, kept, value_bytes, pattern, unit_count):
     else:
         coordinate = max(1, math.ceil(math.log2(max(size, 2)) / 8))
         index = min(math.ceil(size / 8), kept * coordinate)
-    return values + index
+    return index
 
 
 def _unit_count(layer, name, pattern, shape):
@@ -122,7 +152,9 @@ def register_cost(layer_cls):
     ``layer_cls`` (and its subclasses) in :func:`report`. The row holds the
     keys ``params, nonzeros, masked_params, masked_nonzeros, pattern,
     dense_bytes, compressed_bytes, dense_flops, effective_flops, sparsity``
-    (``layer`` and ``type`` are filled in).
+    (``layer`` and ``type`` are filled in) and optionally ``bits``,
+    ``packed_bytes`` and ``binary_flops`` (default: the layer's weight
+    precision, ``compressed_bytes`` and 0).
 
     Example:
     >>> @ks.report_lib.register_cost(MyLayer)
@@ -141,6 +173,10 @@ def _layer_row(layer):
         if klass in _COST_FUNCTIONS:
             row = dict(_COST_FUNCTIONS[klass](layer))
             row.update(layer=layer.name, type=type(layer).__name__)
+            row.setdefault("bits", _weight_bits(layer))
+            row.setdefault("packed_bytes", row["compressed_bytes"])
+            row.setdefault("binary_flops", 0)
+            row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
             return row
     sparse = isinstance(layer, SparseMixin)
     masks = {id(v) for v in layer.auxiliary_variables()} if sparse else set()
@@ -148,9 +184,15 @@ def _layer_row(layer):
     row = dict(layer=layer.name, type=type(layer).__name__, params=0, nonzeros=0,
                masked_params=0, masked_nonzeros=0,
                pattern=type(layer.pattern).__name__ if sparse else "-",
-               dense_bytes=0, compressed_bytes=0, dense_flops=0, effective_flops=0)
+               dense_bytes=0, compressed_bytes=0, dense_flops=0, effective_flops=0,
+               bits=_weight_bits(layer), packed_bytes=0, binary_flops=0)
     flops_known = True
     kernel_names = _kernel_names(layer)
+    quantizer = getattr(layer, "kernel_quantizer", None) if sparse else None
+    binary = bool(
+        quantizer is not None and quantizer.precision == 1
+        and layer.input_quantizer is not None and layer.input_quantizer.precision == 1
+    )
     for variable in layer.weights:
         if id(variable) in masks:
             continue
@@ -165,11 +207,20 @@ def _layer_row(layer):
             unit_count = _unit_count(layer, name, layer.pattern, tuple(variable.shape))
             row["compressed_bytes"] += _compressed_bytes(
                 size, kept, value_bytes, layer.pattern, unit_count)
+            if quantizer is None:
+                bits, side = 8 * value_bytes, 0
+            else:
+                bits = packed_width(quantizer.precision)
+                side = quantizer.side_values(
+                    tuple(variable.shape), tuple(layer.weight_layout(name).output_axes))
+            row["packed_bytes"] += _packed_bytes(
+                size, kept, bits, layer.pattern, unit_count, side)
             row["masked_params"] += size
             row["masked_nonzeros"] += kept
         else:
             kept = int(np.count_nonzero(ops.convert_to_numpy(variable)))
             row["compressed_bytes"] += size * value_bytes
+            row["packed_bytes"] += size * value_bytes
             name = kernel_names.get(id(variable))
         row["nonzeros"] += kept
         if name is not None:
@@ -180,13 +231,35 @@ def _layer_row(layer):
             else:
                 row["dense_flops"] += 2 * dense
                 row["effective_flops"] += 2 * eff
+                if binary:
+                    row["binary_flops"] += 2 * eff
     if not flops_known:
-        row["dense_flops"] = row["effective_flops"] = None
+        row["dense_flops"] = row["effective_flops"] = row["binary_flops"] = None
+    row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
     if sparse:
         row["sparsity"] = layer.sparsity
     else:
         row["sparsity"] = 1.0 - row["nonzeros"] / row["params"] if row["params"] else 0.0
     return row
+
+
+def _share(part, whole):
+    if part is None or whole is None:
+        return None
+    return part / whole if whole else 0.0
+
+
+def _weight_bits(layer):
+    """Bits per value of the layer's main weights: the kernel quantizer's
+    precision, else the width of the first weight's dtype."""
+    quantizer = getattr(layer, "kernel_quantizer", None)
+    if quantizer is not None and hasattr(quantizer, "precision"):
+        return int(quantizer.precision)
+    for variable in layer.weights:
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        if dtype != "bool":
+            return 16 if dtype == "bfloat16" else 8 * np.dtype(dtype).itemsize
+    return None
 
 
 def _kernel_names(layer):
@@ -213,12 +286,13 @@ class Report:
     def __init__(self, rows):
         self.rows = rows
         totals = {key: 0 for key in ("params", "nonzeros", "masked_params", "masked_nonzeros",
-                                     "dense_bytes", "compressed_bytes", "dense_flops",
-                                     "effective_flops")}
+                                     "dense_bytes", "compressed_bytes", "packed_bytes",
+                                     "dense_flops", "effective_flops", "binary_flops")}
         for row in rows:
             for key in totals:
                 if totals[key] is not None:
-                    totals[key] = None if row[key] is None else totals[key] + row[key]
+                    totals[key] = None if row.get(key) is None else totals[key] + row[key]
+        totals["binary_mac_share"] = _share(totals["binary_flops"], totals["effective_flops"])
         # Sparsity of the masked weights (as in each sparse row); a model with
         # no masked weight reports its fraction of zero parameters instead.
         if totals["masked_params"]:
@@ -236,14 +310,14 @@ class Report:
         def fmt(key, value):
             if value is None:
                 return "?"
-            if key == "sparsity":
+            if key in ("sparsity", "binary_mac_share"):
                 return f"{100 * value:.1f}%"
             if isinstance(value, int):
                 return f"{value:,}"
             return str(value)
 
         table = [[title for _, title in _COLUMNS]]
-        for row in self.rows + [dict(self.totals, layer="total", type="", pattern="")]:
+        for row in self.rows + [dict(self.totals, layer="total", type="", pattern="", bits="")]:
             table.append([fmt(key, row.get(key, "")) for key, _ in _COLUMNS])
         widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
         lines = []
@@ -260,8 +334,10 @@ class Report:
 
 def report(model, print_fn=print):
     """Print and return a per-layer table of parameters, non-zeros, sparsity,
-    pattern, dense bytes, compressed-bytes estimate (values + index) and dense
-    vs effective FLOPs per example.
+    pattern, weight bits, dense bytes, compressed-bytes estimate (values +
+    index), packed bytes (quantized values packed at 1/2/4/8 bits + index +
+    scales), dense vs effective FLOPs per example and the share of binary
+    (1-bit weight x 1-bit input) multiply-accumulates.
 
     Args:
         model: any built Keras model (sparse or not).

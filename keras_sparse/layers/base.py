@@ -618,11 +618,14 @@ class SparseMixin:
             self._quantizer_training = None
 
     # ----------------------------------------------------------- conversion
-    def _adopt(self, schedule, pattern, scorer, global_pruning):
+    def _adopt(self, schedule=None, pattern="unstructured", scorer="magnitude",
+               global_pruning=False):
         """Finish an in-place class swap of an existing Keras layer.
 
         Moves plain-attribute weights to their latent slot, refreshes the
         call signature Keras cached, and adds masks if the layer is built.
+        The layer starts with no quantizer (see
+        :meth:`configure_quantization`).
         """
         for name in self.sparse_weight_layouts:
             if name in self.__dict__:
@@ -635,6 +638,17 @@ class SparseMixin:
         self.configure_pruning(schedule, pattern, scorer, global_pruning)
         if self.built:
             self._add_masks()
+        elif "build" in self.__dict__:
+            # Keras' Layer.__new__ stored a wrapper of the *old* class's bound
+            # build on the instance; finish our build after it.
+            keras_build = self.__dict__["build"]
+
+            @functools.wraps(keras_build)
+            def build(*args, **kwargs):
+                keras_build(*args, **kwargs)
+                self._finish_sparse_build(args[0] if args else kwargs.get("input_shape"))
+
+            object.__setattr__(self, "build", build)
 
 
 def _built_input_shape(layer):

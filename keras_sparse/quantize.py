@@ -1,0 +1,142 @@
+"""Floor 4: ``ks.quantize`` converts an existing model to quantization-aware
+training (binary, ternary or k-bit weights and activations).
+
+It uses the same conversion machinery as ``ks.prune``
+(:func:`keras_sparse.convert.convert`): Sequential and functional models are
+cloned with their weights, subclassed models are converted in place. The
+converted layers are the sparse layer family with a ``kernel_quantizer``
+(and an ``input_quantizer`` when ``activations`` is given), so pruning and
+quantization compose in either order.
+"""
+
+import warnings
+
+import keras
+
+from keras_sparse import quantizers as quantizers_lib
+from keras_sparse.convert import _has_kernel_like_weights
+from keras_sparse.convert import _leaf_layers
+from keras_sparse.convert import _supports
+from keras_sparse.convert import convert
+from keras_sparse.convert import select_layers
+
+__all__ = ["quantize"]
+
+
+def _check_bool(value, name):
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return value
+
+
+def _explicit_names(model, layers):
+    """Names the user listed explicitly (not a pattern or a callable)."""
+    if isinstance(layers, (list, tuple, set, dict)):
+        return set(layers)
+    if isinstance(layers, str) and layers in {layer.name for layer in _leaf_layers(model)}:
+        return {layers}
+    return set()
+
+
+def quantize(
+    model,
+    weights,
+    activations=None,
+    *,
+    layers=None,
+    skip_first=False,
+    skip_last=False,
+    strict=False,
+):
+    """Make the supported layers of ``model`` quantization-aware.
+
+    The latent float weights are kept and trained; the forward pass uses
+    ``mask * weights_quantizer(latent)`` and, with ``activations``, quantized
+    layer inputs. Learnable quantizer state (an LSQ step) is initialized
+    from the model's current weights.
+
+    Args:
+        model: a Sequential, functional (possibly nested) or subclassed model.
+        weights: the weight quantizer: ``"binary"`` (``SteSign``: ±1),
+            ``"ternary"`` (TWN: ``SteTern(ternary_weight_networks=True,
+            scaled=True)``), an int number of bits (1 -> ``SteSign``, 2-8 ->
+            ``Uniform(bits)``), any :mod:`keras_sparse.quantizers` alias or
+            instance, or ``None`` (weights stay float).
+        activations: the input quantizer of each converted layer (same
+            forms), or ``None``. Layers with integer inputs (``Embedding``)
+            never get one.
+        layers: which layers to quantize: a name, a regular expression, a
+            list of names, a dict whose keys are names, or a callable
+            ``layer -> bool``. Listing by name a layer that has no kernel
+            (``BatchNormalization``, ...) raises ``ValueError``.
+        skip_first: leave the first selected layer in float (weights and
+            inputs), a common practice for binary and low-bit networks.
+        skip_last: leave the last selected layer in float.
+        strict: raise instead of warning when a selected layer with a
+            kernel has no counterpart in the layer family.
+
+    Returns:
+        For Sequential/functional models a new model with the same weights
+        (compiled with the input's compile config if the input was
+        compiled); a subclassed model is converted in place and returned
+        (compile it again before ``fit``). Already-converted layers keep
+        their pruning settings and get the new quantizers.
+
+    Raises:
+        ValueError: for an invalid argument; the model is left untouched.
+
+    Example:
+    >>> model = ks.quantize(model, "binary", activations="ste_sign", skip_first=True)
+    >>> model = ks.quantize(model, 8)            # 8-bit weights
+    >>> model = ks.prune(ks.quantize(model, 4), 0.8)   # compose with pruning
+    """
+    weight_quantizer = quantizers_lib.get(weights, "weights")
+    input_quantizer = quantizers_lib.get(activations, "activations")
+    if weight_quantizer is None and input_quantizer is None:
+        raise ValueError(
+            "Give a `weights` or an `activations` quantizer. "
+            f"Received: weights={weights!r}, activations={activations!r}"
+        )
+    _check_bool(skip_first, "skip_first")
+    _check_bool(skip_last, "skip_last")
+    _check_bool(strict, "strict")
+
+    selected = select_layers(model, layers)
+    explicit = _explicit_names(model, layers)
+    without_kernel = [
+        layer.name for layer in selected
+        if layer.name in explicit and not _supports(layer) and not _has_kernel_like_weights(layer)
+    ]
+    if without_kernel:
+        raise ValueError(
+            f"Layers {without_kernel} have no kernel to quantize. "
+            f"Received: layers={layers!r}"
+        )
+    unsupported = [
+        layer for layer in selected
+        if not _supports(layer) and _has_kernel_like_weights(layer)
+    ]
+    if unsupported:
+        names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
+        if strict:
+            raise ValueError(
+                f"These layers have no quantizable counterpart: {names}. Pass "
+                f"strict=False to skip them. Received: strict={strict}"
+            )
+        warnings.warn(f"keras_sparse skipped layers it cannot quantize: {names}.", stacklevel=2)
+
+    convertible = [layer for layer in selected if _supports(layer)]
+    if skip_first:
+        convertible = convertible[1:]
+    if skip_last:
+        convertible = convertible[:-1]
+    plan = {}
+    for layer in convertible:
+        takes_ids = isinstance(layer, keras.layers.Embedding)
+        plan[id(layer)] = dict(
+            kernel_quantizer=weight_quantizer,
+            input_quantizer=None if takes_ids else input_quantizer,
+        )
+    if not plan:
+        warnings.warn("ks.quantize found no layer to quantize.", stacklevel=2)
+    return convert(model, plan, "configure_quantization")
