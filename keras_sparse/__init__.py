@@ -27,11 +27,14 @@ from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
 from keras_sparse.quantize import quantize
+from keras_sparse.prune_at_init import apply_initial_masks
+from keras_sparse.prune_at_init import prune_at_init
 from keras_sparse.report import Report
 from keras_sparse.report import report
 
 __all__ = [
     "Report",
+    "apply_initial_masks",
     "callbacks",
     "constraints",
     "distributions",
@@ -46,6 +49,7 @@ __all__ = [
     "prune",
     "quantize",
     "quantizers",
+    "prune_at_init",
     "report",
     "schedules",
     "scorers",

@@ -191,3 +191,79 @@ def get(identifier):
 
 
 serialize = config_lib.serialize
+
+
+from keras_sparse.ops import drop_grow as _drop_grow  # noqa: E402
+
+
+def _fan_in(shape, output_axes):
+    rank = len(shape)
+    outs = {a % rank for a in output_axes}
+    fan_in = 1
+    for axis, size in enumerate(shape):
+        if axis not in outs:
+            fan_in *= int(size)
+    return fan_in
+
+
+@config_lib.register(_REGISTRY, "fan_in")
+class FanIn(Pattern):
+    """Every output unit keeps the same number of inputs (Martens-style
+    sparse connectivity).
+
+    With ``k`` given, each unit keeps exactly ``k`` inputs (Martens 2010
+    used 15), whatever the requested sparsity (which only has to be
+    non-zero for the pattern to apply). With ``k=None`` each unit keeps
+    ``max(1, round((1 - sparsity) * fan_in))`` inputs, so the layer has the
+    requested sparsity spread evenly over its units. A unit's inputs are all
+    entries of the weight outside its output axes (for a convolution: kernel
+    positions times input channels); within a unit the highest scores are
+    kept.
+
+    For sparse initialization combine it with the random scorer, which also
+    rescales the kept weights by ``sqrt(fan_in / k)``::
+
+        ks.prune(model, 0.9, schedule=ks.schedules.OneShot(0),
+                 pattern=ks.patterns.FanIn(15), scorer="random")
+
+    Reference: J. Martens, "Deep learning via Hessian-free optimization",
+    ICML 2010 (sparse initialization).
+
+    Args:
+        k: inputs kept per unit, or ``None`` to derive it from the sparsity.
+
+    Example:
+    >>> ks.patterns.FanIn(15)
+    FanIn(k=15)
+    """
+
+    def __init__(self, k=None):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"`k` must be a positive integer or None. Received: k={k!r}")
+        self.k = k
+
+    def check_weight(self, shape, layout):
+        if not layout.output_axes:
+            raise ValueError(
+                f"FanIn needs an output axis; this weight of shape {tuple(shape)} "
+                f"has none. Received: pattern={self!r}"
+            )
+        fan_in = _fan_in(shape, layout.output_axes)
+        if self.k is not None and self.k > fan_in:
+            raise ValueError(
+                f"FanIn(k={self.k}) exceeds the fan-in {fan_in} of a weight of shape "
+                f"{tuple(shape)}. Received: pattern={self!r}"
+            )
+
+    def mask(self, scores, sparsity, layout):
+        if sparsity <= 0.0:
+            return mask_ops.topk_mask(scores, 0.0)
+        fan_in = _fan_in(tuple(scores.shape), layout.output_axes)
+        keep = self.k if self.k is not None else max(1, round((1.0 - sparsity) * fan_in))
+        return _drop_grow.fan_in_mask(scores, min(keep, fan_in), layout.output_axes)
+
+    def get_config(self):
+        return {"k": self.k}
+
+
+__all__ += ["FanIn"]

@@ -11,12 +11,14 @@ lost, and a freshly compiled model loses nothing at all.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_sparse import backend
 
 __all__ = [
     "add_gradient_probes",
+    "remove_gradient_probes",
     "rebuild_optimizer",
     "optimizer_slots",
     "reset_optimizer_slots",
@@ -52,7 +54,9 @@ def rebuild_optimizer(model):
     for variable in new.variables:
         source = previous.get(variable.path)
         if source is not None and tuple(source.shape) == tuple(variable.shape):
-            variable.assign(ops.convert_to_tensor(source))
+            # A host copy: on JAX the two variables would otherwise share a
+            # buffer that the next train step donates.
+            variable.assign(np.array(ops.convert_to_numpy(source)))
     model.optimizer = new
     return new
 
@@ -92,6 +96,36 @@ def add_gradient_probes(model, layers):
     if added and getattr(model, "train_function", None) is not None:
         model.make_train_function(force=True)
     return added
+
+
+def remove_gradient_probes(model, layers):
+    """Remove the gradient probes of ``layers`` and make the model and its
+    optimizer as they were without them.
+
+    Call from ``on_train_end`` (after the final state sync): a model saved
+    afterwards has exactly the variables of a model that never had probes,
+    so it loads into a fresh ``ks.prune`` model or with
+    ``keras.saving.load_model``. Returns whether anything changed.
+    """
+    backend.sync_model_state(model)
+    removed = False
+    for layer in layers:
+        for name in layer.sparse_weight_names:
+            probe = getattr(layer, name + "_probe", None)
+            if probe is None:
+                continue
+            # Mirrors how ``ks.strip`` drops auxiliary variables in place.
+            layer._untrack_variable(probe)
+            layer.__dict__.pop(name + "_probe", None)
+            removed = True
+    if not removed:
+        return False
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and _inner(optimizer).built:
+        rebuild_optimizer(model)
+    if getattr(model, "train_function", None) is not None:
+        model.make_train_function(force=True)
+    return True
 
 
 def optimizer_slots(optimizer, variable):

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_sparse import backend
 from keras_sparse.callbacks.optimizer_state import add_gradient_probes
+from keras_sparse.callbacks.optimizer_state import remove_gradient_probes
 from keras_sparse.config import PACKAGE
 from keras_sparse.ops.drop_grow import variance_rescale
 from keras_sparse.ops.masks import global_topk_masks
@@ -35,7 +36,8 @@ class Pruning(keras.callbacks.Callback):
     read the dense gradient of the last training step from a gradient probe
     the callback adds to their layers when training begins (the optimizer is
     rebuilt with the probes, keeping its state, and the train function
-    remade). Accumulating scorers (Taylor, movement) are summed after every
+    remade); they are removed again when training ends, so the trained model
+    saves and reloads like any other. Accumulating scorers (Taylor, movement) are summed after every
     step, on the weights after the step; the sums live in the callback, so a
     resumed run restarts them. A scorer with ``rescale_survivors`` (random)
     rescales the kept weights of each unit when a mask is applied.
@@ -94,6 +96,11 @@ class Pruning(keras.callbacks.Callback):
         self._reapply_masks()
         for layer in self._layers:
             layer._pruning_callback_attached = False
+        if self._probed:
+            # Probes exist only while training: the trained model saves and
+            # loads like one that never had them.
+            remove_gradient_probes(self.model, self._layers)
+            self._probed = False
 
     def _reapply_masks(self):
         if not self._layers:
@@ -217,9 +224,12 @@ class Pruning(keras.callbacks.Callback):
             return layer.score_weight(name, layer.last_gradient(name))
         return layer.score_weight(name)
 
-    def apply_mask(self, layer, name, mask):
-        """Assign ``mask`` (and rescale survivors if the scorer asks)."""
-        if layer.scorer.rescale_survivors:
+    def apply_mask(self, layer, name, mask, rescale=None):
+        """Assign ``mask``; rescale the survivors of each unit if ``rescale``
+        (default: if the layer's scorer asks, see ``rescale_survivors``)."""
+        if rescale is None:
+            rescale = layer.scorer.rescale_survivors
+        if rescale:
             # A host copy: on TF a read of the variable can alias its buffer.
             before = np.array(ops.convert_to_numpy(layer.get_mask(name)))
             layer.set_mask(name, mask)

@@ -1,0 +1,347 @@
+"""Dynamic sparse training: SET and RigL, built on the ``Pruning`` callback.
+
+Both keep every layer at a fixed sparsity (the target ``ks.prune`` gave it,
+e.g. from an ERK or uniform distribution) and periodically move a fraction of
+its connections: the smallest-magnitude active weights are dropped and the
+same number of inactive ones are grown. SET grows at random, RigL where the
+dense gradient is largest. Step counting, layer discovery, logs, resume and
+the end-of-epoch re-zeroing are the ``Pruning`` callback's; these classes
+only override how a layer is updated and when.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sparse import backend
+from keras_sparse import patterns as patterns_lib
+from keras_sparse import scorers as scorers_lib
+from keras_sparse.callbacks.optimizer_state import reset_optimizer_slots
+from keras_sparse.callbacks.pruning import Pruning
+from keras_sparse.config import PACKAGE
+from keras_sparse.ops.drop_grow import check_decay
+from keras_sparse.ops.drop_grow import drop_and_grow
+from keras_sparse.ops.drop_grow import drop_fraction
+from keras_sparse.ops.masks import global_topk_masks
+
+__all__ = ["SET", "RigL"]
+
+#: Fraction of training after which updates stop when ``end_step`` is not
+#: given (RigL's default).
+DEFAULT_END_FRACTION = 0.75
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return value
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SET(Pruning):
+    """Sparse Evolutionary Training: drop the smallest weights, regrow at
+    random, at constant sparsity.
+
+    Use it alone in ``fit`` on a model from ``ks.prune``; each layer keeps
+    the sparsity ``ks.prune`` assigned it (``distribution="erk"`` for the
+    papers' set-up, or ``"uniform"``) and only its connectivity changes.
+    The layers' schedules give the target sparsity; their timing is not
+    used.
+
+    * **Start.** When training begins, a layer whose mask is not yet at its
+      target is pruned to it with ``init_scorer`` (default ``"random"``: a
+      random sparse network with the survivors rescaled by
+      ``sqrt(k_before / k_after)`` per unit, see
+      :class:`~keras_sparse.scorers.RandomScorer`). Masks already at target
+      (from ``ks.prune_at_init`` or a restored checkpoint) are kept.
+    * **Update** at every step ``t = begin_step + k * update_freq`` with
+      ``begin_step < t < end_step``: in every layer, ``n = round(f(t) *
+      active)`` active weights with the smallest ``|w|`` are dropped and
+      ``n`` inactive weights grown (:func:`keras_sparse.ops.drop_grow.drop_and_grow`),
+      so the number of active weights of each layer never changes. The
+      update for step ``t`` runs right after step ``t - 1`` (so it uses that
+      step's gradient, and a checkpoint written then already holds it).
+    * **Regrown weights start at 0**, and the optimizer slots (Adam's m and
+      v, momentum, ...) of every inactive or regrown entry are reset to 0.
+    * ``f(t)``: ``drop_fraction`` with ``decay`` (cosine by default,
+      :func:`keras_sparse.ops.drop_grow.drop_fraction`).
+
+    Regrowth draws from a generator seeded by ``(seed, step, layer)``, so a
+    run resumed with ``BackupAndRestore`` makes the same choices. The current
+    drop fraction is logged as ``"drop_fraction"`` at each epoch end.
+
+    Reference: D. Mocanu et al., "Scalable training of artificial neural
+    networks with adaptive sparse connectivity inspired by network science",
+    Nature Communications 2018.
+
+    Args:
+        update_freq: steps between connectivity updates (ΔT).
+        drop_fraction: initial fraction ``alpha`` of active weights replaced.
+        end_step: last step (exclusive) with updates; ``None`` = 75 % of the
+            steps of the ``fit`` call (pass it explicitly when training
+            with several ``fit`` calls).
+        begin_step: updates start after this step.
+        decay: ``"cosine"`` (default), ``"linear"`` or ``"constant"``
+            (SET's original fixed ζ).
+        init_scorer: scorer for the initial mask (``"random"``,
+            ``"magnitude"``, ...).
+        seed: seed of the random choices; ``None`` draws one from numpy's
+            global generator (seeded by ``keras.utils.set_random_seed``).
+        log_per_layer: add per-layer sparsity to the epoch logs.
+
+    Example:
+    >>> model = ks.prune(model, 0.9, distribution="erk")
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> model.fit(x, y, epochs=20, callbacks=[ks.callbacks.SET(update_freq=100)])
+    """
+
+    def __init__(
+        self,
+        update_freq=100,
+        drop_fraction=0.3,
+        end_step=None,
+        begin_step=0,
+        decay="cosine",
+        init_scorer="random",
+        seed=None,
+        log_per_layer=True,
+    ):
+        super().__init__(log_per_layer=log_per_layer)
+        self.update_freq = _check_positive_int(update_freq, "update_freq")
+        fraction = float(drop_fraction)
+        if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
+            raise ValueError(
+                f"`drop_fraction` must be in [0, 1]. Received: drop_fraction={drop_fraction!r}"
+            )
+        self.drop_fraction = fraction
+        if isinstance(begin_step, bool) or not isinstance(begin_step, int) or begin_step < 0:
+            raise ValueError(
+                f"`begin_step` must be a non-negative integer. Received: begin_step={begin_step!r}"
+            )
+        self.begin_step = begin_step
+        if end_step is not None:
+            if isinstance(end_step, bool) or not isinstance(end_step, int) or end_step <= begin_step:
+                raise ValueError(
+                    "`end_step` must be an integer greater than `begin_step`, or None. "
+                    f"Received: end_step={end_step!r}, begin_step={begin_step}"
+                )
+        self.end_step = end_step
+        self.decay = check_decay(decay)
+        self.init_scorer = scorers_lib.get(init_scorer)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        self.seed = seed
+        self._seed = seed if seed is not None else int(np.random.randint(2**31 - 1))
+        self._end_step = end_step
+        #: dict layer name -> (dropped, grown) of the last update.
+        self.last_update = {}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "update_freq": self.update_freq,
+                "drop_fraction": self.drop_fraction,
+                "end_step": self.end_step,
+                "begin_step": self.begin_step,
+                "decay": self.decay,
+                "init_scorer": scorers_lib.serialize(self.init_scorer),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("init_scorer"), dict):
+            config["init_scorer"] = scorers_lib.get(config["init_scorer"])
+        return cls(**config)
+
+    # ----------------------------------------------------------------- timing
+    def resolved_end_step(self):
+        """``end_step``, or the default computed when training began."""
+        return self._end_step
+
+    def fraction_at(self, step):
+        """Drop fraction ``f(step)``."""
+        return drop_fraction(
+            step, self.drop_fraction, self.begin_step, self._end_step, self.decay
+        )
+
+    def is_update_step(self, step):
+        """Whether connectivity is updated for training step ``step``."""
+        return (
+            self.begin_step < step < self._end_step
+            and (step - self.begin_step) % self.update_freq == 0
+        )
+
+    def due_step(self, layer, steps):
+        for step in steps:
+            if self.is_update_step(step):
+                return step
+        return None
+
+    def _current_step(self):
+        return backend.read_int(self.model.optimizer.iterations)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, logs=None):
+        if self.end_step is None:
+            epochs = (self.params or {}).get("epochs")
+            steps = (self.params or {}).get("steps")
+            if not epochs or not steps:
+                raise ValueError(
+                    f"{type(self).__name__} needs `end_step` when the number of steps "
+                    "per epoch is unknown. Received: end_step=None"
+                )
+            self._end_step = max(self.begin_step + 1, int(DEFAULT_END_FRACTION * epochs * steps))
+        super().on_train_begin(logs)
+        managed = self.managed_layers()
+        for layer in managed:
+            if type(layer.pattern) is not patterns_lib.Unstructured:
+                raise ValueError(
+                    f"{type(self).__name__} needs the unstructured pattern; layer "
+                    f"{layer.name!r} has pattern={layer.pattern!r}."
+                )
+        self.initialize_masks(managed)
+
+    def layers_needing_gradient(self):
+        return []
+
+    def managed_layers(self):
+        """The layers whose connectivity this callback moves."""
+        return [layer for layer in self._layers if layer.schedule is not None]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Updates run after the previous step (on_train_batch_end).
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._epoch_start_step + batch + 1
+        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        self.update_masks(range(done - per_call + 1, done + 1))
+        super().on_train_batch_end(batch, logs)
+
+    def _accumulate_scores(self):
+        # The layers' own scorers are not used between updates.
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if logs is not None:
+            logs["drop_fraction"] = self.fraction_at(self._current_step())
+
+    # ------------------------------------------------------------------ logic
+    def initialize_masks(self, layers):
+        """Prune layers not yet at their target with ``init_scorer``."""
+        backend.sync_model_state(self.model)
+        independent, global_layers = [], []
+        for layer in layers:
+            if not self._at_target(layer):
+                (global_layers if layer.global_pruning else independent).append(layer)
+        for layer in independent:
+            sparsity = layer.schedule.target_sparsity
+            for name in layer.sparse_weight_names:
+                scores = self.init_scorer.score(layer.masked_latent(name))
+                mask = layer.compute_mask_for(name, sparsity, scores)
+                self._apply_init_mask(layer, name, mask)
+        if global_layers:
+            entries = [(l, n) for l in global_layers for n in l.sparse_weight_names]
+            scores = [self.init_scorer.score(l.masked_latent(n)) for l, n in entries]
+            sparsity = global_layers[0].schedule.target_sparsity
+            for (layer, name), mask in zip(entries, global_topk_masks(scores, sparsity)):
+                self._apply_init_mask(layer, name, mask)
+
+    def _apply_init_mask(self, layer, name, mask):
+        self.apply_mask(layer, name, mask, rescale=self.init_scorer.rescale_survivors)
+
+    @staticmethod
+    def _at_target(layer):
+        target = layer.schedule.target_sparsity
+        for name in layer.sparse_weight_names:
+            size = math.prod(layer.get_mask(name).shape)
+            if abs(layer.weight_sparsity(name) - target) * size > 1.0:
+                return False
+        return True
+
+    def update_global(self, layers, step):
+        for layer in layers:
+            self.update_layer(layer, step)
+
+    def update_layer(self, layer, step):
+        """Drop and grow in every masked weight of ``layer`` for ``step``."""
+        fraction = self.fraction_at(step)
+        index = self._layers.index(layer)
+        dropped_total = grown_total = 0
+        for name_index, name in enumerate(layer.sparse_weight_names):
+            old_mask = np.array(ops.convert_to_numpy(layer.get_mask(name))).astype(bool)
+            drop_scores = ops.abs(layer.masked_latent(name))
+            grow_scores = self.grow_scores(layer, name, step, (index, name_index))
+            new_mask, dropped, grown = drop_and_grow(
+                old_mask, drop_scores, grow_scores, fraction
+            )
+            latent = layer.latent_weight(name)
+            # Regrown weights start at 0: zero every entry that was inactive
+            # (momentum may have moved it) before dropping.
+            latent.assign(ops.multiply(latent, ops.cast(old_mask, latent.dtype)))
+            layer.set_mask(name, new_mask)
+            kept = np.logical_and(old_mask, np.asarray(ops.convert_to_numpy(new_mask)))
+            reset_optimizer_slots(self.model.optimizer, latent, kept)
+            dropped_total += int(np.count_nonzero(ops.convert_to_numpy(dropped)))
+            grown_total += int(np.count_nonzero(ops.convert_to_numpy(grown)))
+        self.last_update[layer.name] = (dropped_total, grown_total)
+
+    def grow_scores(self, layer, name, step, key):
+        """Scores of the candidates for regrowth (higher = grown first).
+
+        SET: uniform random, from a generator seeded by ``(seed, step,
+        layer)`` so a resumed run draws the same values.
+        """
+        rng = np.random.default_rng([self._seed, int(step), *key])
+        shape = tuple(layer.get_mask(name).shape)
+        return rng.random(shape, dtype=np.float32)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RigL(SET):
+    """Rigged Lottery: drop the smallest weights, regrow where the dense
+    gradient is largest, at constant sparsity.
+
+    Identical to :class:`SET` except for regrowth: the inactive entries
+    with the largest ``|∂L/∂w|`` are grown, where the gradient is the dense
+    gradient of the last training step's batch with respect to the effective
+    weight (pruned entries included). It comes from a gradient probe
+    (``SparseMixin.enable_gradient_probe``) added to the layers while
+    updates remain and removed when training ends; adding it rebuilds the
+    optimizer with its state and remakes the train function. Put ``RigL``
+    before ``BackupAndRestore`` in the callback list (the checkpoint
+    contains the probes).
+
+    Defaults follow the paper: ``update_freq=100``, ``drop_fraction=0.3``
+    with cosine decay, updates stopping at 75 % of training, ERK
+    distribution (pass ``distribution="erk"`` to ``ks.prune``), random
+    initial mask, regrown weights and their optimizer moments set to 0.
+
+    Reference: U. Evci, T. Gale, J. Menick, P. S. Castro, E. Elsen,
+    "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
+
+    Args: as :class:`SET`.
+
+    Example:
+    >>> model = ks.prune(model, 0.9, distribution="erk")
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> model.fit(x, y, epochs=20, callbacks=[
+    ...     ks.callbacks.RigL(update_freq=100, drop_fraction=0.3)])
+    """
+
+    def layers_needing_gradient(self):
+        if self._current_step() >= self._end_step:
+            return []
+        return self.managed_layers()
+
+    def grow_scores(self, layer, name, step, key):
+        """RigL: ``|∂L/∂w|`` of the last step."""
+        return ops.abs(layer.last_gradient(name))

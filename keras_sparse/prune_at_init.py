@@ -1,0 +1,436 @@
+"""Floor 4: pruning at initialization (SNIP, GraSP, SynFlow) and static
+sparse initialization.
+
+``prune_at_init`` converts a model with ``ks.prune`` and fixes its masks
+before the first training step, from one (or a few) batches of data, or with
+no data at all for SynFlow. The masks then stay as they are during ``fit``
+(no callback is needed).
+
+Gradients are computed with the backend's autodiff through
+``keras.StatelessScope`` (the model's variables are never modified, and
+state updates such as BatchNorm statistics made while scoring are
+discarded).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sparse import backend
+from keras_sparse import scorers as scorers_lib
+from keras_sparse import schedules as schedules_lib
+from keras_sparse.convert import prune
+from keras_sparse.ops.drop_grow import variance_rescale
+from keras_sparse.ops.masks import global_topk_masks
+from keras_sparse.utils import sparse_layers
+from keras_sparse.utils import walk_layers
+
+__all__ = ["prune_at_init", "apply_initial_masks", "CRITERIA"]
+
+#: Criteria computed from the whole model (not per-layer scorers).
+CRITERIA = ("snip", "grasp", "synflow")
+
+
+# ------------------------------------------------------------------ autodiff
+# Backend-specific: the gradient of a function of tensors. Kept small and
+# private; every caller goes through keras.StatelessScope.
+def _gradients(fn, values):
+    """``d fn(values) / d values`` for a scalar ``fn`` of a list of tensors."""
+    name = backend.name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        values = [tf.convert_to_tensor(v) for v in values]
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            out = fn(values)
+        return tape.gradient(out, values)
+    if name == "jax":
+        import jax
+
+        return jax.grad(fn)(list(values))
+    if name == "torch":
+        import torch
+
+        values = [v.detach().clone().requires_grad_(True) for v in values]
+        out = fn(values)
+        return list(torch.autograd.grad(out, values))
+    raise NotImplementedError(f"prune_at_init has no autodiff for backend {name!r}.")
+
+
+def _hessian_vector_product(fn, values, vectors):
+    """``H v`` where ``H`` is the Hessian of scalar ``fn`` at ``values``."""
+    name = backend.name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        values = [tf.convert_to_tensor(v) for v in values]
+        vectors = [tf.stop_gradient(tf.convert_to_tensor(v)) for v in vectors]
+        with tf.GradientTape() as outer:
+            outer.watch(values)
+            with tf.GradientTape() as inner:
+                inner.watch(values)
+                out = fn(values)
+            grads = inner.gradient(out, values)
+            dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vectors)])
+        return outer.gradient(dot, values)
+    if name == "jax":
+        import jax
+
+        _, hvp = jax.jvp(jax.grad(fn), (list(values),), (list(vectors),))
+        return hvp
+    if name == "torch":
+        import torch
+
+        values = [v.detach().clone().requires_grad_(True) for v in values]
+        out = fn(values)
+        grads = torch.autograd.grad(out, values, create_graph=True)
+        dot = sum((g * v.detach()).sum() for g, v in zip(grads, vectors))
+        return list(torch.autograd.grad(dot, values))
+    raise NotImplementedError(f"prune_at_init has no autodiff for backend {name!r}.")
+
+
+def _stateless(fn, variables):
+    """``fn`` as a function of the values of ``variables``."""
+
+    def wrapped(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn()
+
+    return wrapped
+
+
+# ---------------------------------------------------------------- data, loss
+def _batches(data, batches):
+    if data is None:
+        raise ValueError(
+            "This criterion needs data: a batch `(x, y)` or an iterable of batches. "
+            "Received: data=None"
+        )
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and hasattr(data[0], "shape"):
+        return [tuple(data[:2])]
+    found = []
+    for item in data:
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError(
+                "Each batch must be a tuple `(x, y)` or `(x, y, sample_weight)`. "
+                f"Received a batch of type {type(item).__name__}"
+            )
+        found.append(tuple(item[:2]))
+        if len(found) >= batches:
+            break
+    if not found:
+        raise ValueError("`data` yielded no batch. Received: data=" + repr(data))
+    return found
+
+
+def _loss_function(model, loss):
+    if loss is None:
+        loss = getattr(model, "loss", None)
+    if loss is None:
+        raise ValueError(
+            "A loss is needed: compile the model or pass `loss=`. Received: loss=None"
+        )
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            f"Only a single loss is supported. Received: loss={loss!r}"
+        )
+    fn = keras.losses.get(loss)
+
+    def compute(y_true, y_pred):
+        return ops.mean(fn(y_true, y_pred))
+
+    return compute
+
+
+# ------------------------------------------------------------------ criteria
+def _entries(layers):
+    return [(layer, name) for layer in layers for name in layer.sparse_weight_names]
+
+
+def _loss_gradients(model, entries, batches, loss_fn):
+    variables = [layer.latent_weight(name) for layer, name in entries]
+    total = None
+    for x, y in batches:
+
+        def compute():
+            return loss_fn(y, model(x, training=True))
+
+        grads = _gradients(_stateless(compute, variables), [ops.convert_to_tensor(v) for v in variables])
+        grads = [np.asarray(ops.convert_to_numpy(g), dtype=np.float32) for g in grads]
+        total = grads if total is None else [t + g for t, g in zip(total, grads)]
+    return [t / len(batches) for t in total]
+
+
+def _grasp_scores(model, entries, batches, loss_fn):
+    """``w ⊙ Hg`` (kept when high; GraSP removes the highest ``-w ⊙ Hg``)."""
+    variables = [layer.latent_weight(name) for layer, name in entries]
+    values = [ops.convert_to_tensor(v) for v in variables]
+    g = _loss_gradients(model, entries, batches, loss_fn)
+    total = None
+    for x, y in batches:
+
+        def compute():
+            return loss_fn(y, model(x, training=True))
+
+        hg = _hessian_vector_product(_stateless(compute, variables), values, g)
+        hg = [np.asarray(ops.convert_to_numpy(h), dtype=np.float32) for h in hg]
+        total = hg if total is None else [t + h for t, h in zip(total, hg)]
+    weights = [np.asarray(ops.convert_to_numpy(v), dtype=np.float32) for v in values]
+    return [w * h / len(batches) for w, h in zip(weights, total)]
+
+
+def _linearized(model):
+    """Layers whose activation is replaced by the identity during SynFlow."""
+    found = []
+    for layer in [model] + walk_layers(model):
+        activation = getattr(layer, "activation", None)
+        if callable(activation) and activation is not keras.activations.linear:
+            found.append((layer, activation))
+    return found
+
+
+def _synflow_input(model, input_shape):
+    if input_shape is None:
+        inputs = getattr(model, "inputs", None)
+        if not inputs:
+            raise ValueError(
+                "SynFlow needs the input shape of a model without symbolic inputs "
+                "(subclassed): pass `input_shape=` (without the batch dimension). "
+                "Received: input_shape=None"
+            )
+        shapes = [tuple(i.shape[1:]) for i in inputs]
+    else:
+        shapes = [tuple(input_shape)]
+    ones = [ops.ones((1,) + s, dtype="float32") for s in shapes]
+    return ones[0] if len(ones) == 1 else ones
+
+
+def _synflow_scores(model, entries, input_shape):
+    """``|w| ⊙ ∂R/∂|w|`` with ``R = 1ᵀ f_|θ|(1)`` on the linearized network."""
+    latents = [layer.latent_weight(name) for layer, name in entries]
+    latent_ids = {id(v) for v in latents}
+    others = [
+        v for v in model.trainable_variables + model.non_trainable_variables
+        if id(v) not in latent_ids and "float" in keras.backend.standardize_dtype(v.dtype)
+    ]
+    other_values = [ops.abs(ops.convert_to_tensor(v)) for v in others]
+    x = _synflow_input(model, input_shape)
+
+    def compute():
+        return ops.sum(ops.cast(model(x, training=False), "float32"))
+
+    def fn(values):
+        mapping = list(zip(latents, values)) + list(zip(others, other_values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return compute()
+
+    values = [ops.abs(ops.convert_to_tensor(v)) for v in latents]
+    swapped = _linearized(model)
+    for layer, _ in swapped:
+        layer.activation = keras.activations.linear
+    try:
+        grads = _gradients(fn, values)
+    finally:
+        for layer, activation in swapped:
+            layer.activation = activation
+    return [
+        np.abs(np.asarray(ops.convert_to_numpy(v)) * np.asarray(ops.convert_to_numpy(g)))
+        for v, g in zip(values, grads)
+    ]
+
+
+# --------------------------------------------------------------------- masks
+def _set_masks(entries, scores, targets, global_pruning, rescale):
+    if global_pruning:
+        masks = global_topk_masks(scores, targets[0])
+    else:
+        masks = [
+            layer.compute_mask_for(name, target, ops.convert_to_tensor(score))
+            for (layer, name), score, target in zip(entries, scores, targets)
+        ]
+    for (layer, name), mask in zip(entries, masks):
+        before = np.array(ops.convert_to_numpy(layer.get_mask(name)))
+        layer.set_mask(name, mask)
+        if rescale:
+            axes = layer.weight_layout(name).output_axes or tuple(range(before.ndim))
+            factor = variance_rescale(before, mask, axes)
+            latent = layer.latent_weight(name)
+            latent.assign(ops.multiply(latent, ops.cast(factor, latent.dtype)))
+
+
+def _resolve(scorer):
+    if isinstance(scorer, str) and scorer.strip().lower() in CRITERIA:
+        return scorer.strip().lower(), scorers_lib.get(
+            "saliency" if scorer.strip().lower() == "snip" else "magnitude"
+        )
+    resolved = scorers_lib.get(scorer)
+    if isinstance(resolved, scorers_lib.SaliencyScorer):
+        return "snip", resolved
+    return None, resolved
+
+
+def prune_at_init(
+    model,
+    data=None,
+    sparsity=None,
+    *,
+    scorer="snip",
+    distribution="uniform",
+    pattern="unstructured",
+    layers=None,
+    loss=None,
+    batches=1,
+    rounds=100,
+    input_shape=None,
+    strict=False,
+):
+    """Prune a model before training, from one shot of scores.
+
+    The model is converted with :func:`keras_sparse.prune` (same
+    ``distribution``, ``pattern``, ``layers``, ``strict``), the masks are
+    computed and applied now, and each layer's schedule is set to ``None``:
+    the masks stay fixed during ``fit`` with no callback. Pruned weights are
+    exact zeros from the first step.
+
+    Criteria (``scorer``):
+
+    * ``"snip"`` (= ``"saliency"``): keep the largest ``|g ⊙ w|``, ``g`` the
+      loss gradient on ``data`` (Lee et al., ICLR 2019).
+    * ``"grasp"``: keep the largest ``w ⊙ Hg`` (GraSP removes the largest
+      ``-w ⊙ Hg``, the weights whose removal reduces gradient flow least;
+      ``H`` the Hessian of the loss on ``data``; Wang et al., ICLR 2020).
+      ``g`` and ``Hg`` use the same batches; no temperature is applied.
+    * ``"synflow"``: data-free and iterative (Tanaka et al., NeurIPS 2020).
+      For ``rounds`` rounds, score ``|w| ⊙ ∂R/∂|w|`` with ``R = 1ᵀ f(1)``
+      the output of the network with every parameter replaced by its
+      absolute value, an all-ones input and the activations of layers with
+      an ``activation`` argument replaced by the identity (the linearized
+      network), then prune to the round's sparsity
+      ``1 - (1 - s)^(k / rounds)`` (exponential schedule). Because pruned
+      weights stop carrying flow and the ranking is repeated, no layer is
+      removed entirely (no layer collapse). SynFlow is usually used with
+      ``distribution="global"``.
+    * any registered scorer (``"magnitude"``, ``"random"``, ...) or
+      :class:`~keras_sparse.scorers.Scorer`, one shot; gradient scorers
+      get the loss gradient on ``data``. ``"random"`` rescales the kept
+      weights of each unit by ``sqrt(k_before / k_after)`` (its fan-in before
+      and after), keeping the variance of the dense initializer.
+
+    Args:
+        model: a Keras model (Sequential, functional or subclassed, built).
+        data: a batch ``(x, y)``, or an iterable of such batches (the first
+            ``batches`` are averaged). Not used by SynFlow, magnitude, random.
+        sparsity: target sparsity in ``[0, 1)``.
+        scorer: ``"snip"``, ``"grasp"``, ``"synflow"`` or a scorer.
+        distribution: ``"uniform"``, ``"erk"``, ``"global"`` or a dict, as in
+            :func:`keras_sparse.prune`.
+        pattern: a pattern (``"global"`` needs ``"unstructured"``).
+        layers: which layers, as in :func:`keras_sparse.prune`.
+        loss: the loss for SNIP/GraSP (default: the model's compiled loss).
+        batches: how many batches of an iterable ``data`` to average.
+        rounds: SynFlow iterations.
+        input_shape: SynFlow input shape without the batch axis (for models
+            without symbolic inputs).
+        strict: as in :func:`keras_sparse.prune`.
+
+    Returns:
+        The sparse model (a new model for Sequential/functional inputs,
+        compiled like the input if it was; a subclassed model is converted in
+        place).
+
+    Example:
+    >>> model = ks.prune_at_init(model, (x[:256], y[:256]), 0.9, scorer="snip",
+    ...                          loss="sparse_categorical_crossentropy")
+    >>> model.compile("adam", "sparse_categorical_crossentropy")
+    >>> model.fit(x, y, epochs=10)          # no callback: the masks are fixed
+    """
+    criterion, layer_scorer = _resolve(scorer)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"`rounds` must be a positive integer. Received: rounds={rounds!r}")
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"`batches` must be a positive integer. Received: batches={batches!r}")
+    needs_data = criterion in ("snip", "grasp") or (
+        criterion is None and layer_scorer.needs_gradient
+    )
+    if needs_data:
+        batch_list = _batches(data, batches)
+        loss_fn = _loss_function(model, loss)
+    sparse = prune(
+        model,
+        sparsity,
+        schedule=schedules_lib.OneShot(0),
+        pattern=pattern,
+        scorer=layer_scorer,
+        distribution=distribution,
+        layers=layers,
+        strict=strict,
+    )
+    chosen = [layer for layer in sparse_layers(sparse) if layer.schedule is not None]
+    if not chosen:
+        return sparse
+    entries = _entries(chosen)
+    targets = [layer.schedule.target_sparsity for layer, _ in entries]
+    global_pruning = chosen[0].global_pruning
+    # The masks are fixed from now on: no schedule, no callback needed.
+    for layer in chosen:
+        layer.configure_pruning(
+            schedule=None,
+            pattern=layer.pattern,
+            scorer=layer.scorer,
+            global_pruning=layer.global_pruning,
+        )
+
+    if criterion == "synflow":
+        for k in range(1, rounds + 1):
+            round_targets = [1.0 - (1.0 - t) ** (k / rounds) for t in targets]
+            scores = _synflow_scores(sparse, entries, input_shape)
+            _set_masks(entries, scores, round_targets, global_pruning, rescale=False)
+    else:
+        if criterion == "grasp":
+            scores = _grasp_scores(sparse, entries, batch_list, loss_fn)
+        elif needs_data:
+            grads = _loss_gradients(sparse, entries, batch_list, loss_fn)
+            scores = [
+                layer_scorer.score(layer.masked_latent(name), g)
+                for (layer, name), g in zip(entries, grads)
+            ]
+        else:
+            scores = [layer_scorer.score(layer.masked_latent(name)) for layer, name in entries]
+        _set_masks(
+            entries, scores, targets, global_pruning, rescale=layer_scorer.rescale_survivors
+        )
+    return sparse
+
+
+def apply_initial_masks(model):
+    """Apply now every mask a sparse layer's schedule asks for at step 0,
+    with the layer's scorer (scorers that need no gradient only).
+
+    After ``ks.prune(model, s, schedule=ks.schedules.OneShot(0),
+    scorer="random")`` this makes the mask and the kernel consistent before
+    ``fit`` (evaluation, ``ks.report`` and the first step all see the sparse
+    network). The ``Pruning`` callback's update at step 0 then finds the
+    masks already in place (the random scorer keeps survivors first, so the
+    mask does not change). Layers with ``global_pruning`` are left to the
+    callback (they share one threshold). Returns the layers updated.
+    """
+    updated = []
+    for layer in sparse_layers(model):
+        schedule = layer.schedule
+        if (
+            schedule is None
+            or layer.global_pruning
+            or layer.scorer.needs_gradient
+            or not schedule.should_update(0)
+        ):
+            continue
+        sparsity = schedule.sparsity(0)
+        if sparsity <= 0.0:
+            continue
+        entries = _entries([layer])
+        scores = [layer.score_weight(name) for _, name in entries]
+        _set_masks(entries, scores, [sparsity] * len(entries), False,
+                   rescale=layer.scorer.rescale_survivors)
+        updated.append(layer)
+    return updated
