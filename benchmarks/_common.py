@@ -1,0 +1,141 @@
+"""Helpers shared by the benchmark scripts: interleaved timing, a per-step
+timing callback, JSON results and plain-text tables.
+
+Nothing here imports Keras at module level, so the tfmot worker (which runs
+with ``TF_USE_LEGACY_KERAS=1`` and ``tf_keras``) can use it too.
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def quiet_tensorflow():
+    """Silence TensorFlow's C++ start-up chatter (call before importing it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def make_step_timer(callback_base):
+    """A timing callback class built on ``callback_base`` (Keras 3's or
+    tf_keras' ``Callback``).
+
+    It records a ``time.perf_counter()`` stamp at the end of every training
+    batch; a step's time is the gap between two consecutive stamps, so it
+    covers everything that runs for that batch: every callback's
+    ``on_train_batch_begin`` (where mask updates happen), the train step and
+    the ``on_train_batch_end`` hooks. Put it *first* in the callback list.
+    The first batch of each ``fit`` is measured from ``on_train_batch_begin``
+    and is reported separately (it also pays the data iterator start-up).
+    """
+
+    class StepTimer(callback_base):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+            self._last = None
+
+        def on_train_begin(self, logs=None):
+            self._last = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self._last is None:
+                self._last = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            self.times.append(now - self._last)
+            self._last = now
+
+    return StepTimer
+
+
+def interleave(variants, rounds, run_round, log=print):
+    """Run ``run_round(name, round_index)`` for every variant in every round.
+
+    The order of the variants rotates from round to round so no variant is
+    always first (machine noise and warm caches then spread evenly).
+
+    Returns:
+        dict name -> list of whatever ``run_round`` returned, one per round.
+    """
+    names = list(variants)
+    out = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        start = time.perf_counter()
+        for name in order:
+            out[name].append(run_round(name, r))
+        if log is not None:
+            log(f"  round {r + 1}/{rounds} done in {time.perf_counter() - start:.1f} s")
+    return out
+
+
+def median(values):
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def environment():
+    """Versions and machine facts recorded next to every result."""
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+    }
+    for module in ("keras", "tensorflow", "jax", "numpy", "sklearn", "tf_keras",
+                   "tensorflow_model_optimization", "keras_sparse"):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            info[module] = getattr(mod, "__version__", "?")
+    if "keras" in sys.modules:
+        info["keras_backend"] = sys.modules["keras"].backend.backend()
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def write_json(name, payload):
+    """Write ``payload`` (plus the environment) to ``results/<name>.json``."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, name + ".json")
+    data = {"environment": environment(), **payload}
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
+        f.write("\n")
+    return path
+
+
+def _jsonable(value):
+    for attr in ("item", "tolist"):
+        if hasattr(value, attr):
+            return getattr(value, attr)()
+    return str(value)
+
+
+def format_table(header, rows, title=None):
+    """A Markdown table (readable as plain text too)."""
+    rows = [[str(c) for c in row] for row in rows]
+    header = [str(c) for c in header]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ) + " |"
+
+    lines = [] if title is None else [title, ""]
+    lines.append(line(header))
+    lines.append("|" + "|".join(
+        "-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
+    lines.extend(line(r) for r in rows)
+    return "\n".join(lines)
