@@ -112,7 +112,9 @@ def drop_and_grow(mask, drop_scores, grow_scores, fraction):
     *before* the update, the ``n`` with the highest ``grow_scores`` are
     grown. Dropped and grown sets are disjoint, so the active count is
     unchanged. With ``drop_scores = |w|`` and ``grow_scores`` random this is
-    SET; with ``grow_scores = |∇L|`` it is RigL.
+    SET; with ``grow_scores = |∇L|`` it is RigL. Ties follow the package
+    convention (the lower index is kept): among equal drop scores the later
+    entry is dropped, among equal grow scores the earlier one is grown.
 
     References: D. Mocanu et al., "Scalable training of artificial neural
     networks with adaptive sparse connectivity", Nature Communications 2018
