@@ -37,3 +37,9 @@ __all__ = [
     "SparseSeparableConv2D",
     "is_sparse_layer",
 ]
+from keras_sparse.layers.column_sampled import ColumnSampledDense  # noqa: E402
+from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention  # noqa: E402
+from keras_sparse.layers.low_rank import LowRankConv2D  # noqa: E402
+from keras_sparse.layers.low_rank import LowRankDense  # noqa: E402
+
+__all__ += ["ColumnSampledDense", "HeadMaskedMultiHeadAttention", "LowRankConv2D", "LowRankDense"]

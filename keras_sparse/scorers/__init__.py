@@ -30,3 +30,11 @@ __all__ = [
     "get",
     "serialize",
 ]
+
+# Group (structured) scorers for the Channel pattern.
+from keras_sparse.scorers.structured import BatchNormGammaScorer  # noqa: E402
+from keras_sparse.scorers.structured import L1NormScorer  # noqa: E402
+from keras_sparse.scorers.structured import L2NormScorer  # noqa: E402
+from keras_sparse.scorers.structured import TaylorChannelScorer  # noqa: E402
+
+__all__ += ["BatchNormGammaScorer", "L1NormScorer", "L2NormScorer", "TaylorChannelScorer"]
