@@ -220,10 +220,12 @@ def swish_sign(x, beta=5.0):
     [-1., 1., 1.]     # gradient at 0: beta
     """
     x, dtype = _to_compute(x)
-    bx = _like(beta, x) * x
-    sigma = ops.sigmoid(bx)
-    surrogate = 2.0 * sigma * (1.0 + bx * (1.0 - sigma)) - 1.0
-    return ops.cast(straight_through(sign(x), surrogate), dtype)
+    beta = _like(beta, x)
+    bx = beta * x
+    # The derivative in closed form: differentiating SS_beta itself cancels
+    # catastrophically in float32 once |beta x| is large.
+    slope = beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
+    return ops.cast(straight_through(sign(x), x * ops.stop_gradient(slope)), dtype)
 
 
 def magnitude_aware_sign(x, output_axes=None, clip_value=1.0):
@@ -547,6 +549,6 @@ def pact(x, clip, bits=4):
     above = _gate(x >= alpha, x)
     y = straight_through(ops.clip(x, 0.0, ops.stop_gradient(alpha)), x * inside + alpha * above)
     steps = float(2**bits - 1)
-    delta = ops.stop_gradient(alpha) / steps
-    value = ops.round(y / delta) * delta
+    fixed = ops.stop_gradient(alpha)
+    value = ops.round(y * steps / fixed) * (fixed / steps)
     return ops.cast(straight_through(value, y), dtype)
