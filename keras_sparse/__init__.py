@@ -56,3 +56,13 @@ __all__ = [
     "strip",
     "testing",
 ]
+
+# Real savings: structured shrinking, column sampling, low-rank factors.
+from keras_sparse.column_sampling import sample_columns  # noqa: E402
+from keras_sparse.factorize import factorize  # noqa: E402
+from keras_sparse.shrink import ShrinkInfo  # noqa: E402
+from keras_sparse.shrink import prune_channels  # noqa: E402
+from keras_sparse.shrink import prune_heads  # noqa: E402
+from keras_sparse.shrink import shrink  # noqa: E402
+
+__all__ += ["ShrinkInfo", "factorize", "prune_channels", "prune_heads", "sample_columns", "shrink"]

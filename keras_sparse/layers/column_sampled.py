@@ -203,6 +203,9 @@ class ColumnSampledDense(keras.layers.Layer):
             if self.bias is None:
                 raise ValueError(f"Layer {self.name!r} has no bias (use_bias=False).")
             self.bias.assign(np.asarray(bias, dtype="float32"))
+        state = self._quantizer_state.get("kernel")
+        if self.kernel_quantizer is not None and state:
+            self.kernel_quantizer.initialize(state, self.kernel)
 
     def effective_kernel(self, training=None):
         """The stored kernel as used in the forward pass (quantized if the
@@ -277,15 +280,19 @@ def _column_sampled_cost(layer):
             packed += size * value_bytes
     macs = int(math.prod(layer.kernel.shape))
     flops = None if positions is None else 2 * macs * positions
+    bits = layer.kernel_quantizer.precision if layer.kernel_quantizer is not None else 32
     return dict(
         params=params,
         nonzeros=nonzeros,
         masked_params=0,
         masked_nonzeros=0,
         pattern=f"{int(layer.kernel.shape[0])}/{layer.in_features} cols",
+        bits=bits,
         dense_bytes=nbytes,
-        compressed_bytes=packed,
+        compressed_bytes=nbytes,
+        packed_bytes=packed,
         dense_flops=flops,
         effective_flops=flops,
+        binary_flops=flops if bits == 1 and flops is not None else 0,
         sparsity=1.0 - nonzeros / params if params else 0.0,
     )

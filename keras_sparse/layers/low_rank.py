@@ -104,6 +104,26 @@ class _FactorizedKernel(keras.layers.Layer):
                 self, tuple(variable.shape), f"{name}_quantizer", value=variable
             )
 
+    def set_factors(self, kernel_a, kernel_b, bias=None):
+        """Assign both factors (and the bias), then re-initialize
+        data-dependent quantizer state (an LSQ step) from them."""
+        for variable, value in ((self.kernel_a, kernel_a), (self.kernel_b, kernel_b)):
+            value = np.asarray(value, dtype="float32")
+            if value.shape != tuple(variable.shape):
+                raise ValueError(
+                    f"Layer {self.name!r}: expected a factor of shape {tuple(variable.shape)}. "
+                    f"Received: shape={value.shape}"
+                )
+            variable.assign(value)
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError(f"Layer {self.name!r} has no bias (use_bias=False).")
+            self.bias.assign(np.asarray(bias, dtype="float32"))
+        if self.kernel_quantizer is not None:
+            for name, state in self._quantizer_state.items():
+                if state:
+                    self.kernel_quantizer.initialize(state, getattr(self, name))
+
     def factor(self, name, training=None):
         """Factor ``"kernel_a"`` or ``"kernel_b"`` as used in the forward
         pass (quantized when the layer has a ``kernel_quantizer``)."""
@@ -411,16 +431,20 @@ def factorized_cost_row(layer, positions):
     a_shape = tuple(layer.kernel_a.shape)
     macs = math.prod(a_shape) + math.prod(layer.kernel_b.shape)
     flops = None if positions is None else 2 * macs * positions
+    bits = layer.kernel_quantizer.precision if layer.kernel_quantizer is not None else 32
     return dict(
         params=params,
         nonzeros=nonzeros,
         masked_params=0,
         masked_nonzeros=0,
         pattern=f"rank {layer.rank}",
+        bits=bits,
         dense_bytes=bytes_,
-        compressed_bytes=packed,
+        compressed_bytes=bytes_,
+        packed_bytes=packed,
         dense_flops=flops,
         effective_flops=flops,
+        binary_flops=flops if bits == 1 and flops is not None else 0,
         sparsity=1.0 - nonzeros / params if params else 0.0,
     )
 

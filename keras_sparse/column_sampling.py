@@ -1,0 +1,215 @@
+"""``ks.sample_columns``: keep a subset of the input features of trained
+``Dense`` layers (column subset selection, CUR-style).
+
+A Keras kernel is ``(in, out)``: an input feature is a **row**. Each
+selected layer becomes a :class:`~keras_sparse.layers.ColumnSampledDense`
+that stores only the kept rows and gathers its inputs, so its parameters
+and FLOPs fall by ``keep / in``. The kept features are chosen by leverage
+score, row norm or at random; with ``data`` the kept weights are refitted by
+least squares so the layer's pre-activation output on that data stays as
+close as possible to the original. :func:`keras_sparse.shrink` then removes
+whatever produced the dropped features (units of the layer before, or
+model input features).
+"""
+
+import keras
+import numpy as np
+
+from keras_sparse.convert import select_layers
+from keras_sparse.layers.base import SparseMixin
+from keras_sparse.layers.column_sampled import ColumnSampledDense
+from keras_sparse.layers.column_sampled import resolve_keep
+from keras_sparse.ops.lowrank import COLUMN_METHODS
+from keras_sparse.ops.lowrank import select_columns
+from keras_sparse.shrink.graph import is_graph_model
+
+__all__ = ["sample_columns", "least_squares_refit"]
+
+
+def _plain_dense(layer):
+    if not layer.built or getattr(layer, "lora_enabled", False):
+        return False
+    if isinstance(layer, SparseMixin):
+        return layer._keras_parent is keras.layers.Dense and getattr(layer, "input_quantizer", None) is None
+    return type(layer) is keras.layers.Dense
+
+
+def _weights(layer):
+    weights = layer.stripped_weights() if isinstance(layer, SparseMixin) else layer.get_weights()
+    kernel = np.asarray(weights[0], dtype="float64")
+    bias = np.asarray(weights[1], dtype="float64") if layer.use_bias else None
+    return kernel, bias
+
+
+def least_squares_refit(inputs, targets, indices, use_bias=True):
+    r"""Weights reading only the features ``indices`` that best reproduce
+    ``targets`` from ``inputs``:
+
+    .. math:: \min_{W', b'} \|X_{:,S} W' + 1 b'^T - Z\|_F
+
+    Args:
+        inputs: ``(n, in)`` layer inputs ``X``.
+        targets: ``(n, out)`` pre-activation outputs ``Z`` to reproduce.
+        indices: the kept features ``S``.
+        use_bias: fit a bias ``b'`` too.
+
+    Returns:
+        ``(kernel (len(S), out), bias (out,) or None)`` as float64 numpy.
+    """
+    x = np.asarray(inputs, dtype="float64")[:, np.asarray(indices)]
+    if use_bias:
+        x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+    solution, *_ = np.linalg.lstsq(x, np.asarray(targets, dtype="float64"), rcond=None)
+    if use_bias:
+        return solution[:-1], solution[-1]
+    return solution, None
+
+
+def _layer_setting(value, name, default=None):
+    if isinstance(value, dict):
+        return value.get(name, default)
+    return value
+
+
+def _features(model, layer, x):
+    """The inputs of ``layer`` in ``model`` on ``x``, as ``(n, in)``."""
+    try:
+        probe = keras.Model(model.inputs, layer.input)
+    except Exception as error:  # noqa: BLE001 - layer outside the top-level graph
+        raise ValueError(
+            f"Refitting needs layer {layer.name!r} in the top-level graph of the model "
+            f"(not inside a nested sub-model or called twice). Original error: {error}"
+        ) from error
+    values = np.asarray(probe.predict(x, verbose=0, batch_size=256), dtype="float64")
+    return values.reshape(-1, values.shape[-1])
+
+
+def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=0, rank=None,
+                   return_info=False):
+    """Keep ``keep`` input features of each selected ``Dense`` layer.
+
+    Args:
+        model: a built Sequential or functional model.
+        keep: features kept per layer: an int, a fraction in ``(0, 1]``, or
+            a dict ``name -> int or fraction``.
+        method: ``"leverage"`` (largest rank-``k`` leverage scores of the
+            kernel's truncated SVD, ``k = rank`` or ``min(keep, out)``),
+            ``"norm"`` (largest row L2 norm) or ``"random"`` (seeded).
+        data: optional inputs ``x`` (or ``(x, y)``; ``y`` is ignored) on
+            which each layer's kept weights and bias are refitted by least
+            squares to reproduce the original layer's pre-activation output,
+            layer after layer (each refit sees the inputs the already
+            sampled layers before it produce).
+        layers: which layers (as in :func:`keras_sparse.prune`); default
+            every ``Dense`` layer.
+        seed: seed of ``method="random"``.
+        rank: ``k`` of the leverage scores.
+        return_info: also return ``{layer name: dict(kept, in_features,
+            error_before_refit, error_after_refit)}`` (relative Frobenius
+            errors of the pre-activation on ``data``, ``None`` without it).
+
+    Returns:
+        A new model with :class:`~keras_sparse.layers.ColumnSampledDense`
+        layers; with ``return_info``, ``(model, info)``.
+
+    Raises:
+        ValueError: for ``keep <= 0`` or larger than a layer's input, an
+            unknown method, a selected layer that is not ``Dense``, or a
+            subclassed model.
+
+    Example:
+    >>> sampled = ks.sample_columns(model, 0.5, data=x_train[:512])
+    >>> small = ks.shrink(sampled)   # also drops unused model inputs
+    """
+    if not is_graph_model(model):
+        raise ValueError(
+            "sample_columns converts Sequential and functional models. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if method not in COLUMN_METHODS:
+        raise ValueError(f"`method` must be one of {COLUMN_METHODS}. Received: method={method!r}")
+    candidates = select_layers(model, layers)
+    if layers is not None:
+        bad = [f"{layer.name} ({type(layer).__name__})" for layer in candidates if not _plain_dense(layer)]
+        if bad:
+            raise ValueError(
+                f"Column sampling applies to Dense layers; these are not: {bad}. "
+                f"Received: layers={layers!r}"
+            )
+    candidates = [layer for layer in candidates if _plain_dense(layer)]
+    if isinstance(keep, dict):
+        names = {layer.name for layer in candidates}
+        unknown = [name for name in keep if name not in names]
+        if unknown:
+            raise ValueError(f"`keep` names layers that are not selected: {unknown}. Received: keep={keep!r}")
+        candidates = [layer for layer in candidates if layer.name in keep]
+    plan, info = {}, {}
+    for layer in candidates:
+        kernel, bias = _weights(layer)
+        count = resolve_keep(_layer_setting(keep, layer.name), kernel.shape[0])
+        indices = select_columns(kernel, count, method, rank=rank, seed=seed)
+        plan[id(layer)] = (count, indices, kernel, bias)
+        info[layer.name] = dict(kept=indices.tolist(), in_features=int(kernel.shape[0]),
+                                error_before_refit=None, error_after_refit=None)
+    new_model, pairs = _rebuild(model, plan, method, seed)
+    if data is not None:
+        x = data[0] if isinstance(data, tuple) else data
+        for old, new in pairs:
+            if id(old) in plan:
+                _refit(model, new_model, old, new, plan[id(old)], x, info[old.name])
+    return (new_model, info) if return_info else new_model
+
+
+def _refit(model, new_model, old, new, plan_row, x, row):
+    _, indices, kernel, bias = plan_row
+    original_inputs = _features(model, old, x)
+    targets = original_inputs @ kernel + (bias if bias is not None else 0.0)
+    current_inputs = _features(new_model, new, x)
+    norm = max(np.linalg.norm(targets), 1e-12)
+    before = current_inputs[:, indices] @ kernel[indices] + (bias if bias is not None else 0.0)
+    row["error_before_refit"] = float(np.linalg.norm(before - targets) / norm)
+    refit_kernel, refit_bias = least_squares_refit(current_inputs, targets, indices, bias is not None)
+    after = current_inputs[:, indices] @ refit_kernel + (refit_bias if refit_bias is not None else 0.0)
+    row["error_after_refit"] = float(np.linalg.norm(after - targets) / norm)
+    new.set_columns(indices, refit_kernel, refit_bias)
+
+
+def _rebuild(model, plan, method, seed):
+    pairs = []
+
+    def clone_function(layer):
+        if id(layer) in plan:
+            config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
+            new = ColumnSampledDense(
+                config["units"],
+                keep=plan[id(layer)][0],
+                method=method,
+                seed=seed,
+                activation=config["activation"],
+                use_bias=config["use_bias"],
+                kernel_initializer=config.get("kernel_initializer"),
+                bias_initializer=config.get("bias_initializer"),
+                kernel_regularizer=config.get("kernel_regularizer"),
+                bias_regularizer=config.get("bias_regularizer"),
+                activity_regularizer=config.get("activity_regularizer"),
+                kernel_constraint=config.get("kernel_constraint"),
+                bias_constraint=config.get("bias_constraint"),
+                name=config["name"],
+                dtype=config.get("dtype"),
+                trainable=config.get("trainable", True),
+            )
+        else:
+            new = layer.__class__.from_config(layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for old, new in pairs:
+        if not old.built:
+            continue
+        if id(old) in plan:
+            _, indices, kernel, bias = plan[id(old)]
+            new.set_columns(indices, kernel[indices], bias)
+        else:
+            new.set_weights([np.array(w) for w in old.get_weights()])
+    return clone, pairs
