@@ -32,30 +32,43 @@ CRITERIA = ("snip", "grasp", "synflow")
 
 
 # ------------------------------------------------------------------ autodiff
-# Backend-specific: the gradient of a function of tensors. Kept small and
-# private; every caller goes through keras.StatelessScope.
-def _gradients(fn, values):
-    """``d fn(values) / d values`` for a scalar ``fn`` of a list of tensors."""
+# Backend-specific: gradients of a scalar function of tensors. Kept small and
+# private; every caller maps variables to tensors with keras.StatelessScope.
+def _gradient_function(fn):
+    """``grad(values, *aux)``: the gradient of scalar ``fn(values, *aux)``
+    with respect to the list ``values`` (``aux`` is not differentiated). On
+    JAX the function is compiled once and reused across calls."""
     name = backend.name()
     if name == "tensorflow":
         import tensorflow as tf
 
-        values = [tf.convert_to_tensor(v) for v in values]
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            out = fn(values)
-        return tape.gradient(out, values)
+        def grad(values, *aux):
+            values = [tf.convert_to_tensor(v) for v in values]
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                out = fn(values, *aux)
+            return tape.gradient(out, values)
+
+        return grad
     if name == "jax":
         import jax
 
-        return jax.grad(fn)(list(values))
+        compiled = jax.jit(jax.grad(fn))
+        return lambda values, *aux: compiled(list(values), *aux)
     if name == "torch":
         import torch
 
-        values = [v.detach().clone().requires_grad_(True) for v in values]
-        out = fn(values)
-        return list(torch.autograd.grad(out, values))
+        def grad(values, *aux):
+            values = [v.detach().clone().requires_grad_(True) for v in values]
+            return list(torch.autograd.grad(fn(values, *aux), values))
+
+        return grad
     raise NotImplementedError(f"prune_at_init has no autodiff for backend {name!r}.")
+
+
+def _gradients(fn, values):
+    """``d fn(values) / d values`` for a scalar ``fn`` of a list of tensors."""
+    return _gradient_function(fn)(values)
 
 
 def _hessian_vector_product(fn, values, vectors):
@@ -77,8 +90,10 @@ def _hessian_vector_product(fn, values, vectors):
     if name == "jax":
         import jax
 
-        _, hvp = jax.jvp(jax.grad(fn), (list(values),), (list(vectors),))
-        return hvp
+        def hvp(values, vectors):
+            return jax.jvp(jax.grad(fn), (values,), (vectors,))[1]
+
+        return jax.jit(hvp)(list(values), list(vectors))
     if name == "torch":
         import torch
 
@@ -149,14 +164,19 @@ def _entries(layers):
 
 
 def _loss_gradients(model, entries, batches, loss_fn):
+    """Loss gradients with respect to the latent weights, averaged over
+    ``batches`` (float32 numpy arrays)."""
     variables = [layer.latent_weight(name) for layer, name in entries]
-    total = None
-    for x, y in batches:
 
-        def compute():
+    def loss_of(values, x, y):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return loss_fn(y, model(x, training=True))
 
-        grads = _gradients(_stateless(compute, variables), [ops.convert_to_tensor(v) for v in variables])
+    grad = _gradient_function(loss_of)
+    values = [ops.convert_to_tensor(v) for v in variables]
+    total = None
+    for x, y in batches:
+        grads = grad(values, ops.convert_to_tensor(x), ops.convert_to_tensor(y))
         grads = [np.asarray(ops.convert_to_numpy(g), dtype=np.float32) for g in grads]
         total = grads if total is None else [t + g for t, g in zip(total, grads)]
     return [t / len(batches) for t in total]
@@ -206,38 +226,41 @@ def _synflow_input(model, input_shape):
     return ones[0] if len(ones) == 1 else ones
 
 
-def _synflow_scores(model, entries, input_shape):
-    """``|w| ⊙ ∂R/∂|w|`` with ``R = 1ᵀ f_|θ|(1)`` on the linearized network."""
+def _synflow_gradient(model, entries, input_shape):
+    """A function ``masks -> scores``: ``|w| ⊙ ∂R/∂|w|`` with
+    ``R = 1ᵀ f_|θ|(1)`` on the linearized network, for the given masks."""
     latents = [layer.latent_weight(name) for layer, name in entries]
-    latent_ids = {id(v) for v in latents}
+    masks = [layer.get_mask(name) for layer, name in entries]
+    skip = {id(v) for v in latents + masks}
     others = [
         v for v in model.trainable_variables + model.non_trainable_variables
-        if id(v) not in latent_ids and "float" in keras.backend.standardize_dtype(v.dtype)
+        if id(v) not in skip and "float" in keras.backend.standardize_dtype(v.dtype)
     ]
     other_values = [ops.abs(ops.convert_to_tensor(v)) for v in others]
     x = _synflow_input(model, input_shape)
 
-    def compute():
-        return ops.sum(ops.cast(model(x, training=False), "float32"))
-
-    def fn(values):
-        mapping = list(zip(latents, values)) + list(zip(others, other_values))
+    def flow(values, mask_values):
+        mapping = (
+            list(zip(latents, values))
+            + list(zip(masks, mask_values))
+            + list(zip(others, other_values))
+        )
         with keras.StatelessScope(state_mapping=mapping):
-            return compute()
+            return ops.sum(ops.cast(model(x, training=False), "float32"))
 
+    grad = _gradient_function(flow)
     values = [ops.abs(ops.convert_to_tensor(v)) for v in latents]
-    swapped = _linearized(model)
-    for layer, _ in swapped:
-        layer.activation = keras.activations.linear
-    try:
-        grads = _gradients(fn, values)
-    finally:
-        for layer, activation in swapped:
-            layer.activation = activation
-    return [
-        np.abs(np.asarray(ops.convert_to_numpy(v)) * np.asarray(ops.convert_to_numpy(g)))
-        for v, g in zip(values, grads)
-    ]
+    value_arrays = [np.asarray(ops.convert_to_numpy(v)) for v in values]
+
+    def scores():
+        current = [ops.convert_to_tensor(m) for m in masks]
+        grads = grad(values, current)
+        return [
+            np.abs(v * np.asarray(ops.convert_to_numpy(g)))
+            for v, g in zip(value_arrays, grads)
+        ]
+
+    return scores
 
 
 # --------------------------------------------------------------------- masks
@@ -382,10 +405,18 @@ def prune_at_init(
         )
 
     if criterion == "synflow":
-        for k in range(1, rounds + 1):
-            round_targets = [1.0 - (1.0 - t) ** (k / rounds) for t in targets]
-            scores = _synflow_scores(sparse, entries, input_shape)
-            _set_masks(entries, scores, round_targets, global_pruning, rescale=False)
+        scores_for_masks = _synflow_gradient(sparse, entries, input_shape)
+        swapped = _linearized(sparse)
+        for layer, _ in swapped:
+            layer.activation = keras.activations.linear
+        try:
+            for k in range(1, rounds + 1):
+                round_targets = [1.0 - (1.0 - t) ** (k / rounds) for t in targets]
+                _set_masks(entries, scores_for_masks(), round_targets, global_pruning,
+                           rescale=False)
+        finally:
+            for layer, activation in swapped:
+                layer.activation = activation
     else:
         if criterion == "grasp":
             scores = _grasp_scores(sparse, entries, batch_list, loss_fn)
