@@ -78,11 +78,12 @@ def test_swish_sign_gradient_is_signswish_derivative(beta):
 
 def test_magnitude_aware_sign_per_output_unit(rng):
     w = rng.standard_normal((5, 3)).astype("float32")
-    w[0, 0] = 0.0
+    w[0, 0] = 0.0  # a pruned weight: left out of alpha
     w[1, 1] = 1.0
-    alpha = np.abs(w).mean(axis=0, keepdims=True)
+    alpha = np.abs(w).sum(axis=0, keepdims=True) / (w != 0).sum(axis=0, keepdims=True)
     out = to_np(q.magnitude_aware_sign(w))
-    np.testing.assert_array_equal(out, alpha * np_sign(w))
+    np.testing.assert_allclose(out, alpha * np_sign(w), rtol=1e-6)
+    assert alpha[0, 0] == pytest.approx(np.abs(w[1:, 0]).mean())
     (g,), cot = grads(q.magnitude_aware_sign, w)
     np.testing.assert_allclose(g, alpha * (np.abs(w) <= 1) * cot, rtol=1e-6)
     # Other layouts: one alpha per (channel, multiplier) of a depthwise kernel.
@@ -135,6 +136,11 @@ def test_ste_tern_twn_threshold_and_scale(rng):
     np.testing.assert_allclose(g, alpha * cot * (np.abs(w) <= 1), rtol=1e-5)
     unscaled = to_np(q.ste_tern(w, ternary_weight_networks=True))
     np.testing.assert_array_equal(unscaled, np.sign(w) * keep)
+    # Pruned (zero) entries leave the threshold and the scale unchanged.
+    padded = np.concatenate([w, np.zeros((6, 4), "float32")])
+    out = to_np(q.ste_tern(padded, ternary_weight_networks=True, scaled=True))
+    np.testing.assert_allclose(out[:6], alpha * np.sign(w) * keep, rtol=1e-6)
+    np.testing.assert_array_equal(out[6:], 0)
 
 
 # ------------------------------------------------------------------- k-bit

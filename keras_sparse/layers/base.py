@@ -475,9 +475,16 @@ class SparseMixin:
 
     def transform_weight(self, name, value):
         """Hook applied to the latent weight before masking: the
-        ``kernel_quantizer`` (identity without one)."""
+        ``kernel_quantizer`` (identity without one). The quantizer sees
+        ``mask * latent``, so its statistics (a per-channel range or mean)
+        ignore pruned entries, which the optimizer's momentum moves between
+        mask updates."""
         if self.kernel_quantizer is None:
             return value
+        mask = getattr(self, name + "_mask", None)
+        if mask is not None:
+            value = ops.convert_to_tensor(value)
+            value = ops.multiply(value, ops.cast(mask, value.dtype))
         return self.kernel_quantizer(
             value,
             state=self._quantizer_state.get(name) or None,

@@ -22,6 +22,9 @@ Conventions shared by all functions:
 * Scales computed from the tensor itself (``alpha = mean|x|``, the range of
   a dynamic ``uniform``) are constants for the gradient (stop-gradient);
   learned scales (``lsq`` step, ``pact`` clip) receive their gradient.
+* Mean magnitudes (the XNOR ``alpha``, the TWN threshold) are taken over the
+  non-zero entries, so pruned weights (exact zeros) do not shrink them; on
+  a dense float tensor this is the plain mean.
 * Rounding is ``keras.ops.round``: half to even, as ``numpy.round``.
 * ``output_axes`` names the axes that index output units (``(-1,)`` for a
   Dense kernel); per-channel statistics reduce over every other axis, and
@@ -107,11 +110,14 @@ def reduce_axes(ndim, output_axes):
     return tuple(a for a in range(ndim) if a not in keep)
 
 
-def _mean_abs(x, output_axes):
+def _mean_abs(x, output_axes=()):
+    """Mean of ``|x|`` over the non-zero entries (0 where all are zero)."""
     axes = reduce_axes(len(x.shape), output_axes)
     if not axes:
         return ops.abs(x)
-    return ops.mean(ops.abs(x), axis=axes, keepdims=True)
+    total = ops.sum(ops.abs(x), axis=axes, keepdims=True)
+    count = ops.sum(ops.cast(ops.not_equal(x, 0), x.dtype), axis=axes, keepdims=True)
+    return total / ops.maximum(count, 1.0)
 
 
 def _max_abs(x, output_axes):
@@ -234,11 +240,12 @@ def magnitude_aware_sign(x, output_axes=None, clip_value=1.0):
 
     .. math::
         q(W) = \\alpha \\, \\mathrm{sign}(W), \\qquad
-        \\alpha_j = \\frac{1}{n} \\sum_i |W_{ij}|, \\qquad
+        \\alpha_j = \\mathrm{mean}_{i: W_{ij} \\ne 0} |W_{ij}|, \\qquad
         \\frac{\\partial q}{\\partial W} = \\alpha \\, 1_{|W| \\le c}
 
     with ``alpha`` a constant for the gradient (as in Larq) and one ``alpha``
-    per index of ``output_axes``.
+    per index of ``output_axes``. Zeros (pruned weights) are left out of the
+    mean.
 
     Reference: M. Rastegari et al., "XNOR-Net", ECCV 2016.
 
@@ -315,7 +322,8 @@ def ste_tern(
 
     The threshold is ``threshold_value``, or with
     ``ternary_weight_networks=True`` the TWN rule
-    :math:`\\Delta = 0.7 \\cdot \\mathrm{mean}|x|` (per tensor). With
+    :math:`\\Delta = 0.7 \\cdot \\mathrm{mean}|x|` (per tensor, over non-zero
+    entries). With
     ``scaled=True`` the scale is the TWN optimum
     :math:`\\alpha = \\mathrm{mean}_{|x| > \\Delta} |x|` (a constant for the
     gradient); otherwise ``alpha = 1``.
@@ -330,7 +338,7 @@ def ste_tern(
     x, dtype = _to_compute(x)
     magnitude = ops.abs(x)
     if ternary_weight_networks:
-        threshold = ops.stop_gradient(0.7 * ops.mean(magnitude))
+        threshold = ops.stop_gradient(0.7 * ops.mean(_mean_abs(x, ())))
     else:
         threshold = _like(threshold_value, x)
     above = ops.greater(magnitude, threshold)
