@@ -36,6 +36,7 @@ Usage::
 
     python benchmarks/pruning_overhead.py            # full run (~10 min)
     python benchmarks/pruning_overhead.py --quick    # smoke run (~1 min)
+    python benchmarks/pruning_overhead.py --profile-update   # time one mask update
 """
 
 import argparse
@@ -347,6 +348,100 @@ def tfmot_worker(kind, p):
     print(TFMOT_MARKER + json.dumps(summary), flush=True)
 
 
+# --------------------------------------------------------------- profiling
+def sort_threshold_mask(scores, sparsity):
+    """Reference for the profile: the same mask as ``ks.ops.topk_mask`` (keep
+    the ``n - round(sparsity * n)`` largest, ties to the lower flat index),
+    computed on the host with one ``np.sort`` for the threshold."""
+    values = np.asarray(scores, dtype=np.float32).reshape(-1)
+    n = values.shape[0]
+    keep = n - int(round(sparsity * n))
+    if keep >= n:
+        return np.ones(np.shape(scores), dtype=bool)
+    if keep <= 0:
+        return np.zeros(np.shape(scores), dtype=bool)
+    kth = np.sort(values)[n - keep]
+    mask = values > kth
+    need = keep - int(np.count_nonzero(mask))
+    if need:
+        mask[np.flatnonzero(values == kth)[:need]] = True
+    return mask.reshape(np.shape(scores))
+
+
+def profile_update(kinds, log, repeats=15):
+    """Time ``Pruning.update_masks`` (one GMP mask update of every layer,
+    eager, as in ``fit``) and its parts on the benchmark models, at three
+    points of the schedule. Returns a list of rows."""
+    import time
+
+    import keras
+
+    import keras_sparse as ks
+    from keras_sparse.ops import masks as mask_ops
+    from keras_sparse.utils import sparse_layers
+
+    def timed(fn):
+        for _ in range(2):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1e3 * _common.median(times)
+
+    rows = []
+    for kind in kinds:
+        keras.utils.set_random_seed(0)
+        model = ks.prune(build_model(kind, keras), TARGET, schedule=ks.schedules.PolynomialDecay(
+            0.0, TARGET, begin_step=0, end_step=1000, frequency=FREQUENCY))
+        compile_model(model, keras)
+        callback = ks.callbacks.Pruning()
+        callback.set_model(model)
+        callback.on_train_begin()
+        layers = sparse_layers(model)
+        big = max(layers, key=lambda layer: int(np.prod(layer.get_mask("kernel").shape)))
+        for step in (100, 500, 900):
+            sparsity = big.schedule.sparsity(step)
+            scores = big.score_weight("kernel")
+            mask = big.compute_mask_for("kernel", sparsity, scores)
+            row = {
+                "model": kind, "step": step, "sparsity": sparsity,
+                "update_masks_ms": timed(lambda: callback.update_masks(step)),
+                "largest_kernel": tuple(int(d) for d in big.get_mask("kernel").shape),
+                "score_ms": timed(lambda: big.score_weight("kernel")),
+                "topk_mask_ms": timed(lambda: mask_ops.topk_mask(scores, sparsity)),
+                "set_mask_ms": timed(lambda: big.set_mask("kernel", mask)),
+                "read_iterations_ms": timed(
+                    lambda: int(keras.ops.convert_to_numpy(model.optimizer.iterations))),
+            }
+            flat = np.abs(keras.ops.convert_to_numpy(scores)).reshape(-1)
+            row["numpy_sort_ms"] = timed(lambda: np.sort(flat))
+            expected = keras.ops.convert_to_numpy(mask_ops.topk_mask(scores, sparsity))
+            proposed = sort_threshold_mask(keras.ops.convert_to_numpy(scores), sparsity)
+            row["sort_threshold_equal"] = bool((expected == proposed).all())
+            row["sort_threshold_mask_ms"] = timed(lambda: keras.ops.convert_to_tensor(
+                sort_threshold_mask(keras.ops.convert_to_numpy(scores), sparsity)))
+            rows.append(row)
+            log(f"  {kind} step {step} (sparsity {sparsity:.2f}): update_masks "
+                f"{row['update_masks_ms']:.2f} ms")
+    return rows
+
+
+PROFILE_HEADER = ["model", "step", "sparsity", "update_masks ms (all layers)", "largest kernel",
+                  "score ms", "topk_mask ms", "set_mask ms", "np.sort ms",
+                  "np.sort threshold mask ms (same mask?)", "read iterations ms"]
+
+
+def profile_table(rows):
+    return [[r["model"], r["step"], f"{r['sparsity']:.2f}", f"{r['update_masks_ms']:.2f}",
+             "x".join(map(str, r["largest_kernel"])), f"{r['score_ms']:.2f}",
+             f"{r['topk_mask_ms']:.2f}", f"{r['set_mask_ms']:.2f}",
+             f"{r['numpy_sort_ms']:.2f}",
+             f"{r['sort_threshold_mask_ms']:.2f} ({'yes' if r['sort_threshold_equal'] else 'NO'})",
+             f"{r['read_iterations_ms']:.3f}"] for r in rows]
+
+
 # ------------------------------------------------------------------ report
 def _fmt_ratio(value):
     return "–" if value is None else f"{value:.2f}×"
@@ -394,6 +489,8 @@ def main(argv=None):
     parser.add_argument("--no-tfmot", action="store_true", help="skip the tfmot comparison")
     parser.add_argument("--output", default=None,
                         help="results file name (default pruning_overhead[_quick])")
+    parser.add_argument("--profile-update", action="store_true",
+                        help="only time one mask update and its parts (no training)")
     parser.add_argument("--tfmot-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--plan", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -406,6 +503,18 @@ def main(argv=None):
 
     p = plan(args.quick)
     kinds = [k for k in args.models.split(",") if k]
+    if args.profile_update:
+        rows = profile_update(kinds, log)
+        table = _common.format_table(
+            PROFILE_HEADER, profile_table(rows),
+            title="One GMP mask update (Pruning.update_masks, eager) and its parts on the "
+                  "largest kernel; median of 15 calls")
+        print()
+        print(table)
+        path = _common.write_json(args.output or "pruning_update_profile",
+                                  {"rows": rows, "table": table})
+        print(f"\nwrote {path}")
+        return
     use_tfmot = not args.no_tfmot and tfmot_available()
     if not args.no_tfmot and not use_tfmot:
         log("tensorflow_model_optimization / tf_keras not importable: tfmot rows skipped "
