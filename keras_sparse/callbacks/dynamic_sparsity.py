@@ -22,7 +22,7 @@ from keras_sparse.callbacks.optimizer_state import reset_optimizer_slots
 from keras_sparse.callbacks.pruning import Pruning
 from keras_sparse.config import PACKAGE
 from keras_sparse.ops.drop_grow import check_decay
-from keras_sparse.ops.drop_grow import drop_and_grow
+from keras_sparse.ops.drop_grow import drop_and_grow_arrays
 from keras_sparse.ops.drop_grow import drop_fraction
 from keras_sparse.ops.masks import global_topk_masks
 
@@ -277,25 +277,27 @@ class SET(Pruning):
         index = self._layers.index(layer)
         dropped_total = grown_total = 0
         for name_index, name in enumerate(layer.sparse_weight_names):
+            latent = layer.latent_weight(name)
             old_mask = np.array(ops.convert_to_numpy(layer.get_mask(name))).astype(bool)
-            drop_scores = ops.abs(layer.masked_latent(name))
+            weights = np.asarray(ops.convert_to_numpy(latent))
+            drop_scores = np.where(old_mask, np.abs(weights), 0.0)
             grow_scores = self.grow_scores(layer, name, step, (index, name_index))
-            new_mask, dropped, grown = drop_and_grow(
+            new_mask, dropped, grown = drop_and_grow_arrays(
                 old_mask, drop_scores, grow_scores, fraction
             )
-            latent = layer.latent_weight(name)
-            # Regrown weights start at 0: zero every entry that was inactive
-            # (momentum may have moved it) before dropping.
-            latent.assign(ops.multiply(latent, ops.cast(old_mask, latent.dtype)))
+            kept = old_mask & new_mask
+            # Regrown weights start at 0 (momentum may have moved an inactive
+            # entry); dropped ones are zeroed too.
+            latent.assign(np.where(kept, weights, 0.0).astype(weights.dtype))
             layer.set_mask(name, new_mask)
-            kept = np.logical_and(old_mask, np.asarray(ops.convert_to_numpy(new_mask)))
             reset_optimizer_slots(self.model.optimizer, latent, kept)
-            dropped_total += int(np.count_nonzero(ops.convert_to_numpy(dropped)))
-            grown_total += int(np.count_nonzero(ops.convert_to_numpy(grown)))
+            dropped_total += int(np.count_nonzero(dropped))
+            grown_total += int(np.count_nonzero(grown))
         self.last_update[layer.name] = (dropped_total, grown_total)
 
     def grow_scores(self, layer, name, step, key):
-        """Scores of the candidates for regrowth (higher = grown first).
+        """Scores of the candidates for regrowth (higher = grown first), a
+        numpy array shaped like the weight.
 
         SET: uniform random, from a generator seeded by ``(seed, step,
         layer)`` so a resumed run draws the same values.
@@ -344,4 +346,4 @@ class RigL(SET):
 
     def grow_scores(self, layer, name, step, key):
         """RigL: ``|∂L/∂w|`` of the last step."""
-        return ops.abs(layer.last_gradient(name))
+        return np.abs(np.asarray(ops.convert_to_numpy(layer.last_gradient(name))))

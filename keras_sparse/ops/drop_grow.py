@@ -17,6 +17,7 @@ __all__ = [
     "cosine_drop_fraction",
     "drop_fraction",
     "drop_and_grow",
+    "drop_and_grow_arrays",
     "fan_in_mask",
     "unit_fan_in",
     "variance_rescale",
@@ -81,20 +82,31 @@ def check_decay(decay):
 def _top_in(scores, allowed, count):
     """Boolean array keeping the ``count`` highest ``scores`` among
     ``allowed`` entries (1-D numpy arrays); ties in index order."""
-    keep = np.zeros(scores.shape, dtype=bool)
+    n_allowed = int(np.count_nonzero(allowed))
     if count <= 0:
+        return np.zeros(scores.shape, dtype=bool)
+    if count >= n_allowed:
+        return allowed.copy()
+    if 2 * n_allowed < allowed.size:
+        # Few candidates (the active entries of a sparse layer): select
+        # among them only.
+        candidates = np.flatnonzero(allowed)
+        values = scores[candidates]
+        threshold = np.partition(values, values.size - count)[values.size - count]
+        above = values > threshold
+        missing = count - int(np.count_nonzero(above))
+        keep = np.zeros(scores.shape, dtype=bool)
+        keep[candidates[above]] = True
+        if missing:
+            keep[candidates[np.flatnonzero(values == threshold)[:missing]]] = True
         return keep
-    candidates = np.flatnonzero(allowed)
-    if count >= candidates.size:
-        keep[candidates] = True
-        return keep
-    values = scores[candidates]
+    # Many candidates: rank everything with the others pushed to -inf.
+    values = np.where(allowed, scores, -np.inf)
     threshold = np.partition(values, values.size - count)[values.size - count]
-    above = values > threshold
-    missing = count - int(np.count_nonzero(above))
-    ties = np.flatnonzero(values == threshold)[:missing]
-    keep[candidates[above]] = True
-    keep[candidates[ties]] = True
+    keep = values > threshold
+    missing = count - int(np.count_nonzero(keep))
+    if missing:
+        keep[np.flatnonzero((values == threshold) & allowed)[:missing]] = True
     return keep
 
 
@@ -136,13 +148,25 @@ def drop_and_grow(mask, drop_scores, grow_scores, fraction):
     >>> new
     [True, False, True, False]
     """
+    arrays = drop_and_grow_arrays(
+        _to_numpy(mask, bool),
+        _to_numpy(drop_scores, np.float32),
+        _to_numpy(grow_scores, np.float32),
+        fraction,
+    )
+    return tuple(ops.convert_to_tensor(a) for a in arrays)
+
+
+def drop_and_grow_arrays(mask, drop_scores, grow_scores, fraction):
+    """:func:`drop_and_grow` on numpy arrays, returning numpy arrays (what
+    callbacks use: it avoids round trips through the backend)."""
     if not 0.0 <= float(fraction) <= 1.0 or math.isnan(float(fraction)):
         raise ValueError(f"`fraction` must be in [0, 1]. Received: fraction={fraction!r}")
-    mask_np = _to_numpy(mask, bool)
-    shape = mask_np.shape
-    flat_mask = mask_np.reshape(-1)
-    drop = _to_numpy(drop_scores, np.float32).reshape(-1)
-    grow = _to_numpy(grow_scores, np.float32).reshape(-1)
+    mask = np.asarray(mask, dtype=bool)
+    shape = mask.shape
+    flat_mask = mask.reshape(-1)
+    drop = np.asarray(drop_scores).reshape(-1)
+    grow = np.asarray(grow_scores).reshape(-1)
     if drop.shape != flat_mask.shape or grow.shape != flat_mask.shape:
         raise ValueError(
             "`drop_scores` and `grow_scores` must have the shape of `mask` "
@@ -156,9 +180,7 @@ def drop_and_grow(mask, drop_scores, grow_scores, fraction):
     grown = _top_in(grow, ~flat_mask, count)
     new_mask = kept | grown
     dropped = flat_mask & ~kept
-    return tuple(
-        ops.convert_to_tensor(a.reshape(shape)) for a in (new_mask, dropped, grown)
-    )
+    return tuple(a.reshape(shape) for a in (new_mask, dropped, grown))
 
 
 def _unit_view(array, output_axes):
