@@ -17,6 +17,8 @@ from keras_sparse import backend
 from keras_sparse.config import PACKAGE
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.optimizers import get_predicate
+from keras_sparse.optimizers import is_binary_variable
+from keras_sparse.optimizers import quantized_weights
 from keras_sparse.utils import walk_layers
 
 __all__ = ["FlipRatio", "flip_ratio", "signs"]
@@ -88,24 +90,26 @@ class FlipRatio(keras.callbacks.Callback):
     The progress bar, ``CSVLogger`` and ``TensorBoard`` show the values with
     no extra code. Pruned positions are not counted.
 
-    Binary weights are the trainable variables ``predicate`` accepts: by
-    default the latent kernels of layers with a 1-bit ``kernel_quantizer``.
+    By default the watched weights are the latent kernels of the layers
+    with a 1-bit ``kernel_quantizer`` (and any variable marked
+    ``precision == 1``); ``predicate`` selects other trainable variables.
 
     Args:
         update_freq: ``"epoch"`` or ``"batch"``.
         log_per_layer: add per-layer ratios to the epoch logs.
-        predicate: which variables to watch (``"binary"``, a
-            ``ks.optimizers.PathMatches`` or a callable ``variable -> bool``).
+        predicate: ``None`` (binary weights, as above), or which variables
+            to watch: ``"binary"`` (marked variables only), a
+            ``ks.optimizers.PathMatches`` or a callable ``variable -> bool``.
 
     Attributes:
         history: one dict per epoch, ``{"flip_ratio": r, "<layer>": r, ...}``.
 
     Example:
-    >>> model.fit(x, y, epochs=10, callbacks=[ks.metrics.FlipRatio()])
+    >>> history = model.fit(x, y, epochs=10, callbacks=[ks.metrics.FlipRatio()])
     >>> history.history["flip_ratio"]
     """
 
-    def __init__(self, update_freq="epoch", log_per_layer=True, predicate="binary"):
+    def __init__(self, update_freq="epoch", log_per_layer=True, predicate=None):
         super().__init__()
         if update_freq not in _UPDATE_FREQS:
             raise ValueError(
@@ -118,7 +122,7 @@ class FlipRatio(keras.callbacks.Callback):
             )
         self.update_freq = update_freq
         self.log_per_layer = log_per_layer
-        self.predicate = get_predicate(predicate)
+        self.predicate = None if predicate is None else get_predicate(predicate)
         self.history = []
         self._entries = []
         self._epoch_signs = None
@@ -129,7 +133,8 @@ class FlipRatio(keras.callbacks.Callback):
         return {
             "update_freq": self.update_freq,
             "log_per_layer": self.log_per_layer,
-            "predicate": keras.saving.serialize_keras_object(self.predicate),
+            "predicate": (None if self.predicate is None
+                          else keras.saving.serialize_keras_object(self.predicate)),
         }
 
     # ---------------------------------------------------------------- state
@@ -143,14 +148,22 @@ class FlipRatio(keras.callbacks.Callback):
                 for name in layer.sparse_weight_names:
                     latent = layer.latent_weight(name)
                     owners[id(latent)] = (layer.name, getattr(layer, name + "_mask", None))
+        if self.predicate is None:
+            binary = {id(v) for _, _, v in quantized_weights(model, bits=1)}
+
+            def accept(variable):
+                return id(variable) in binary or is_binary_variable(variable)
+        else:
+            accept = self.predicate
         entries = []
         for variable in model.trainable_variables:
-            if not self.predicate(variable):
+            if not accept(variable):
                 continue
             label, mask = owners.get(id(variable), (None, None))
             if label is None:
-                path = getattr(variable, "path", variable.name)
-                label = path.rsplit("/", 1)[0] if "/" in path else path
+                # "model/inner/layer/kernel" -> "inner/layer"
+                parts = (getattr(variable, "path", None) or variable.name).split("/")
+                label = "/".join(parts[1:-1]) or "/".join(parts[:-1]) or parts[0]
             entries.append((label, variable, mask))
         return entries
 
@@ -175,8 +188,9 @@ class FlipRatio(keras.callbacks.Callback):
         if not self._entries and not self._warned_empty:
             self._warned_empty = True
             warnings.warn(
-                f"FlipRatio: no trainable variable matched {self.predicate!r}; "
-                "nothing to log.",
+                "FlipRatio: no trainable binary weight found"
+                + ("" if self.predicate is None else f" (predicate {self.predicate!r})")
+                + "; nothing to log.",
                 stacklevel=2,
             )
 

@@ -9,9 +9,15 @@ puts the two together as one Keras optimizer, so ``model.compile`` and
 ``model.fit`` work as usual on every backend::
 
     optimizer = ks.optimizers.CaseOptimizer(
-        ("binary", ks.optimizers.Bop()),
+        (ks.optimizers.binary_kernels(model), ks.optimizers.Bop()),
         default=keras.optimizers.Adam(1e-3),
     )
+
+A case's predicate looks at a variable only (the optimizer never sees the
+layers): :func:`binary_kernels` builds one from a model, :class:`PathMatches`
+selects by variable path, and ``"binary"`` (:class:`IsBinary`) accepts
+variables that carry ``precision == 1`` as an attribute (Larq's convention
+for the latent weights of binary layers).
 """
 
 import math
@@ -28,6 +34,8 @@ __all__ = [
     "CaseOptimizer",
     "IsBinary",
     "PathMatches",
+    "binary_kernels",
+    "quantized_weights",
     "get_predicate",
     "is_binary_variable",
     "variable_precision",
@@ -54,11 +62,13 @@ def is_binary_variable(variable):
 
 @keras.saving.register_keras_serializable(package=PACKAGE, name="IsBinary")
 class IsBinary:
-    """Predicate: the variable is quantized to 1 bit (alias ``"binary"``).
+    """Predicate: the variable is marked as 1-bit (alias ``"binary"``).
 
-    True for the latent kernel of a layer whose ``kernel_quantizer`` has
-    ``precision == 1`` (``ste_sign``, ``approx_sign``, ``magnitude_aware_sign``,
-    ...), false for biases, BatchNorm and float or k-bit layers.
+    True for a variable with the attribute ``precision == 1`` (Larq's
+    convention: a quantized layer marks its latent kernel with its
+    ``kernel_quantizer``'s precision), false for unmarked variables (biases,
+    BatchNorm, float layers). To select the binary kernels of a model
+    whatever its layers mark, use :func:`binary_kernels`.
     """
 
     def __call__(self, variable):
@@ -133,6 +143,50 @@ class PathMatches:
 
 
 _PREDICATES = {"binary": IsBinary}
+
+
+def quantized_weights(model, bits=1):
+    """``(layer, name, variable)`` for every latent weight of ``model`` whose
+    ``kernel_quantizer`` has ``precision == bits``, in a stable order."""
+    from keras_sparse.layers.base import SparseMixin
+    from keras_sparse.utils import walk_layers
+
+    found = []
+    for layer in walk_layers(model):
+        quantizer = getattr(layer, "kernel_quantizer", None)
+        if not isinstance(layer, SparseMixin) or quantizer is None or not layer.built:
+            continue
+        if int(quantizer.precision) != bits:
+            continue
+        for name in layer.sparse_weight_names:
+            found.append((layer, name, layer.latent_weight(name)))
+    return found
+
+
+def binary_kernels(model):
+    """A :class:`PathMatches` predicate accepting exactly the latent weights
+    of ``model``'s layers with a 1-bit ``kernel_quantizer``.
+
+    The expression matches each variable's path without its leading model
+    name, so it keeps working after the model is saved and reloaded (or
+    renamed). Call it once the model is built.
+
+    Example:
+    >>> optimizer = ks.optimizers.CaseOptimizer(
+    ...     (ks.optimizers.binary_kernels(model), ks.optimizers.Bop()),
+    ...     default=keras.optimizers.Adam(1e-3))
+    """
+    tails = []
+    for _, _, variable in quantized_weights(model, bits=1):
+        path = getattr(variable, "path", None) or variable.name
+        tail = path.split("/", 1)[1] if "/" in path else path
+        tails.append(re.escape(tail))
+    if not tails:
+        raise ValueError(
+            "The model has no built layer with a 1-bit kernel_quantizer. "
+            f"Received: model={getattr(model, 'name', model)!r}"
+        )
+    return PathMatches("(^|/)(" + "|".join(tails) + ")$")
 
 
 def get_predicate(identifier):
@@ -221,7 +275,7 @@ class Bop(keras.optimizers.Optimizer):
 
     Example:
     >>> optimizer = ks.optimizers.CaseOptimizer(
-    ...     ("binary", ks.optimizers.Bop(threshold=1e-8, gamma=1e-4)),
+    ...     (ks.optimizers.binary_kernels(model), ks.optimizers.Bop(1e-8, 1e-4)),
     ...     default=keras.optimizers.Adam(1e-3))
     """
 
@@ -301,8 +355,8 @@ class CaseOptimizer(keras.optimizers.Optimizer):
     ``default``.
 
     The typical use is a binary network: the latent kernels of binary layers
-    to :class:`Bop`, everything else (biases, BatchNorm, float layers) to
-    Adam. Routing is decided once, when the optimizer is built on the model's
+    to :class:`Bop` (select them with :func:`binary_kernels`), everything
+    else (biases, BatchNorm, float layers) to Adam. Routing is decided once, when the optimizer is built on the model's
     variables; a case that matches no variable raises a warning (a binary
     layer that silently trains in float is the failure this guards against).
     Works in ``model.fit`` on every backend (on JAX through
@@ -314,8 +368,9 @@ class CaseOptimizer(keras.optimizers.Optimizer):
     ``iterations`` counts the steps of the case optimizer itself.
 
     Args:
-        *cases: ``(predicate, optimizer)`` pairs. A predicate is ``"binary"``
-            (:class:`IsBinary`), a :class:`PathMatches`, or any callable
+        *cases: ``(predicate, optimizer)`` pairs. A predicate is a
+            :class:`PathMatches` (what :func:`binary_kernels` returns),
+            ``"binary"`` (:class:`IsBinary`), or any callable
             ``variable -> bool``.
         default: the optimizer for variables no case accepts (required).
         loss_scale_factor: a constant loss scale, passed to every
@@ -325,7 +380,7 @@ class CaseOptimizer(keras.optimizers.Optimizer):
     Example:
     >>> model.compile(
     ...     optimizer=ks.optimizers.CaseOptimizer(
-    ...         ("binary", ks.optimizers.Bop()),
+    ...         (ks.optimizers.binary_kernels(model), ks.optimizers.Bop()),
     ...         default=keras.optimizers.Adam(1e-3)),
     ...     loss="sparse_categorical_crossentropy")
     """

@@ -74,16 +74,17 @@ def _model(prune=None):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((8,)),
-        ks.layers.SparseDense(16, name="binary_dense"),
-        keras.layers.Dense(3, name="head"),
+        ks.layers.SparseDense(16, kernel_quantizer="ste_sign", name="binary_dense"),
+        # A 4-bit layer trained by Adam: its sign changes are not watched.
+        ks.layers.SparseDense(3, kernel_quantizer=4, name="head"),
     ])
     layer = model.get_layer("binary_dense")
-    layer.latent_weight("kernel").precision = 1
     if prune is not None:
         layer.prune_to(prune)
     model.compile(
-        optimizer=CaseOptimizer(("binary", Bop(threshold=1e-5, gamma=0.1)),
-                                default=keras.optimizers.Adam(1e-2)),
+        optimizer=CaseOptimizer(
+            (ks.optimizers.binary_kernels(model), Bop(threshold=1e-5, gamma=0.1)),
+            default=keras.optimizers.Adam(1e-2)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
@@ -121,7 +122,8 @@ def test_flip_ratio_logs_equal_sign_changes_over_each_epoch(prune):
     history = model.fit(x, y, epochs=3, batch_size=16, verbose=0,
                         callbacks=[snapshots, callback])
     mask = to_np(model.get_layer("binary_dense").get_mask("kernel"))
-    ends = snapshots.epoch_start[1:] + [to_np(model.get_layer("binary_dense").kernel)]
+    ends = snapshots.epoch_start[1:] + [
+        to_np(model.get_layer("binary_dense").latent_weight("kernel"))]
     expected = []
     for start, end in zip(snapshots.epoch_start, ends):
         flipped = (start >= 0) != (end >= 0)
@@ -131,6 +133,9 @@ def test_flip_ratio_logs_equal_sign_changes_over_each_epoch(prune):
     assert any(r > 0 for r in expected)
     assert [h["flip_ratio"] for h in callback.history] == history.history["flip_ratio"]
     assert "head/flip_ratio" not in history.history
+    # The forward pass saw exactly the signs that were counted.
+    effective = to_np(model.get_layer("binary_dense").kernel)
+    np.testing.assert_array_equal(effective, np.where(ends[-1] >= 0, 1.0, -1.0) * mask)
 
 
 @pytest.mark.slow
@@ -158,7 +163,24 @@ def test_flip_ratio_without_binary_weights_warns_and_logs_nothing():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
     x = np.ones((8, 4), "float32")
-    with pytest.warns(UserWarning, match="no trainable variable matched"):
+    with pytest.warns(UserWarning, match="no trainable binary weight"):
         history = model.fit(x, np.ones((8, 2), "float32"), epochs=1, verbose=0,
                             callbacks=[FlipRatio()])
     assert "flip_ratio" not in history.history
+
+
+@pytest.mark.slow
+def test_flip_ratio_watches_marked_variables_and_predicates():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="plain"),
+                              keras.layers.Dense(2, name="other")])
+    model.get_layer("plain").kernel.precision = 1
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    watched = FlipRatio().watched(model)
+    assert [label for label, _, _ in watched] == ["plain"]
+    assert [v for _, v, _ in watched] == [model.get_layer("plain").kernel]
+    assert [mask for _, _, mask in watched] == [None]
+    by_path = FlipRatio(predicate=PathMatches("other/")).watched(model)
+    assert [v for _, v, _ in by_path] == [model.get_layer("other").kernel,
+                                          model.get_layer("other").bias]
+    assert {label for label, _, _ in by_path} == {"other"}

@@ -363,3 +363,59 @@ def test_public_names():
     assert ks.optimizers.Bop is Bop and ks.optimizers.CaseOptimizer is CaseOptimizer
     assert ks.optimizers.is_binary_variable(_variables()[0])
     assert not ks.optimizers.is_binary_variable(_variables()[2])
+
+
+# ------------------------------------------------------ quantized layers
+def _quantized_mlp():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((8,)),
+        ks.layers.SparseDense(16, kernel_quantizer="ste_sign", use_bias=False, name="b1"),
+        keras.layers.BatchNormalization(name="bn"),
+        ks.layers.SparseDense(16, kernel_quantizer="magnitude_aware_sign", name="b2"),
+        ks.layers.SparseDense(3, kernel_quantizer=4, name="head"),
+    ])
+
+
+def test_binary_kernels_selects_exactly_the_one_bit_latent_weights():
+    model = _quantized_mlp()
+    predicate = ks.optimizers.binary_kernels(model)
+    chosen = [v.path.split("/", 1)[1] for v in model.trainable_variables if predicate(v)]
+    assert chosen == ["b1/kernel", "b2/kernel"]
+    assert [layer.name for layer, _, _ in ks.optimizers.quantized_weights(model, bits=4)] == [
+        "head"]
+    with pytest.raises(ValueError, match="1-bit kernel_quantizer"):
+        ks.optimizers.binary_kernels(
+            keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
+
+
+@pytest.mark.slow
+def test_bop_trains_quantized_layers_and_routing_survives_reload(tmp_path):
+    model = _quantized_mlp()
+    bop = Bop(threshold=1e-6, gamma=0.1)
+    model.compile(
+        optimizer=CaseOptimizer((ks.optimizers.binary_kernels(model), bop),
+                                default=keras.optimizers.Adam(1e-2)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = _data()
+    latent = [model.get_layer(n).latent_weight("kernel") for n in ("b1", "b2", "head")]
+    before = [to_np(v).copy() for v in latent]
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    after = [to_np(v) for v in latent]
+    for b, a in zip(before[:2], after[:2]):
+        np.testing.assert_array_equal(np.abs(a), np.abs(b))  # Bop only flips
+        assert np.any(np.sign(a) != np.sign(b))
+    assert not np.array_equal(np.abs(after[2]), np.abs(before[2]))  # Adam on the 4-bit layer
+    # The forward pass uses the flipped signs.
+    np.testing.assert_array_equal(to_np(model.get_layer("b1").kernel),
+                                  np.where(after[0] >= 0, 1.0, -1.0))
+    path = tmp_path / "bop_quantized.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    ropt = restored.optimizer
+    assert ropt.variables_of(ropt.cases[0][1]) == [
+        restored.get_layer("b1").latent_weight("kernel"),
+        restored.get_layer("b2").latent_weight("kernel")]
+    for a, b in zip(model.optimizer.variables, ropt.variables):
+        np.testing.assert_array_equal(to_np(a), to_np(b))
