@@ -11,11 +11,12 @@ import keras
 PACKAGE = "keras_sparse"
 
 
-def register(registry, *aliases):
-    """Class decorator: register with Keras and under ``aliases``."""
+def register(registry, *aliases, name=None):
+    """Class decorator: register with Keras (as ``keras_sparse>name``,
+    default the class name) and under ``aliases``."""
 
     def decorator(cls):
-        cls = keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+        cls = keras.saving.register_keras_serializable(package=PACKAGE, name=name)(cls)
         for alias in aliases:
             registry[alias] = cls
         return cls

@@ -32,7 +32,7 @@ class Distribution(config_lib.ConfigObject):
         raise NotImplementedError
 
 
-@config_lib.register(_REGISTRY, "uniform")
+@config_lib.register(_REGISTRY, "uniform", name="UniformDistribution")
 class Uniform(Distribution):
     """Every layer gets the same sparsity.
 
@@ -45,7 +45,7 @@ class Uniform(Distribution):
         return {name: sparsity for name in shapes}
 
 
-@config_lib.register(_REGISTRY, "global")
+@config_lib.register(_REGISTRY, "global", name="GlobalDistribution")
 class Global(Distribution):
     """One threshold across all layers: the lowest scores of the whole model
     are removed, so layers end at different sparsities (global magnitude
@@ -61,7 +61,7 @@ class Global(Distribution):
         return {name: sparsity for name in shapes}
 
 
-@config_lib.register(_REGISTRY, "erk")
+@config_lib.register(_REGISTRY, "erk", name="ERKDistribution")
 class ERK(Distribution):
     """Erdős–Rényi-Kernel: density ∝ ``sum(shape) / prod(shape)``, with
     layers that would exceed density 1 made dense (Evci et al. 2020).
@@ -105,7 +105,7 @@ class ERK(Distribution):
         return {"power_scale": self.power_scale}
 
 
-@config_lib.register(_REGISTRY, "per_layer")
+@config_lib.register(_REGISTRY, "per_layer", name="PerLayerDistribution")
 class PerLayer(Distribution):
     """Explicit sparsity per layer name; unlisted layers are not pruned.
 

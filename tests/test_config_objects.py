@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import to_np
 
+import keras_sparse as ks
 from keras_sparse import config as config_lib
 from keras_sparse import distributions
 from keras_sparse import patterns
@@ -98,7 +99,7 @@ def test_registered_class_config_round_trip(family, cls):
 def test_registered_class_keras_serialization(family, cls):
     module, _ = FAMILIES[family]
     obj = _instance(cls)
-    assert keras.saving.get_registered_name(cls) == f"keras_sparse>{cls.__name__}"
+    assert keras.saving.get_registered_name(cls).startswith(f"keras_sparse>{cls.__name__}")
     serialized = keras.saving.serialize_keras_object(obj)
     assert module.serialize(obj) == serialized
     text = json.dumps(serialized)
@@ -251,3 +252,22 @@ def test_scorer_lookup():
 def test_base_scorer_is_abstract():
     with pytest.raises(NotImplementedError):
         scorers.Scorer().score(np.ones(3))
+
+
+def test_registered_names_are_unique_across_the_package():
+    import importlib
+    import inspect
+    import pkgutil
+
+    seen = {}
+    for info in pkgutil.walk_packages(ks.__path__, "keras_sparse."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if not inspect.isclass(obj) or obj.__module__ != module.__name__:
+                continue
+            name = keras.saving.get_registered_name(obj)
+            if not name.startswith("keras_sparse>"):
+                continue
+            assert seen.setdefault(name, obj) is obj, f"{name} names two classes"
+            assert keras.saving.get_registered_object(name) is obj
+    assert len(seen) > 20
