@@ -65,11 +65,11 @@ def _num_pruned(sparsity, count):
 def _keep_top(flat_scores, keep):
     """Boolean mask over a 1-D tensor keeping the ``keep`` largest entries.
 
-    The threshold (the ``keep``-th largest value) comes from a linear-time
-    selection (``numpy.partition``); everything else is elementwise, so the
-    traced shapes never depend on ``keep`` (no recompilation as a schedule
-    moves) and the update costs a fraction of a full sort or top-k. Ties at
-    the threshold are filled in index order.
+    Eagerly, the threshold (the ``keep``-th largest value) is read on the
+    host with a vectorized sort and ties at the threshold are filled in index
+    order: no traced shape depends on ``keep`` (no recompilation as a
+    schedule moves) and an update costs a fraction of a device top-k. Inside
+    ``tf.function``/``jax.jit`` a top-k gives the same mask.
     """
     n = int(flat_scores.shape[0])
     if keep >= n:
@@ -84,13 +84,15 @@ def _keep_top(flat_scores, keep):
             ops.expand_dims(indices, -1), ops.ones((keep,), dtype="int32"), (n,)
         )
         return ops.greater(hits, 0)
-    values = np.asarray(ops.convert_to_numpy(scores))
-    threshold = np.partition(values, n - keep)[n - keep]
-    above = ops.greater(scores, threshold)
-    ties = ops.equal(scores, threshold)
-    missing = keep - int(np.count_nonzero(values > threshold))
-    tie_rank = ops.cumsum(ops.cast(ties, "int32"))
-    return ops.logical_or(above, ops.logical_and(ties, tie_rank <= missing))
+    values = np.asarray(ops.convert_to_numpy(scores), dtype=np.float32)
+    # A full SIMD sort is faster than partition here: pruned kernels hold
+    # many exact zeros, on which selection algorithms degrade.
+    threshold = np.sort(values)[n - keep]
+    keep_mask = values > threshold
+    missing = keep - int(np.count_nonzero(keep_mask))
+    if missing:
+        keep_mask[np.flatnonzero(values == threshold)[:missing]] = True
+    return ops.convert_to_tensor(keep_mask)
 
 
 def topk_mask(scores, sparsity):
