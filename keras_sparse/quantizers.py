@@ -30,6 +30,7 @@ Example:
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_sparse import config as config_lib
@@ -481,23 +482,37 @@ class LSQ(Quantizer):
         return {"bits": self.bits, "signed": self.signed, "initial_step": self.initial_step}
 
     def _first_step(self, value, mask=None):
-        """The initial step as a Python float (``value`` is concrete)."""
+        """The initial step as a Python float, from a concrete ``value``.
+
+        Plain numpy: a layer may be built inside a symbolic trace (a
+        subclassed model's first call), where ``keras.ops`` give symbols.
+        """
         if self.initial_step is not None or value is None:
             return self.initial_step or 1.0
+        value = np.asarray(ops.convert_to_numpy(value), dtype="float64")
         if mask is not None:
-            kept = ops.convert_to_numpy(value)[ops.convert_to_numpy(mask).astype(bool)]
+            kept = value[np.asarray(ops.convert_to_numpy(mask)).astype(bool)]
             if kept.size:
                 value = kept
-        return float(ops.convert_to_numpy(q_ops.lsq_initial_step(value, self.bits, self.signed)))
+        _, q_p = q_ops.lsq_levels(self.bits, self.signed)
+        step = 2.0 * float(np.mean(np.abs(value))) / math.sqrt(q_p) if value.size else 0.0
+        return step if step > 0 else 1.0
 
     def build(self, layer, shape, name, value=None):
         _, q_p = q_ops.lsq_levels(self.bits, self.signed)
         size = max(1, math.prod(int(d) for d in shape if d is not None))
+        if self.initial_step is not None or value is None:
+            initializer = keras.initializers.Constant(self.initial_step or 1.0)
+        else:
+
+            def initializer(shape, dtype=None):
+                # keras.ops, not numpy: a subclassed model builds its layers
+                # inside a trace, where the weights are still symbolic.
+                step = q_ops.lsq_initial_step(value, self.bits, self.signed)
+                return ops.cast(ops.reshape(step, shape), dtype or "float32")
+
         step = layer.add_weight(
-            name=f"{name}_step",
-            shape=(),
-            initializer=keras.initializers.Constant(self._first_step(value)),
-            trainable=True,
+            name=f"{name}_step", shape=(), initializer=initializer, trainable=True
         )
         return {"step": step, "grad_scale": 1.0 / math.sqrt(size * q_p)}
 

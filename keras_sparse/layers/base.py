@@ -262,7 +262,7 @@ class SparseMixin:
             self._drop_quantizer_state()
             self.kernel_quantizer = kernel_quantizer
             self.input_quantizer = input_quantizer
-            self._build_quantizer_state(_built_input_shape(self))
+            self._build_quantizer_state(_built_input_shape(self), from_weights=True)
         self.kernel_quantizer = kernel_quantizer
         self.input_quantizer = input_quantizer
 
@@ -335,9 +335,11 @@ class SparseMixin:
         with self._unlocked():
             self._quantizer_state = state
 
-    def _build_quantizer_state(self, input_shape=None):
+    def _build_quantizer_state(self, input_shape=None, from_weights=False):
         """Let each quantizer create its state (variables made with
-        ``add_weight``, so they train and save with the layer)."""
+        ``add_weight``, so they train and save with the layer).
+        ``from_weights``: the layer already holds trained weights and masks;
+        initialize data-dependent state from the kept weights."""
         if self._quantizer_state:
             return
         state = {}
@@ -349,7 +351,7 @@ class SparseMixin:
                     built = self.kernel_quantizer.build(
                         self, tuple(latent.shape), f"{name}_quantizer", value=latent
                     )
-                    if built and mask is not None:
+                    if built and from_weights and mask is not None:
                         self.kernel_quantizer.initialize(built, latent, mask)
                     state[name] = built
             if self.input_quantizer is not None:
