@@ -222,8 +222,11 @@ class SET(Pruning):
     def on_train_batch_end(self, batch, logs=None):
         done = self._epoch_start_step + batch + 1
         per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        self.update_masks(range(done - per_call + 1, done + 1))
-        super().on_train_batch_end(batch, logs)
+        steps = range(done - per_call + 1, done + 1)
+        if any(self.is_update_step(step) for step in steps):
+            self.update_masks(steps)
+        if logs is not None and self._layers:
+            logs["sparsity"] = self.overall_sparsity()
 
     def _accumulate_scores(self):
         # The layers' own scorers are not used between updates.

@@ -126,7 +126,7 @@ class Pruning(keras.callbacks.Callback):
         layers = [
             layer for layer in self._layers
             if layer.schedule is not None and layer.scorer.accumulate
-        ]
+        ] if self._layers else []
         if not layers:
             return
         backend.sync_model_state(self.model)
@@ -244,13 +244,26 @@ class Pruning(keras.callbacks.Callback):
 
     def overall_sparsity(self):
         """Fraction of removed weights over every masked weight (cached)."""
+        entries = self._sized_entries()
         total = removed = 0.0
-        for layer in self._layers:
-            for name in layer.sparse_weight_names:
-                size = math.prod(layer.get_mask(name).shape)
-                total += size
-                removed += layer.weight_sparsity(name) * size
+        for layer, name, size in entries:
+            total += size
+            removed += layer.weight_sparsity(name) * size
         return removed / total if total else 0.0
+
+    def _sized_entries(self):
+        # Runs after every batch: the sizes are computed once per layer list.
+        cached = getattr(self, "_sized", None)
+        if cached is None or cached[0] is not self._layers or len(cached[1]) != sum(
+            len(layer.sparse_weight_names) for layer in self._layers
+        ):
+            entries = [
+                (layer, name, math.prod(layer.get_mask(name).shape))
+                for layer in self._layers
+                for name in layer.sparse_weight_names
+            ]
+            self._sized = cached = (self._layers, entries)
+        return cached[1]
 
 
 def _first_update(schedule, steps):

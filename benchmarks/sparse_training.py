@@ -1,0 +1,437 @@
+"""Sparse training methods compared on scikit-learn's digits.
+
+The ANCHORS set-up: MLP 64-300-100-10, stratified 75/25 split of
+``load_digits`` (1347 train / 450 test, ``random_state=0``), 60 epochs,
+Adam 1e-3 (constant), batch 32, mean of 3 seeds, at 90 / 95 / 98 % kernel
+sparsity. Every method trains for the same 60 epochs:
+
+* ``dense``: no pruning.
+* ``gmp``: gradual magnitude pruning, the library's default digits recipe
+  (``benchmarks/digits_sparsity.py``: cubic schedule over the first 50 % of
+  the steps, every 50 steps, one global magnitude threshold).
+* ``static_uniform`` / ``static_erk``: a random sparse network from step 0
+  (``ks.prune(..., schedule=OneShot(0), scorer="random")``, survivors
+  rescaled to keep each unit's variance), uniform or ERK per-layer budgets.
+* ``snip``: ``ks.prune_at_init(..., scorer="snip", distribution="global")``
+  on 256 training examples, then fixed masks.
+* ``set`` / ``rigl``: ``ks.callbacks.SET`` / ``ks.callbacks.RigL`` with ERK,
+  ΔT = 100 steps, α = 0.3 with cosine decay, updates stopping at 75 % of
+  training (RigL's defaults; SET uses the same schedule so that only the
+  growth criterion differs).
+* ``group_lasso``: ``ks.regularizers.GroupLasso(1e-4, "units")`` on the two
+  hidden layers for the first 60 % of the epochs, then the units with the
+  smallest L1 norm are masked (with the rows of the next layer that read
+  them) so that the kernels reach the target sparsity, and the rest of the
+  epochs fine-tune (structured sparsity: whole neurons removed).
+
+A second part measures cost: the mean training-step time of RigL (ΔT = 100)
+against GMP (updates every 100 steps) and dense on the same MLP, in
+interleaved rounds, and the time of one RigL / SET drop-and-grow update of a
+1024 x 1024 Dense kernel (1,048,576 weights).
+
+Usage::
+
+    python benchmarks/sparse_training.py            # full tables (~30-60 min)
+    python benchmarks/sparse_training.py --quick    # smoke run (~1-2 min)
+    python benchmarks/sparse_training.py --methods rigl,set --sparsities 0.9
+    python benchmarks/sparse_training.py --timing-only
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+_common.quiet_tensorflow()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_sparse as ks  # noqa: E402
+from keras_sparse.callbacks.optimizer_state import add_gradient_probes  # noqa: E402
+from keras_sparse.demo import digits_mlp  # noqa: E402
+from keras_sparse.demo import load_digits_split  # noqa: E402
+from keras_sparse.utils import sparse_layers  # noqa: E402
+
+import digits_sparsity  # noqa: E402
+
+EPOCHS = 60
+BATCH = 32
+LR = 1e-3
+SEEDS = (0, 1, 2)
+SPARSITIES = (0.9, 0.95, 0.98)
+METHODS = ("dense", "gmp", "static_uniform", "static_erk", "snip", "set", "rigl",
+           "group_lasso")
+DELTA_T = 100
+ALPHA = 0.3
+END_FRACTION = 0.75
+GROUP_LASSO = 1e-4
+GROUP_LASSO_FRACTION = 0.6
+SNIP_EXAMPLES = 256
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _compile(model, optimizer=None):
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(LR), loss=_loss(),
+                  metrics=["accuracy"])
+    return model
+
+
+def _kernel_sparsity(model):
+    kernels = [w for w in ks.strip(model).get_weights() if w.ndim > 1]
+    return 1.0 - sum(int(np.count_nonzero(w)) for w in kernels) / sum(w.size for w in kernels)
+
+
+def _dead_units(model):
+    """Hidden units with no incoming or no outgoing active weight."""
+    kernels = [w for w in ks.strip(model).get_weights() if w.ndim > 1]
+    dead = 0
+    for inbound, outbound in zip(kernels[:-1], kernels[1:]):
+        dead += int(np.sum(~np.any(inbound != 0, axis=0) | ~np.any(outbound != 0, axis=1)))
+    return dead
+
+
+def _group_lasso_model():
+    layers = [keras.Input((64,))]
+    for width, name in ((300, "hidden1"), (100, "hidden2")):
+        layers.append(keras.layers.Dense(
+            width, activation="relu", name=name,
+            kernel_regularizer=ks.regularizers.GroupLasso(GROUP_LASSO, "units")))
+    layers.append(keras.layers.Dense(10, name="logits"))
+    return keras.Sequential(layers)
+
+
+def _unit_keep_fraction(sparsity, shapes):
+    """Fraction ``d`` of hidden units kept so that a 3-layer MLP whose hidden
+    units are removed with their outgoing rows reaches ``sparsity``:
+    ``a0*a1*d + a1*a2*d^2 + a2*a3*d = (1 - s) * total``."""
+    (a0, a1), (_, a2), (_, a3) = shapes
+    total = a0 * a1 + a1 * a2 + a2 * a3
+    a, b, c = a1 * a2, a0 * a1 + a2 * a3, -(1.0 - sparsity) * total
+    return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+
+def _threshold_units(model, sparsity):
+    """Mask the smallest-L1 hidden units (and the next layer's rows that
+    read them) of a trained group-lasso MLP so its kernels reach
+    ``sparsity``; returns the sparse model with fixed masks."""
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers]
+    d = _unit_keep_fraction(sparsity, [k.shape for k in kernels])
+    unit_masks = []
+    for kernel in kernels[:2]:
+        units = kernel.shape[1]
+        keep = max(1, int(round(d * units)))
+        order = np.argsort(-np.abs(kernel).sum(axis=0), kind="stable")
+        mask = np.zeros(units, bool)
+        mask[order[:keep]] = True
+        unit_masks.append(mask)
+    sparse = ks.prune(model, None, distribution={layer.name: 0.0 for layer in model.layers})
+    layers = sparse_layers(sparse)
+    full = [np.ones(k.shape, bool) for k in kernels]
+    full[0] &= unit_masks[0][None, :]
+    full[1] &= unit_masks[0][:, None] & unit_masks[1][None, :]
+    full[2] &= unit_masks[1][:, None]
+    for layer, mask in zip(layers, full):
+        layer.set_mask("kernel", mask)
+        layer.configure_pruning(schedule=None)
+        # Fine-tune without the penalty.
+        layer.kernel_regularizer = None
+        layer.latent_weight("kernel").regularizer = None
+    return sparse
+
+
+def train_one(method, sparsity, seed, data, epochs):
+    x_train, x_test, y_train, y_test = data
+    steps_per_epoch = math.ceil(len(x_train) / BATCH)
+    total_steps = epochs * steps_per_epoch
+    keras.utils.set_random_seed(seed)
+    callbacks = []
+    fit_epochs = epochs
+    if method == "group_lasso":
+        model = _compile(_group_lasso_model())
+        first = max(1, int(round(GROUP_LASSO_FRACTION * epochs)))
+        model.fit(x_train, y_train, epochs=first, batch_size=BATCH, verbose=0)
+        model = _threshold_units(model, sparsity)
+        fit_epochs = epochs - first
+    else:
+        model = digits_mlp()
+        if method == "gmp":
+            recipe = digits_sparsity.RECIPES[digits_sparsity.DEFAULT_RECIPE]
+            model = ks.prune(model, sparsity,
+                             schedule=digits_sparsity.gmp_schedule(recipe, sparsity, total_steps),
+                             distribution=recipe.get("distribution", "uniform"))
+            callbacks.append(ks.callbacks.Pruning(log_per_layer=False))
+        elif method in ("static_uniform", "static_erk"):
+            model = ks.prune(model, sparsity, schedule=ks.schedules.OneShot(0), scorer="random",
+                             distribution=method.split("_")[1])
+            ks.apply_initial_masks(model)
+            callbacks.append(ks.callbacks.Pruning(log_per_layer=False))
+        elif method == "snip":
+            model = ks.prune_at_init(model, (x_train[:SNIP_EXAMPLES], y_train[:SNIP_EXAMPLES]),
+                                     sparsity, scorer="snip", distribution="global",
+                                     loss=_loss())
+        elif method in ("set", "rigl"):
+            model = ks.prune(model, sparsity, distribution="erk")
+            cls = ks.callbacks.RigL if method == "rigl" else ks.callbacks.SET
+            callbacks.append(cls(update_freq=DELTA_T, drop_fraction=ALPHA,
+                                 end_step=int(END_FRACTION * total_steps), seed=seed,
+                                 log_per_layer=False))
+        elif method != "dense":
+            raise ValueError(f"Unknown method. Received: method={method!r}")
+    if fit_epochs > 0:
+        _compile(model)
+        model.fit(x_train, y_train, epochs=fit_epochs, batch_size=BATCH, verbose=0,
+                  callbacks=callbacks)
+    accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    return {
+        "accuracy": accuracy,
+        "kernel_sparsity": _kernel_sparsity(model) if method != "dense" else 0.0,
+        "dead_units": _dead_units(model),
+    }
+
+
+def accuracy_rows(methods, sparsities, seeds, data, epochs, log):
+    results = {}
+    for method in methods:
+        for sparsity in ([0.0] if method == "dense" else sparsities):
+            runs = []
+            for seed in seeds:
+                start = time.perf_counter()
+                runs.append(train_one(method, sparsity, seed, data, epochs))
+                log(f"  {method} {sparsity:.0%} seed {seed}: "
+                    f"acc {100 * runs[-1]['accuracy']:.2f} %, "
+                    f"kernel sparsity {100 * runs[-1]['kernel_sparsity']:.1f} % "
+                    f"({time.perf_counter() - start:.0f} s)")
+            accs = [r["accuracy"] for r in runs]
+            results[(method, sparsity)] = {
+                "method": method,
+                "sparsity": sparsity,
+                "accuracy_mean": float(np.mean(accs)),
+                "accuracy_min": float(np.min(accs)),
+                "accuracy_max": float(np.max(accs)),
+                "kernel_sparsity": float(np.mean([r["kernel_sparsity"] for r in runs])),
+                "dead_units": float(np.mean([r["dead_units"] for r in runs])),
+                "runs": runs,
+            }
+    return results
+
+
+def accuracy_table(results, methods, sparsities, seeds, epochs, n_train, n_test):
+    header = ["method"] + [f"{s:.0%}" for s in sparsities]
+    body = []
+    for method in methods:
+        if method == "dense":
+            r = results[("dense", 0.0)]
+            cell = f"{100 * r['accuracy_mean']:.2f} ({100 * r['accuracy_min']:.1f}–{100 * r['accuracy_max']:.1f})"
+            body.append(["dense (0 %)"] + [cell] * len(sparsities))
+            continue
+        row = [method]
+        for s in sparsities:
+            r = results.get((method, s))
+            row.append("–" if r is None else
+                       f"{100 * r['accuracy_mean']:.2f} ({100 * r['accuracy_min']:.1f}–"
+                       f"{100 * r['accuracy_max']:.1f})")
+        body.append(row)
+    title = (f"Test accuracy % (mean, min–max over seeds {tuple(seeds)}), MLP 64-300-100-10 on "
+             f"load_digits ({n_train} train / {n_test} test), {epochs} epochs, Adam {LR:g}, "
+             f"batch {BATCH}; columns: kernel sparsity")
+    return _common.format_table(header, body, title=title)
+
+
+def checks(results, sparsities):
+    """The issue's targets, evaluated on the means."""
+    out = []
+    for s in sparsities:
+        get = lambda m: results.get((m, s), {}).get("accuracy_mean")  # noqa: E731
+        rigl, set_, gmp = get("rigl"), get("set"), get("gmp")
+        static = [v for v in (get("static_uniform"), get("static_erk")) if v is not None]
+        if None not in (rigl, set_) and static:
+            out.append((f"{s:.0%}: RigL >= SET >= static random (best of uniform/ERK)",
+                        rigl >= set_ >= max(static),
+                        f"{100 * rigl:.2f} / {100 * set_:.2f} / {100 * max(static):.2f}"))
+        if s == 0.9 and None not in (rigl, gmp):
+            out.append(("90%: RigL within 0.5 point of GMP", rigl >= gmp - 0.005,
+                        f"RigL {100 * rigl:.2f} vs GMP {100 * gmp:.2f}"))
+    return out
+
+
+# --------------------------------------------------------------- timing
+def _timing_model(method, total):
+    keras.utils.set_random_seed(0)
+    model = digits_mlp()
+    callbacks = []
+    if method == "gmp":
+        model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(
+            0.0, 0.9, begin_step=0, end_step=total, frequency=DELTA_T))
+        callbacks = [ks.callbacks.Pruning(log_per_layer=False)]
+    elif method == "rigl":
+        model = ks.prune(model, 0.9, distribution="erk")
+        callbacks = [ks.callbacks.RigL(update_freq=DELTA_T, end_step=total, seed=0,
+                                       log_per_layer=False)]
+    return _compile(model), callbacks
+
+
+def step_time(rounds, steps, log):
+    """Mean step time over whole ``fit`` calls (update steps included),
+    per variant, in interleaved rounds; ratios are paired per round."""
+    timer_cls = _common.make_step_timer(keras.callbacks.Callback)
+    rng = np.random.default_rng(0)
+    x = rng.random((steps * BATCH, 64), dtype=np.float32)
+    y = rng.integers(0, 10, steps * BATCH)
+    total = (rounds + 1) * steps * 4
+    variants = {name: _timing_model(name, total) for name in ("dense", "gmp", "rigl")}
+
+    def run(name, _round):
+        model, callbacks = variants[name]
+        timer = timer_cls()
+        first = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[timer] + callbacks)
+        # Skip each fit's first step (iterator start-up, first trace).
+        times = timer.times[1:]
+        updates = [t for i, t in enumerate(times) if (first + i + 1) % DELTA_T == 0]
+        return {"mean": float(np.mean(times)), "median": float(np.median(times)),
+                "updates": updates}
+
+    for name in variants:
+        log(f"  warm-up {name}")
+        run(name, -1)
+    rounds_out = _common.interleave(variants, rounds, run, log=log)
+    summary = {}
+    for name, rs in rounds_out.items():
+        summary[name] = {
+            "mean_step_ms": 1e3 * _common.median(r["mean"] for r in rs),
+            "median_step_ms": 1e3 * _common.median(r["median"] for r in rs),
+            "update_step_ms": 1e3 * _common.median(t for r in rs for t in r["updates"])
+            if any(r["updates"] for r in rs) else None,
+            "mean_ratio_to_gmp": _common.median(
+                r["mean"] / g["mean"] for r, g in zip(rs, rounds_out["gmp"])),
+            "mean_ratio_to_dense": _common.median(
+                r["mean"] / d["mean"] for r, d in zip(rs, rounds_out["dense"])),
+        }
+    return summary
+
+
+def update_time(repeats, log):
+    """One drop-and-grow update of a 1024 x 1024 kernel at 90 % sparsity."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, name="big"),
+                              keras.layers.Dense(10)])
+    model = ks.prune(model, 0.9)
+    _compile(model)
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 1024), dtype=np.float32)
+    y = rng.integers(0, 10, 256)
+    out = {}
+    for name, cls in (("rigl", ks.callbacks.RigL), ("set", ks.callbacks.SET)):
+        callback = cls(update_freq=10**6, end_step=10**7, seed=0)
+        model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[callback])
+        layer = sparse_layers(model)[0]
+        add_gradient_probes(model, [layer])
+        model.fit(x, y, batch_size=128, epochs=1, verbose=0)  # fill the probe
+        callback.set_model(model)
+        callback._layers = sparse_layers(model)
+        wall, cpu = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            callback.update_layer(layer, 1000)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        out[name] = {"weights": int(np.prod(layer.kernel.shape)),
+                     "median_wall_ms": 1e3 * float(np.median(wall)),
+                     "min_wall_ms": 1e3 * float(np.min(wall)),
+                     "median_cpu_ms": 1e3 * float(np.median(cpu))}
+        log(f"  {name} update: median {out[name]['median_wall_ms']:.1f} ms wall, "
+            f"{out[name]['median_cpu_ms']:.1f} ms CPU")
+    return out
+
+
+def timing_table(steps_summary, updates):
+    header = ["variant", "mean step ms", "median step ms", "x GMP (mean)", "x dense (mean)",
+              "update step ms"]
+    body = []
+    for name, s in steps_summary.items():
+        body.append([name, f"{s['mean_step_ms']:.2f}", f"{s['median_step_ms']:.2f}",
+                     f"{s['mean_ratio_to_gmp']:.3f}", f"{s['mean_ratio_to_dense']:.3f}",
+                     "–" if s["update_step_ms"] is None else f"{s['update_step_ms']:.1f}"])
+    table = _common.format_table(
+        header, body,
+        title=(f"Training-step time, MLP 64-300-100-10, batch {BATCH}, updates every "
+               f"{DELTA_T} steps (mean over whole fits, update steps included)"))
+    header2 = ["algorithm", "weights", "median ms (wall)", "min ms (wall)", "median ms (CPU)"]
+    body2 = [[name, f"{u['weights']:,}", f"{u['median_wall_ms']:.1f}",
+              f"{u['min_wall_ms']:.1f}", f"{u['median_cpu_ms']:.1f}"]
+             for name, u in updates.items()]
+    table2 = _common.format_table(
+        header2, body2, title="One drop-and-grow update of a 1024 x 1024 kernel (90 % sparse)")
+    return table, table2
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="3 epochs, 1 seed, 90 %% only, short timing")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of " +
+                        ",".join(METHODS))
+    parser.add_argument("--sparsities", default=None, help="comma-separated (default 0.9,0.95,0.98)")
+    parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
+    parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--no-timing", action="store_true")
+    args = parser.parse_args(argv)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    digits_sparsity.enable_determinism()
+    epochs = 3 if args.quick else EPOCHS
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else (
+        [0] if args.quick else list(SEEDS))
+    sparsities = [float(s) for s in args.sparsities.split(",")] if args.sparsities else (
+        [0.9] if args.quick else list(SPARSITIES))
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+
+    payload = {"settings": {"epochs": epochs, "seeds": seeds, "sparsities": sparsities,
+                            "methods": methods, "batch": BATCH, "lr": LR,
+                            "delta_t": DELTA_T, "alpha": ALPHA,
+                            "end_fraction": END_FRACTION, "group_lasso": GROUP_LASSO,
+                            "backend": keras.backend.backend()}}
+    tables = []
+    if not args.timing_only:
+        data = load_digits_split(seed=0)
+        results = accuracy_rows(methods, sparsities, seeds, data, epochs, log)
+        tables.append(accuracy_table(results, methods, sparsities, seeds, epochs,
+                                     len(data[0]), len(data[1])))
+        verdicts = checks(results, sparsities)
+        if verdicts:
+            tables.append("\n".join(
+                f"- {'PASS' if ok else 'MISS'} {name}: {detail}" for name, ok, detail in verdicts))
+        payload["accuracy"] = [v for v in results.values()]
+        payload["checks"] = [{"check": n, "passed": ok, "detail": d} for n, ok, d in verdicts]
+    if not args.no_timing:
+        rounds, steps = (2, 200) if args.quick else (5, 800)
+        log(f"step timing: {rounds} interleaved rounds x {steps} steps")
+        steps_summary = step_time(rounds, steps, log)
+        updates = update_time(5 if args.quick else 25, log)
+        tables.extend(timing_table(steps_summary, updates))
+        payload["step_time"] = steps_summary
+        payload["update_time"] = updates
+    print()
+    print("\n\n".join(tables))
+    name = "sparse_training_quick" if args.quick else "sparse_training"
+    if args.methods or args.sparsities or args.seeds or args.timing_only or args.no_timing:
+        name += "_partial"
+    payload["tables"] = tables
+    path = _common.write_json(name, payload)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
