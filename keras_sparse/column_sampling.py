@@ -21,6 +21,8 @@ from keras_sparse.layers.column_sampled import ColumnSampledDense
 from keras_sparse.layers.column_sampled import resolve_keep
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
+from keras_sparse.shrink.fast_init import from_config_zero_init
+from keras_sparse.shrink.fast_init import restore_initializers
 from keras_sparse.shrink.graph import is_graph_model
 
 __all__ = ["sample_columns", "least_squares_refit"]
@@ -180,8 +182,8 @@ def _rebuild(model, plan, method, seed):
     def clone_function(layer):
         if id(layer) in plan:
             config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
-            new = ColumnSampledDense(
-                config["units"],
+            new = from_config_zero_init(ColumnSampledDense, dict(
+                units=config["units"],
                 keep=plan[id(layer)][0],
                 method=method,
                 seed=seed,
@@ -197,19 +199,19 @@ def _rebuild(model, plan, method, seed):
                 name=config["name"],
                 dtype=config.get("dtype"),
                 trainable=config.get("trainable", True),
-            )
+            ))
         else:
-            new = layer.__class__.from_config(layer.get_config())
+            new = from_config_zero_init(layer.__class__, layer.get_config())
         pairs.append((layer, new))
         return new
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for old, new in pairs:
-        if not old.built:
-            continue
-        if id(old) in plan:
-            _, indices, kernel, bias = plan[id(old)]
-            new.set_columns(indices, kernel[indices], bias)
-        else:
-            new.set_weights([np.array(w) for w in old.get_weights()])
+        if old.built:
+            if id(old) in plan:
+                _, indices, kernel, bias = plan[id(old)]
+                new.set_columns(indices, kernel[indices], bias)
+            else:
+                new.set_weights([np.array(w) for w in old.get_weights()])
+        restore_initializers(new)
     return clone, pairs

@@ -22,6 +22,8 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 from keras_sparse.ops import lowrank as lowrank_ops
+from keras_sparse.shrink.fast_init import from_config_zero_init
+from keras_sparse.shrink.fast_init import restore_initializers
 from keras_sparse.shrink.graph import is_graph_model
 
 __all__ = ["factorize", "factorizable"]
@@ -177,15 +179,18 @@ def _low_rank_layer(layer, rank, quantizer):
         trainable=config.get("trainable", True),
     )
     if _plain_class(layer) is keras.layers.Dense:
-        return LowRankDense(config["units"], **common)
-    return LowRankConv2D(
-        config["filters"],
-        config["kernel_size"],
-        strides=config["strides"],
-        padding=config["padding"],
-        data_format=config["data_format"],
-        dilation_rate=config["dilation_rate"],
-        **common,
+        return from_config_zero_init(LowRankDense, dict(common, units=config["units"]))
+    return from_config_zero_init(
+        LowRankConv2D,
+        dict(
+            common,
+            filters=config["filters"],
+            kernel_size=config["kernel_size"],
+            strides=config["strides"],
+            padding=config["padding"],
+            data_format=config["data_format"],
+            dilation_rate=config["dilation_rate"],
+        ),
     )
 
 
@@ -196,17 +201,17 @@ def _rebuild(model, plan, quantizer):
         if id(layer) in plan:
             new = _low_rank_layer(layer, plan[id(layer)][0], quantizer)
         else:
-            new = layer.__class__.from_config(layer.get_config())
+            new = from_config_zero_init(layer.__class__, layer.get_config())
         pairs.append((layer, new))
         return new
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for old, new in pairs:
-        if not old.built:
-            continue
-        if id(old) in plan:
-            _, a, b, bias = plan[id(old)]
-            new.set_factors(a, b, bias)
-        else:
-            new.set_weights([np.array(w) for w in old.get_weights()])
+        if old.built:
+            if id(old) in plan:
+                _, a, b, bias = plan[id(old)]
+                new.set_factors(a, b, bias)
+            else:
+                new.set_weights([np.array(w) for w in old.get_weights()])
+        restore_initializers(new)
     return clone

@@ -16,7 +16,6 @@ The result is verified against the input model on random inputs before it
 is returned.
 """
 
-import copy
 import warnings
 
 import keras
@@ -24,6 +23,8 @@ import numpy as np
 from keras import tree
 
 from keras_sparse.layers.base import SparseMixin
+from keras_sparse.shrink.fast_init import from_config_zero_init
+from keras_sparse.shrink.fast_init import restore_initializers
 from keras_sparse.shrink.graph import Graph
 from keras_sparse.shrink.graph import is_graph_model
 from keras_sparse.shrink.rules import AddRule
@@ -45,7 +46,8 @@ class ShrinkInfo:
         layers: one dict per layer of the input model with ``name``,
             ``type``, ``units_before``, ``units_after`` (units, filters,
             channels or heads; ``None`` for layers without units) and
-            ``status``: ``"shrunk"``, ``"removed"``, ``"unchanged"`` or
+            ``status``: ``"shrunk"``, ``"removed"``, ``"removed
+            (identity)"`` (a merge left with one input), ``"unchanged"`` or
             ``"kept whole"`` (a layer the rules cannot shrink: all its
             channels are kept).
         dropped_inputs: ``{input name: [feature indices]}`` removed from the
@@ -58,6 +60,10 @@ class ShrinkInfo:
         params_before, params_after: parameter counts.
         not_shrunk: names of pruned layers left as they were (subclassed
             models: layers outside Sequential/functional sub-models).
+        blocked: ``{layer name: count}`` of pruned units (all-zero weights)
+            that had to be kept: a consumer needs the channel (a layer the
+            rules cannot shrink, the other input of a residual ``Add``, a
+            model output). Carriers are not counted.
         max_abs_diff: largest output difference measured by the check.
     """
 
@@ -70,6 +76,7 @@ class ShrinkInfo:
         self.params_before = 0
         self.params_after = 0
         self.not_shrunk = []
+        self.blocked = {}
         self.max_abs_diff = None
 
     def to_dict(self):
@@ -89,6 +96,8 @@ class ShrinkInfo:
             lines.append(f"offset layers added: {self.offset_layers}")
         if self.not_shrunk:
             lines.append(f"pruned layers left as they were: {self.not_shrunk}")
+        if self.blocked:
+            lines.append(f"pruned units kept because a consumer needs them: {self.blocked}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -242,12 +251,13 @@ class _Context:
         else:
             config = dict(config)
             config["name"] = self.unique_name(config.get("name") or node.layer.name)
-            new = cls.from_config(config)
+            new = from_config_zero_init(cls, config)
         outputs = new(*args, **kwargs)
         if weights is not None and cls is not None:
             new.set_weights([np.asarray(w) for w in weights])
         if finish is not None:
             finish(new)
+        restore_initializers(new)
         self.layer_cache[id(node.layer)] = new
         return outputs
 
@@ -397,6 +407,8 @@ def _summarize(ctx, removed, info):
                 after = 0 if node.index in removed else int(len(ctx.kept(node.outputs[0])))
         if node.index in removed:
             status = "removed"
+        elif rule.became_identity:
+            status = "removed (identity)"
         elif isinstance(rule, BarrierRule):
             status = "kept whole"
         elif before is not None and after != before:
@@ -408,6 +420,19 @@ def _summarize(ctx, removed, info):
         info.layers.append(dict(name=node.layer.name, type=type(node.layer).__name__,
                                 units_before=before, units_after=after, status=status))
     info.carriers = len(ctx.carrier)
+    carrier_roots = {
+        int(ctx.roots[ctx.base[key] + channel]) for key, channel in ctx.carrier.items()
+    }
+    for node in ctx.graph.nodes:
+        pruned = node.rule.pruned_units()
+        if pruned is None or node.index in removed:
+            continue
+        key = node.outputs[0]
+        roots = ctx.roots[ctx.base[key]:ctx.base[key] + ctx.size[key]]
+        is_carrier = np.isin(roots, list(carrier_roots))
+        stuck = pruned & ctx.keep_mask(key) & ~is_carrier
+        if stuck.any():
+            info.blocked[node.layer.name] = info.blocked.get(node.layer.name, 0) + int(stuck.sum())
 
 
 # ------------------------------------------------------------- verification
@@ -472,11 +497,19 @@ def _count_params(model):
     return int(sum(np.prod(v.shape) for v in model.weights if id(v) not in auxiliary))
 
 
-def _shrink_graph(model, drop_inputs, verify):
+def _shrink_graph(model, drop_inputs, verify, strict=False):
     info = ShrinkInfo()
     graph = Graph(model)
     ctx = _analyse(graph, drop_inputs)
     new_model = _rebuild(ctx, model, info)
+    if strict and info.blocked:
+        whole = [row["name"] for row in info.layers if row["status"] == "kept whole"]
+        raise ValueError(
+            f"shrink cannot remove every pruned unit (strict=True): {info.blocked} "
+            f"(layer: units kept). A consumer needs those channels: a layer shrink cannot "
+            f"follow (here: {whole or 'none'}), the other input of a residual Add, or a "
+            f"model output. Received: strict={strict}"
+        )
     info.params_before = _count_params(model)
     info.params_after = _count_params(new_model)
     if verify:
@@ -488,7 +521,7 @@ def _shrink_graph(model, drop_inputs, verify):
     return new_model, info
 
 
-def shrink(model, *, drop_inputs=True, verify=True, return_info=False):
+def shrink(model, *, drop_inputs=True, verify=True, strict=False, return_info=False):
     """Rebuild ``model`` with its pruned units, filters, channels and
     attention heads physically removed.
 
@@ -516,18 +549,22 @@ def shrink(model, *, drop_inputs=True, verify=True, return_info=False):
 
     Args:
         model: a built Sequential or functional model (nested sub-models are
-            inlined), or a subclassed model: then only its Sequential and
-            functional sub-models are shrunk (with their inputs and outputs
-            unchanged), the rest is stripped of masks and listed in
-            ``info.not_shrunk``. Subclassed models are copied through
-            Keras serialization, so their class must accept its
-            ``get_config()`` in ``__init__``.
+            inlined), or a subclassed model: then only the Sequential and
+            functional models it holds as attributes are shrunk (their
+            inputs and outputs unchanged); the result is a new instance of
+            its class (``cls.from_config(model.get_config())``, so
+            ``__init__`` must accept its config) whose other layers hold the
+            stripped weights of ``model``; pruned layers outside sub-models
+            are listed in ``info.not_shrunk``.
         drop_inputs: also remove model input features no kept layer reads
             (e.g. after :func:`keras_sparse.sample_columns`); the new model
             then takes ``x[..., info.kept_inputs[name]]`` and a warning
             names the dropped features. ``False`` keeps the input shapes.
         verify: run both models on random inputs and raise ``RuntimeError``
             rather than return a model whose outputs differ.
+        strict: raise ``ValueError`` if a pruned unit (all-zero weights)
+            cannot be removed because the graph cannot be followed through
+            one of its consumers (``info.blocked`` lists them otherwise).
         return_info: also return a :class:`ShrinkInfo`.
 
     Returns:
@@ -537,8 +574,8 @@ def shrink(model, *, drop_inputs=True, verify=True, return_info=False):
         The input model is never modified.
 
     Raises:
-        ValueError: for an unbuilt model, a model whose graph cannot be
-            followed, or a subclassed model that cannot be copied.
+        ValueError: for an unbuilt model, a subclassed model that cannot be
+            copied, or (``strict=True``) pruned units that cannot be removed.
 
     Example:
     >>> pruned = ks.prune(model, 0.5, pattern="channel", layers=["conv1", "dense1"])
@@ -547,15 +584,13 @@ def shrink(model, *, drop_inputs=True, verify=True, return_info=False):
     >>> small.count_params() < model.count_params()
     True
     """
-    if not isinstance(drop_inputs, bool) or not isinstance(verify, bool):
-        raise ValueError(
-            "`drop_inputs` and `verify` must be bools. "
-            f"Received: drop_inputs={drop_inputs!r}, verify={verify!r}"
-        )
+    for name, value in (("drop_inputs", drop_inputs), ("verify", verify), ("strict", strict)):
+        if not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
     if is_graph_model(model):
-        new_model, info = _shrink_graph(model, drop_inputs, verify)
+        new_model, info = _shrink_graph(model, drop_inputs, verify, strict)
     elif isinstance(model, keras.Model):
-        new_model, info = _shrink_subclassed(model, verify)
+        new_model, info = _shrink_subclassed(model, verify, strict)
     else:
         raise ValueError(
             f"shrink needs a Keras model. Received: model={type(model).__name__}"
@@ -571,17 +606,28 @@ def shrink(model, *, drop_inputs=True, verify=True, return_info=False):
 
 
 # --------------------------------------------------------------- subclassed
-def _copy_model(model):
+def _fresh_instance(model):
+    """A new instance of ``model``'s class from its config, built on the
+    input shape ``model`` was built with (plain Keras layers inside, as the
+    class defines them)."""
     cls = type(model)
+    shape = _build_input_shape(model)
+    if shape is None:
+        raise ValueError(
+            f"shrink needs the subclassed model {model.name!r} built on one input of known "
+            "shape (call it on a batch first)."
+        )
     try:
         with keras.saving.custom_object_scope({cls.__name__: cls}):
-            return copy.deepcopy(model)
+            fresh = cls.from_config(model.get_config())
+        fresh(np.zeros((1,) + tuple(d or 1 for d in shape[1:]), dtype="float32"))
     except Exception as error:  # noqa: BLE001 - any failure means "cannot copy"
         raise ValueError(
             f"shrink cannot copy the subclassed model {model.name!r} without modifying it: "
             f"{cls.__name__}.__init__ must accept the arguments of its get_config() "
             f"(Keras serialization). Original error: {error}"
         ) from error
+    return fresh
 
 
 def _graph_children(model):
@@ -600,54 +646,88 @@ def _graph_children(model):
     return found
 
 
-def _pruned_layers(model):
+def _outside_layers(model, children):
     from keras_sparse.utils import walk_layers
 
-    names = []
-    for layer in walk_layers(model):
-        if isinstance(layer, SparseMixin) and layer.built and layer.sparsity > 0:
-            names.append(layer.name)
-    return names
+    inside = set()
+    for _, _, child in children:
+        inside.add(id(child))
+        inside.update(id(layer) for layer in walk_layers(child))
+    return [layer for layer in walk_layers(model) if id(layer) not in inside]
 
 
-def _shrink_subclassed(model, verify):
-    from keras_sparse.convert import strip
+def _plain_weights(layer):
+    if isinstance(layer, SparseMixin):
+        return [np.asarray(w) for w in layer.stripped_weights()]
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.weights]
 
+
+def _shrink_subclassed(model, verify, strict):
+    """Shrink the Sequential/functional sub-models of a subclassed model.
+
+    The result is a fresh instance of the model's class (from its config):
+    its sub-models are replaced by the shrunk ones, and every other layer
+    gets the (stripped) weights of the matching layer of ``model``, which is
+    never modified."""
     if not model.built:
         raise ValueError(f"Model {model.name!r} must be built before shrinking.")
     info = ShrinkInfo()
     info.params_before = _count_params(model)
-    clone = _copy_model(model)
-    for container, key, child in _graph_children(clone):
-        small, child_info = _shrink_graph(child, drop_inputs=False, verify=verify)
+    fresh = _fresh_instance(model)
+    old_children = _graph_children(model)
+    new_children = _graph_children(fresh)
+    if [(k, c.name) for _, k, c in old_children] != [(k, c.name) for _, k, c in new_children]:
+        raise ValueError(
+            f"shrink cannot match the sub-models of {model.name!r} with a fresh instance of "
+            f"{type(model).__name__} (they are created differently)."
+        )
+    old_rest = _outside_layers(model, old_children)
+    new_rest = _outside_layers(fresh, new_children)
+    if len(old_rest) != len(new_rest):
+        raise ValueError(
+            f"shrink cannot match the layers of {model.name!r} with a fresh instance of "
+            f"{type(model).__name__}."
+        )
+    for old, new in zip(old_rest, new_rest):
+        values = _plain_weights(old)
+        if [v.shape for v in values] != [tuple(w.shape) for w in new.weights]:
+            raise ValueError(
+                f"shrink cannot match layer {old.name!r} of {model.name!r} with a fresh "
+                f"instance of {type(model).__name__}."
+            )
+        new.set_weights(values)
+    for (_, _, old_child), (container, key, new_child) in zip(old_children, new_children):
+        small, child_info = _shrink_graph(old_child, drop_inputs=False, verify=verify, strict=strict)
         info.layers.extend(child_info.layers)
         info.offset_layers.extend(child_info.offset_layers)
         info.carriers += child_info.carriers
+        info.blocked.update(child_info.blocked)
         if isinstance(container, list):
             list.__setitem__(container, key, small)
         else:
             object.__setattr__(container, key, small)
-        clone._tracker.replace_tracked_value("layers", child, small)
-    info.not_shrunk = _pruned_layers(clone)
-    strip(clone)
-    info.params_after = _count_params(clone)
+        fresh._tracker.replace_tracked_value("layers", new_child, small)
+    info.not_shrunk = [
+        layer.name for layer in old_rest
+        if isinstance(layer, SparseMixin) and layer.built and layer.sparsity > 0
+    ]
+    info.params_after = _count_params(fresh)
     if verify:
         shape = _build_input_shape(model)
-        if shape is not None:
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((2,) + tuple(d or 5 for d in shape[1:])).astype("float32")
-            ref = _as_list(model(x, training=False))
-            new = _as_list(clone(x, training=False))
-            info.max_abs_diff = 0.0
-            for a, b in zip(ref, new):
-                diff = float(np.max(np.abs(a - b)))
-                if not diff <= VERIFY_TOLERANCE * max(1.0, float(np.max(np.abs(a)))):
-                    raise RuntimeError(
-                        f"shrink produced a model whose outputs differ by {diff:.3g}; it is not "
-                        "returned (please report this)."
-                    )
-                info.max_abs_diff = max(info.max_abs_diff, diff)
-    return clone, info
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2,) + tuple(d or 5 for d in shape[1:])).astype("float32")
+        reference = _as_list(model(x, training=False))
+        found = _as_list(fresh(x, training=False))
+        info.max_abs_diff = 0.0
+        for a, b in zip(reference, found):
+            diff = float(np.max(np.abs(a - b)))
+            if not diff <= VERIFY_TOLERANCE * max(1.0, float(np.max(np.abs(a)))):
+                raise RuntimeError(
+                    f"shrink produced a model whose outputs differ by {diff:.3g}; it is not "
+                    "returned (please report this)."
+                )
+            info.max_abs_diff = max(info.max_abs_diff, diff)
+    return fresh, info
 
 
 def _build_input_shape(model):

@@ -111,6 +111,8 @@ class Rule:
 
     #: whether the rule lets offsets of its inputs through linearly
     passes_offsets = False
+    #: set by ``rebuild`` when the layer was replaced by its only input
+    became_identity = False
 
     def __init__(self, node, graph):
         self.node = node
@@ -146,6 +148,11 @@ class Rule:
 
     def units(self):
         """Number of units/channels this layer owns (for the summary)."""
+        return None
+
+    def pruned_units(self):
+        """Boolean mask of the output channels whose weights are all zero
+        (pruned units), or ``None`` for layers without units."""
         return None
 
     def rebuild(self, ctx):
@@ -337,6 +344,9 @@ class KernelRule(Rule):
     def units(self):
         return self.adapter.taps.shape[-1]
 
+    def pruned_units(self):
+        return ~self.nonzero.any(axis=0)
+
     def describe(self):
         return type(self.layer).__name__
 
@@ -457,6 +467,9 @@ class DepthwiseRule(Rule):
     def units(self):
         return self.channels * self.multiplier
 
+    def pruned_units(self):
+        return ~self.nonzero.reshape(-1)
+
     def consts(self, ctx):
         if not _is_elementwise(self.activation):
             ctx.set_live(self.out_key)
@@ -530,6 +543,9 @@ class SeparableRule(Rule):
 
     def units(self):
         return self.filters
+
+    def pruned_units(self):
+        return ~(self.pw != 0).any(axis=0)
 
     def _intermediate(self, const_in):
         """(live mask, constant values) of the depthwise outputs."""
@@ -751,6 +767,7 @@ class ConcatenateRule(Rule):
         parts = [k for k in self.node.inputs if len(ctx.kept(k))]
         offset = np.concatenate([ctx.offset(k) for k in self.node.inputs])
         if len(parts) == 1:
+            self.became_identity = True
             ctx.set_output(self.out_key, ctx.tensor(parts[0]), offset)
             return
         cls, config, weights = plain_state(self.layer)
@@ -798,6 +815,7 @@ class AddRule(Rule):
         if self.dropped and self.node.index not in ctx.offset_absorbed:
             offset = offset + self.dropped_offset(ctx)
         if len(remaining) == 1:
+            self.became_identity = True
             ctx.set_output(self.out_key, ctx.tensor(remaining[0]), offset)
             return
         cls, config, weights = plain_state(self.layer)
@@ -856,6 +874,9 @@ class EmbeddingRule(Rule):
 
     def units(self):
         return self.table.shape[1]
+
+    def pruned_units(self):
+        return ~np.any(self.table != 0, axis=0)
 
     def consts(self, ctx):
         zero = ~np.any(self.table != 0, axis=0)

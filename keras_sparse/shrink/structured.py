@@ -22,6 +22,8 @@ from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttenti
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.patterns import Channel
 from keras_sparse.scorers.structured import BatchNormGammaScorer
+from keras_sparse.shrink.fast_init import from_config_zero_init
+from keras_sparse.shrink.fast_init import restore_initializers
 from keras_sparse.shrink.graph import Graph
 from keras_sparse.shrink.graph import is_graph_model
 from keras_sparse.utils import walk_layers
@@ -252,8 +254,8 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
     def make_layer(layer):
         if layer.name in plan:
             config = keras.layers.MultiHeadAttention.get_config(layer)
-            return HeadMaskedMultiHeadAttention.from_config(config)
-        return layer.__class__.from_config(layer.get_config())
+            return from_config_zero_init(HeadMaskedMultiHeadAttention, config)
+        return from_config_zero_init(layer.__class__, layer.get_config())
 
     pairs = []
 
@@ -264,13 +266,13 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for old, new in pairs:
-        if not old.built:
-            continue
-        if new.name in plan:
-            _copy_attention(old, new)
-            new.set_head_mask(plan[new.name])
-        else:
-            # Same class: same variables in the same order. A host copy, so
-            # JAX buffers are not shared between the two models.
-            new.set_weights([np.array(w) for w in old.get_weights()])
+        if old.built:
+            if new.name in plan:
+                _copy_attention(old, new)
+                new.set_head_mask(plan[new.name])
+            else:
+                # Same class: same variables in the same order. A host copy,
+                # so JAX buffers are not shared between the two models.
+                new.set_weights([np.array(w) for w in old.get_weights()])
+        restore_initializers(new)
     return clone

@@ -1,0 +1,547 @@
+"""ks.shrink: pruned units physically removed, outputs unchanged.
+
+Every test compares the shrunk model with the masked model on random inputs
+(max abs diff <= 1e-5 in float32) and checks the parameter count against a
+closed form. Constants of removed units are made zero where a test needs an
+exact closed form (no carrier channel), and non-zero where it exercises the
+folding.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_np
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import keras_sparse as ks
+from keras_sparse.shrink import head_scores
+from keras_sparse.utils import walk_layers
+
+L = keras.layers
+TOL = 1e-5
+# Layers start from zero initializers and get numpy random weights from
+# `set_biases` (on JAX every random initializer compiles an XLA program).
+Z = {"kernel_initializer": "zeros"}
+
+
+# ---------------------------------------------------------------- helpers
+def set_biases(model, rng, sign=None, scale=0.3):
+    """Random weights: kernels ~ N(0, 1/fan_in), biases (and BatchNorm
+    statistics) uniform; ``sign`` forces biases negative (-1: removed ReLU
+    units output exactly 0) or positive (+1)."""
+    for layer in walk_layers(model):
+        if isinstance(layer, keras.Model):
+            continue
+        for variable in layer.weights:
+            name = variable.path.split("/")[-1]
+            shape = tuple(variable.shape)
+            if "kernel" in name and variable.dtype == "float32":
+                fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+                if name == "depthwise_kernel" or (len(shape) == 4 and "depthwise" in variable.path):
+                    fan_in = int(np.prod(shape[:-2]))
+                if layer.__class__.__name__.endswith("MultiHeadAttention"):
+                    fan_in = shape[0] if "output" not in variable.path else shape[0] * shape[1]
+                values = rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))
+                variable.assign(values.astype("float32"))
+            elif name == "bias" or name == "beta":
+                value = rng.uniform(0.05, scale, shape) if sign else rng.uniform(-scale, scale, shape)
+                variable.assign((value * (sign or 1)).astype("float32"))
+            elif name == "gamma":
+                variable.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+            elif name == "moving_variance":
+                variable.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+            elif name == "moving_mean" and sign is None:
+                variable.assign(rng.uniform(-0.2, 0.2, shape).astype("float32"))
+
+
+def mask_units(model, plan):
+    """``plan``: {layer name: removed unit indices}; the model is converted
+    with the channel pattern and those units' kernels masked."""
+    pruned = ks.prune(model, 0.0, pattern="channel", layers=list(plan))
+    layers = {layer.name: layer for layer in walk_layers(pruned)}
+    for name, removed in plan.items():
+        layer = layers[name]
+        for weight in layer.sparse_weight_names:
+            if weight == "depthwise_kernel":
+                continue  # SeparableConv: its units are the pointwise filters
+            mask = np.ones(layer.get_mask(weight).shape, dtype=bool)
+            mask[..., list(removed)] = False
+            layer.set_mask(weight, mask)
+    return pruned
+
+
+def half(n):
+    return list(range(0, n, 2))
+
+
+def outputs(model, x):
+    return to_np(model(x, training=False))
+
+
+def assert_same_outputs(reference, shrunk, x, x_new=None):
+    ref = outputs(reference, x)
+    new = outputs(shrunk, x if x_new is None else x_new)
+    assert ref.shape == new.shape
+    np.testing.assert_allclose(new, ref, atol=TOL, rtol=0)
+
+
+def assert_plain_keras(model, tmp_path, x):
+    """No keras_sparse class in the config; reloads with plain Keras."""
+    text = json.dumps(model.get_config(), default=str)
+    assert "keras_sparse" not in text
+    path = str(tmp_path / "shrunk.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(outputs(reloaded, x), outputs(model, x), atol=1e-6, rtol=0)
+    return reloaded
+
+
+def weights_of(model):
+    return [np.array(to_np(w)) for w in model.weights]
+
+
+# ------------------------------------------------------------------- MLP
+def make_mlp(widths=(16, 32, 24, 5)):
+    layers = [keras.Input((widths[0],))]
+    for i, width in enumerate(widths[1:-1]):
+        layers.append(L.Dense(width, activation="relu", **Z, name=f"d{i + 1}"))
+    layers.append(L.Dense(widths[-1], **Z, name="out"))
+    return keras.Sequential(layers, name="mlp")
+
+
+def test_mlp_outputs_params_and_plain_reload(tmp_path, rng):
+    keras.utils.set_random_seed(0)
+    model = make_mlp()
+    set_biases(model, rng)  # removed ReLU units output relu(b) != 0: folded
+    pruned = mask_units(model, {"d1": half(32), "d2": half(24)})
+    before = weights_of(pruned)
+    x = rng.standard_normal((8, 16)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert [layer.units for layer in small.layers[1:]] == [16, 12, 5]
+    assert small.count_params() == (16 * 16 + 16) + (16 * 12 + 12) + (12 * 5 + 5)
+    assert info.params_after == small.count_params()
+    assert info.params_before == model.count_params()
+    assert_same_outputs(pruned, small, x)
+    assert all(type(layer) is L.Dense for layer in small.layers[1:])
+    assert_plain_keras(small, tmp_path, x)
+    # the input model is never modified
+    for old, new in zip(before, weights_of(pruned)):
+        np.testing.assert_array_equal(old, new)
+    assert type(pruned.get_layer("d1")).__name__ == "SparseDense"
+
+
+@settings(max_examples=8)
+@given(
+    widths=st.lists(st.integers(2, 10), min_size=1, max_size=3),
+    seed=st.integers(0, 10_000),
+)
+def test_mlp_property_random_unit_masks(widths, seed):
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed % 1000)
+    model = make_mlp((6,) + tuple(widths) + (3,))
+    set_biases(model, rng)
+    plan, kept = {}, []
+    for i, width in enumerate(widths):
+        removed = [u for u in range(width) if rng.random() < 0.5]
+        if len(removed) == width:
+            removed = removed[1:]
+        plan[f"d{i + 1}"] = removed
+        kept.append(width - len(removed))
+    pruned = mask_units(model, plan)
+    small = ks.shrink(pruned)
+    x = rng.standard_normal((5, 6)).astype("float32")
+    assert_same_outputs(pruned, small, x)
+    sizes = [6] + kept + [3]
+    expected = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    assert small.count_params() == expected
+
+
+def test_fully_pruned_hidden_layer_keeps_one_constant_unit(rng):
+    # The output of a fully pruned hidden layer is constant; the next layer
+    # still needs an input tensor, so one (constant) unit stays.
+    keras.utils.set_random_seed(1)
+    model = make_mlp((8, 6, 5, 3))
+    set_biases(model, rng)
+    pruned = mask_units(model, {"d2": list(range(5))})
+    small = ks.shrink(pruned)
+    x = rng.standard_normal((4, 8)).astype("float32")
+    assert_same_outputs(pruned, small, x)
+    assert small.get_layer("d2").units == 1
+    assert np.all(to_np(small.get_layer("d2").kernel) == 0)
+
+
+# ------------------------------------------------------------------- CNN
+def make_cnn():
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(16, 3, padding="same", use_bias=False, **Z, name="c1")(inputs)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU(name="relu1")(h)
+    h = L.Conv2D(12, 3, padding="same", activation="relu", **Z, name="c2")(h)
+    h = L.MaxPooling2D(name="pool")(h)
+    h = L.Conv2D(10, 3, padding="valid", activation="relu", **Z, name="c3")(h)
+    h = L.Flatten(name="flatten")(h)
+    h = L.Dropout(0.3, name="drop")(h)
+    h = L.Dense(20, activation="relu", **Z, name="d1")(h)
+    return keras.Model(inputs, L.Dense(4, **Z, name="out")(h), name="cnn")
+
+
+CNN_PLAN = {"c1": half(16), "c2": half(12), "c3": half(10), "d1": half(20)}
+
+
+def test_cnn_batchnorm_flatten_closed_form(tmp_path, rng):
+    keras.utils.set_random_seed(2)
+    model = make_cnn()
+    set_biases(model, rng, sign=-1)  # removed units are exactly 0: no carrier
+    pruned = mask_units(model, CNN_PLAN)
+    x = rng.standard_normal((4, 8, 8, 3)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, x)
+    assert info.carriers == 0 and not info.blocked
+    assert small.get_layer("c1").filters == 8
+    assert small.get_layer("c2").filters == 6
+    assert small.get_layer("c3").filters == 5
+    # flatten: 2x2 positions x 5 kept channels
+    assert small.get_layer("d1").kernel.shape == (20, 10)
+    expected = (9 * 3 * 8) + 4 * 8 + (9 * 8 * 6 + 6) + (9 * 6 * 5 + 5) + (20 * 10 + 10) + (10 * 4 + 4)
+    assert small.count_params() == expected
+    assert_plain_keras(small, tmp_path, x)
+
+
+def test_cnn_nonzero_constants_keep_one_carrier(rng):
+    keras.utils.set_random_seed(3)
+    model = make_cnn()
+    set_biases(model, rng, sign=+1)  # every removed unit outputs a positive constant
+    pruned = mask_units(model, CNN_PLAN)
+    x = rng.standard_normal((4, 8, 8, 3)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, x)
+    # c1's removed channels reach the same-padded c2 as constants != 0: one
+    # carrier; c2's reach the valid c3 through pooling: folded into its bias.
+    assert info.carriers == 1
+    assert small.get_layer("c1").filters == 9
+    assert small.get_layer("c2").filters == 6
+    assert small.get_layer("c3").filters == 5
+    assert small.get_layer("d1").units == 10
+
+
+# -------------------------------------------------------------- residual
+def make_residual(projection=False, second_block=True):
+    inputs = keras.Input((6, 6, 4))
+    stem = L.Conv2D(8, 3, padding="same", activation="relu", **Z, name="stem")(inputs)
+    b = L.Conv2D(8, 3, padding="same", **Z, name="b1")(stem)
+    b = L.BatchNormalization(name="bn_b1")(b)
+    b = L.ReLU(name="relu_b1")(b)
+    b = L.Conv2D(8, 3, padding="same", **Z, name="b2")(b)
+    b = L.BatchNormalization(name="bn_b2")(b)
+    x = L.Add(name="add1")([stem, b])
+    x = L.ReLU(name="relu1")(x)
+    if not second_block:
+        return keras.Model(inputs, L.Dense(3, **Z, name="out")(L.GlobalAveragePooling2D(name="gap")(x)))
+    if projection:
+        shortcut = L.Conv2D(8, 1, **Z, name="proj")(x)
+        shortcut = L.BatchNormalization(name="bn_proj")(shortcut)
+    else:
+        shortcut = x
+    e = L.Conv2D(8, 3, padding="same", **Z, name="e1")(x)
+    e = L.BatchNormalization(name="bn_e1")(e)
+    y = L.Add(name="add2")([shortcut, e])
+    y = L.ReLU(name="relu2")(y)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return keras.Model(inputs, L.Dense(3, **Z, name="out")(y), name="residual")
+
+
+def test_residual_add_keeps_union_of_channels(rng):
+    keras.utils.set_random_seed(4)
+    model = make_residual(second_block=False)
+    set_biases(model, rng)
+    stem = model.get_layer("stem")
+    stem.bias.assign(-np.abs(to_np(stem.bias)) - 0.05)  # removed stem units output 0
+    pruned = mask_units(model, {"stem": [0, 1, 2, 3], "b2": [2, 3, 4, 5]})
+    x = rng.standard_normal((3, 6, 6, 4)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, x)
+    # add1 channel c is needed when either input is live there: union
+    # {4..7} | {0, 1, 6, 7}; channels 2, 3 are constant in both: removed.
+    assert small.get_layer("stem").filters == 6
+    assert small.get_layer("b2").filters == 6
+    assert small.get_layer("bn_b2").moving_mean.shape == (6,)
+    assert small.get_layer("b1").kernel.shape == (3, 3, 6, 8)
+    assert small.get_layer("out").kernel.shape == (6, 3)
+    assert info.blocked == {"stem": 2, "b2": 2}
+
+
+def test_identity_path_shares_channels_across_blocks(rng):
+    # With a second residual block, add1's constant channels are read by the
+    # next block's live branch through the identity path: they stay.
+    keras.utils.set_random_seed(4)
+    model = make_residual()
+    set_biases(model, rng)
+    pruned = mask_units(model, {"stem": [0, 1, 2, 3], "b2": [2, 3, 4, 5]})
+    small = ks.shrink(pruned)
+    assert_same_outputs(pruned, small, rng.standard_normal((3, 6, 6, 4)).astype("float32"))
+    assert small.get_layer("stem").filters == 8
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_pruned_residual_branch_becomes_identity(projection, rng):
+    keras.utils.set_random_seed(5)
+    model = make_residual(projection)
+    set_biases(model, rng)
+    pruned = mask_units(model, {"e1": list(range(8))})
+    x = rng.standard_normal((3, 6, 6, 4)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, x)
+    names = [layer.name for layer in small.layers]
+    assert "e1" not in names and "bn_e1" not in names and "add2" not in names
+    status = {row["name"]: row["status"] for row in info.layers}
+    assert status["e1"] == "removed" and status["add2"] == "removed (identity)"
+    if projection:
+        # the branch's constant went into the projection's BatchNorm beta
+        assert info.offset_layers == []
+    else:
+        # a ReLU output cannot take a bias: a Rescaling adds the constant back
+        assert len(info.offset_layers) == 1
+        assert isinstance(small.get_layer(info.offset_layers[0]), L.Rescaling)
+    assert small.count_params() == model.count_params() - (9 * 8 * 8 + 8) - 4 * 8
+
+
+def test_pruned_branch_with_zero_output_is_plain_identity(rng):
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((10,))
+    h = L.Dense(10, activation="relu", **Z, name="h")(inputs)
+    branch = L.Dense(10, activation="relu", **Z, name="branch")(h)
+    branch = L.Dense(10, use_bias=False, **Z, name="branch_out")(branch)
+    y = L.Add(name="add")([h, branch])
+    model = keras.Model(inputs, L.Dense(2, **Z, name="out")(y))
+    set_biases(model, rng)
+    pruned = mask_units(model, {"branch_out": list(range(10))})
+    small, info = ks.shrink(pruned, return_info=True)
+    x = rng.standard_normal((4, 10)).astype("float32")
+    assert_same_outputs(pruned, small, x)
+    assert [layer.name for layer in small.layers[1:]] == ["h", "out"]
+    assert info.offset_layers == []
+
+
+# ----------------------------------------------------------- concatenate
+def test_concatenate_inception_offsets(rng):
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((8, 8, 4))
+    a = L.Conv2D(6, 1, activation="relu", **Z, name="a")(inputs)
+    b = L.Conv2D(6, 3, padding="same", activation="relu", **Z, name="b")(inputs)
+    c = L.MaxPooling2D(3, strides=1, padding="same", name="pool")(inputs)
+    c = L.Conv2D(4, 1, activation="relu", **Z, name="c")(c)
+    merged = L.Concatenate(name="cat")([a, b, c])
+    h = L.Conv2D(8, 3, padding="same", activation="relu", **Z, name="after")(merged)
+    model = keras.Model(inputs, L.Dense(2, **Z, name="out")(L.GlobalMaxPooling2D(name="gmp")(h)))
+    set_biases(model, rng, sign=-1)
+    pruned = mask_units(model, {"a": [0, 1, 2], "b": [1, 3, 5], "c": [0, 3], "after": half(8)})
+    x = rng.standard_normal((3, 8, 8, 4)).astype("float32")
+    small = ks.shrink(pruned)
+    assert_same_outputs(pruned, small, x)
+    after = small.get_layer("after")
+    assert after.kernel.shape == (3, 3, 3 + 3 + 2, 4)
+    # the kept rows of `after` are the kept channels at their concat offsets
+    kept_rows = [3, 4, 5] + [6 + 0, 6 + 2, 6 + 4] + [12 + 1, 12 + 2]
+    original = to_np(pruned.get_layer("after").kernel)
+    np.testing.assert_array_equal(to_np(after.kernel), original[:, :, kept_rows][..., [1, 3, 5, 7]])
+    expected = (4 * 3 + 3) + (9 * 4 * 3 + 3) + (4 * 2 + 2) + (9 * 8 * 4 + 4) + (4 * 2 + 2)
+    assert small.count_params() == expected
+
+
+# -------------------------------------------------------------- mobilenet
+def test_mobilenet_depthwise_and_separable(rng):
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", **Z, name="stem")(inputs)
+    h = L.DepthwiseConv2D(3, padding="same", use_bias=False, depthwise_initializer="zeros", name="dw")(h)
+    h = L.BatchNormalization(name="bn_dw")(h)
+    h = L.ReLU(6.0, name="relu_dw")(h)
+    h = L.Conv2D(12, 1, use_bias=False, **Z, name="pw")(h)
+    h = L.BatchNormalization(name="bn_pw")(h)
+    h = L.ReLU(6.0, name="relu_pw")(h)
+    h = L.SeparableConv2D(10, 3, padding="same", activation="relu", depthwise_initializer="zeros",
+                           pointwise_initializer="zeros", name="sep")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inputs, L.Dense(3, **Z, name="out")(h))
+    set_biases(model, rng, sign=-1)
+    pruned = mask_units(model, {"stem": half(8), "pw": half(12), "sep": half(10)})
+    x = rng.standard_normal((3, 8, 8, 3)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, x)
+    assert not info.blocked and info.carriers == 0
+    assert small.get_layer("dw").kernel.shape == (3, 3, 4, 1)
+    assert small.get_layer("sep").depthwise_kernel.shape == (3, 3, 6, 1)
+    assert small.get_layer("sep").pointwise_kernel.shape == (1, 1, 6, 5)
+    expected = (27 * 4 + 4) + 9 * 4 + 4 * 4 + 4 * 6 + 4 * 6 + (9 * 6 + 6 * 5 + 5) + (5 * 3 + 3)
+    assert small.count_params() == expected
+
+
+# ------------------------------------------------------------ transformer
+def make_transformer(dim=16, heads=4, key_dim=8):
+    inputs = keras.Input((6, dim))
+    att = L.MultiHeadAttention(heads, key_dim, **Z, name="mha")(inputs, inputs)
+    h = L.LayerNormalization(name="ln1")(L.Add(name="add1")([inputs, att]))
+    f = L.Dense(32, activation="gelu", **Z, name="ff1")(h)
+    f = L.Dense(dim, **Z, name="ff2")(f)
+    h = L.LayerNormalization(name="ln2")(L.Add(name="add2")([h, f]))
+    h = L.GlobalAveragePooling1D(name="gap")(h)
+    return keras.Model(inputs, L.Dense(3, **Z, name="out")(h), name="transformer")
+
+
+def test_transformer_pruned_heads(tmp_path, rng):
+    keras.utils.set_random_seed(9)
+    model = make_transformer()
+    set_biases(model, rng, scale=0.1)
+    pruned = ks.prune_heads(model, heads={"mha": [1, 3]})
+    pruned = mask_units(pruned, {"ff1": half(32)})
+    x = rng.standard_normal((3, 6, 16)).astype("float32")
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, x)
+    mha = small.get_layer("mha")
+    assert type(mha) is L.MultiHeadAttention and mha.num_heads == 2
+    dim, key_dim = 16, 8
+    per_head = 3 * (dim * key_dim + key_dim) + key_dim * dim
+    expected = (2 * per_head + dim) + 2 * 2 * dim + (dim * 16 + 16) + (16 * dim + dim) + (dim * 3 + 3)
+    assert small.count_params() == expected
+    assert {row["name"]: row["units_after"] for row in info.layers}["mha"] == 2
+    assert_plain_keras(small, tmp_path, x)
+
+
+def test_all_heads_pruned_removes_attention(rng):
+    keras.utils.set_random_seed(10)
+    model = make_transformer()
+    set_biases(model, rng, scale=0.1)
+    pruned = ks.prune_heads(model, heads={"mha": [0, 1, 2, 3]})
+    x = rng.standard_normal((3, 6, 16)).astype("float32")
+    small = ks.shrink(pruned)
+    assert_same_outputs(pruned, small, x)
+    assert "mha" not in [layer.name for layer in small.layers]
+
+
+def test_prune_heads_by_score_and_head_mask_zeroes_contribution(rng):
+    keras.utils.set_random_seed(11)
+    model = make_transformer()
+    set_biases(model, rng, scale=0.1)
+    pruned = ks.prune_heads(model, 0.5, scorer="l2_norm")
+    mha = pruned.get_layer("mha")
+    scores = head_scores(model.get_layer("mha"), "l2_norm")
+    assert sorted(mha.kept_heads) == sorted(np.argsort(scores)[2:].tolist())
+    # a masked head contributes exactly nothing: zeroing its output projection
+    # in the plain model gives the same outputs
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    kernel = to_np(plain.get_layer("mha")._output_dense.kernel).copy()
+    kernel[[h for h in range(4) if h not in mha.kept_heads]] = 0.0
+    plain.get_layer("mha")._output_dense.kernel.assign(kernel)
+    x = rng.standard_normal((2, 6, 16)).astype("float32")
+    np.testing.assert_allclose(outputs(pruned, x), outputs(plain, x), atol=1e-6)
+
+
+# ------------------------------------------------------- model structure
+def test_nested_submodel_is_inlined(rng):
+    keras.utils.set_random_seed(12)
+    inner = keras.Sequential(
+        [keras.Input((12,)), L.Dense(10, activation="relu", **Z, name="i1"), L.Dense(6, **Z, name="i2")],
+        name="inner",
+    )
+    inputs = keras.Input((8,))
+    h = L.Dense(12, activation="tanh", **Z, name="o1")(inputs)
+    model = keras.Model(inputs, L.Dense(2, **Z, name="o2")(inner(h)))
+    set_biases(model, rng)
+    set_biases(inner, rng)
+    pruned = mask_units(model, {"o1": [0, 5], "i1": half(10)})
+    small = ks.shrink(pruned)
+    x = rng.standard_normal((4, 8)).astype("float32")
+    assert_same_outputs(pruned, small, x)
+    assert small.get_layer("o1").units == 10 and small.get_layer("i1").units == 5
+
+
+@keras.saving.register_keras_serializable(package="test_shrink")
+class Wrapped(keras.Model):
+    def __init__(self, units=8, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.body = keras.Sequential(
+            [keras.Input((6,)), L.Dense(units, activation="relu", **Z, name="h1"), L.Dense(4, **Z, name="h2")],
+            name="body",
+        )
+        self.head = L.Dense(2, **Z, name="head")
+
+    def call(self, x):
+        return self.head(self.body(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_subclassed_model_shrinks_submodels(rng):
+    keras.utils.set_random_seed(13)
+    model = Wrapped()
+    x = rng.standard_normal((4, 6)).astype("float32")
+    model(x)
+    set_biases(model, rng)
+    ks.prune(model, 0.5, pattern="channel", layers=["h1", "head"])  # in place
+    for layer in (model.body.get_layer("h1"), model.head):
+        layer.prune_to(0.5)
+    reference = outputs(model, x)
+    small, info = ks.shrink(model, return_info=True)
+    np.testing.assert_allclose(outputs(small, x), reference, atol=TOL)
+    assert small.body.get_layer("h1").units == 4
+    assert model.body.get_layer("h1").kernel.shape == (6, 8)  # original untouched
+    assert info.not_shrunk == ["head"]
+    assert type(small.head) is L.Dense  # the rest is stripped
+
+
+def test_subclassed_model_that_cannot_be_copied_raises(rng):
+    class Bare(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.body = keras.Sequential([keras.Input((3,)), L.Dense(2)])
+
+        def call(self, x):
+            return self.body(x)
+
+    model = Bare()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="cannot copy"):
+        ks.shrink(model)
+
+
+def test_layer_the_graph_cannot_follow(rng):
+    keras.utils.set_random_seed(14)
+    inputs = keras.Input((8,))
+    h = L.Dense(6, activation="relu", **Z, name="h")(inputs)
+    h = L.LayerNormalization(name="ln")(h)  # mixes channels: kept whole
+    model = keras.Model(inputs, L.Dense(2, **Z, name="out")(h))
+    set_biases(model, rng)
+    pruned = mask_units(model, {"h": [0, 1, 2]})
+    small, info = ks.shrink(pruned, return_info=True)
+    assert_same_outputs(pruned, small, rng.standard_normal((3, 8)).astype("float32"))
+    assert info.blocked == {"h": 3}
+    assert {row["name"]: row["status"] for row in info.layers}["ln"] == "kept whole"
+    with pytest.raises(ValueError, match="strict=True"):
+        ks.shrink(pruned, strict=True)
+
+
+def test_bad_arguments():
+    unbuilt = keras.Sequential([L.Dense(3)])
+    with pytest.raises(ValueError, match="built"):
+        ks.shrink(unbuilt)
+    with pytest.raises(ValueError, match="Keras model"):
+        ks.shrink(L.Dense(3))
+    model = make_mlp((4, 3, 2))
+    with pytest.raises(ValueError, match="drop_inputs"):
+        ks.shrink(model, drop_inputs="yes")
+
+
+def test_unpruned_model_is_unchanged(rng):
+    model = make_mlp((5, 7, 2))
+    set_biases(model, rng)
+    small, info = ks.shrink(model, return_info=True)
+    assert small.count_params() == model.count_params()
+    assert small is not model
+    assert {row["status"] for row in info.layers} == {"unchanged"}
