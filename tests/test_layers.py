@@ -134,6 +134,8 @@ SPARSE_DEFAULTS = {
     "pattern": "unstructured",
     "scorer": "magnitude",
     "global_pruning": False,
+    "kernel_quantizer": None,
+    "input_quantizer": None,
 }
 
 
