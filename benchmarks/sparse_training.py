@@ -230,7 +230,8 @@ def accuracy_table(results, methods, sparsities, seeds, epochs, n_train, n_test)
     for method in methods:
         if method == "dense":
             r = results[("dense", 0.0)]
-            cell = f"{100 * r['accuracy_mean']:.2f} ({100 * r['accuracy_min']:.1f}–{100 * r['accuracy_max']:.1f})"
+            cell = (f"{100 * r['accuracy_mean']:.2f} ({100 * r['accuracy_min']:.1f}–"
+                    f"{100 * r['accuracy_max']:.1f})")
             body.append(["dense (0 %)"] + [cell] * len(sparsities))
             continue
         row = [method]
@@ -381,7 +382,8 @@ def main(argv=None):
                         help="3 epochs, 1 seed, 90 %% only, short timing")
     parser.add_argument("--methods", default=None, help="comma-separated subset of " +
                         ",".join(METHODS))
-    parser.add_argument("--sparsities", default=None, help="comma-separated (default 0.9,0.95,0.98)")
+    parser.add_argument("--sparsities", default=None,
+                        help="comma-separated (default 0.9,0.95,0.98)")
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--no-timing", action="store_true")

@@ -35,7 +35,6 @@ import math
 import time
 
 import keras
-import numpy as np
 
 import keras_sparse as ks
 from keras_sparse.demo import fast_mode

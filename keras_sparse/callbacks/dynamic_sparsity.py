@@ -122,7 +122,11 @@ class SET(Pruning):
             )
         self.begin_step = begin_step
         if end_step is not None:
-            if isinstance(end_step, bool) or not isinstance(end_step, int) or end_step <= begin_step:
+            if (
+                isinstance(end_step, bool)
+                or not isinstance(end_step, int)
+                or end_step <= begin_step
+            ):
                 raise ValueError(
                     "`end_step` must be an integer greater than `begin_step`, or None. "
                     f"Received: end_step={end_step!r}, begin_step={begin_step}"
