@@ -26,6 +26,8 @@ from keras_sparse.regularizers import slimming
 from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
+from keras_sparse.export import export
+from keras_sparse.export import load_exported
 from keras_sparse.quantize import quantize
 from keras_sparse.prune_at_init import apply_initial_masks
 from keras_sparse.prune_at_init import prune_at_init
@@ -38,10 +40,12 @@ __all__ = [
     "callbacks",
     "constraints",
     "distributions",
+    "export",
     "initializers",
     "regularizers",
     "slimming",
     "layers",
+    "load_exported",
     "metrics",
     "ops",
     "optimizers",

@@ -363,3 +363,23 @@ def test_forward_is_exact_not_rounded_by_the_straight_through_identity(rng, name
 def test_bad_arguments_raise_value_error_naming_them(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         call()
+
+
+# ------------------------------------------------------------ bit packing
+@settings(max_examples=40)
+@given(st.sampled_from([1, 2, 4, 8]), st.data())
+def test_pack_bits_round_trip(width, data):
+    codes = data.draw(hnp.arrays(np.uint8, st.integers(0, 50),
+                                 elements=st.integers(0, 2**width - 1)))
+    packed = q.pack_bits(codes, width)
+    assert packed.dtype == np.uint8 and packed.size == -(-codes.size * width // 8)
+    np.testing.assert_array_equal(q.unpack_bits(packed, width, codes.size), codes)
+
+
+def test_pack_bits_layout_and_errors():
+    np.testing.assert_array_equal(q.pack_bits(np.array([1, 0, 1, 1]), 1), [13])
+    np.testing.assert_array_equal(q.pack_bits(np.array([3, 0, 1, 2]), 2), [0b10010011])
+    with pytest.raises(ValueError, match="width=3"):
+        q.pack_bits([1], 3)
+    with pytest.raises(ValueError, match="2\\*\\*width = 4"):
+        q.pack_bits([4], 2)
