@@ -136,23 +136,8 @@ def _compile_fit(model, epochs=1, callbacks=None):
 
 
 # ------------------------------------------------------------- conversion
-UNBUILT_BUG = (
-    "An unbuilt subclassed model converted in place keeps Keras' build wrapper "
-    "of the old class (Layer.__new__ wraps the bound Dense.build), so masks are "
-    "never added; on TF the Pruning callback also reads masks before fit traces "
-    "(and builds) the model."
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(kind, marks=pytest.mark.xfail(reason=UNBUILT_BUG, strict=True))
-        if kind == "subclassed_unbuilt" else kind
-        for kind in sorted(BUILDERS)
-    ],
-)
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_prune_every_model_kind(kind):
     model = _make(kind)
     x = _x()

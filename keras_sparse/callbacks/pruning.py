@@ -64,6 +64,8 @@ class Pruning(keras.callbacks.Callback):
         self.log_per_layer = log_per_layer
         self._layers = []
         self._epoch_start_step = 0
+        self._pending_steps = []
+        self._waiting_for_build = False
         self._accumulated = {}
         self._probed = False
 
@@ -75,15 +77,42 @@ class Pruning(keras.callbacks.Callback):
         self._layers = sparse_layers(self.model)
         for layer in self._layers:
             layer._pruning_callback_attached = True
+        self._pending_steps = []
+        # An unbuilt subclassed model is built by the first traced step (on
+        # TF after this hook): wait for it, then start.
+        self._waiting_for_build = not all(layer.built for layer in self._layers)
+        if not self._waiting_for_build:
+            self._start()
+
+    def _start(self):
         # Fill every layer's sparsity cache while the variables are readable
         # (on JAX they are not between steps without a state sync).
         backend.sync_model_state(self.model)
         self.overall_sparsity()
         self._accumulated = {}
+        self._check_gradient_at_step_zero()
         probed = self.layers_needing_gradient()
         self._probed = bool(probed)
         if probed:
             add_gradient_probes(self.model, probed)
+
+    def _check_gradient_at_step_zero(self):
+        if backend.read_int(self.model.optimizer.iterations) != 0:
+            return
+        early = [
+            layer.name for layer in self._layers
+            if layer.schedule is not None
+            and layer.scorer.needs_gradient
+            and layer.schedule.should_update(0)
+            and layer.schedule.sparsity(0) > 0
+        ]
+        if early:
+            raise ValueError(
+                "A gradient scorer cannot prune at step 0: no gradient exists before "
+                "the first training step. Start the schedule later, or prune at "
+                "initialization with ks.prune_at_init(model, data, sparsity, "
+                f"scorer='snip'). Received: layers {early} pruning at step 0"
+            )
 
     def layers_needing_gradient(self):
         """Layers that need a gradient probe during this run."""
@@ -115,9 +144,21 @@ class Pruning(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         steps = self._steps_in_call(self._epoch_start_step + batch)
+        if self._waiting_for_build:
+            self._pending_steps.extend(steps)
+            return
         self.update_masks(steps)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._waiting_for_build:
+            if not all(layer.built for layer in self._layers):
+                return
+            self._waiting_for_build = False
+            self._start()
+            # Updates due before the model existed happen now, once.
+            self.update_masks(self._pending_steps)
+            self._pending_steps = []
+            return
         self._accumulate_scores()
         if logs is not None and self._layers:
             logs["sparsity"] = self.overall_sparsity()
