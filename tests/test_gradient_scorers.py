@@ -277,3 +277,12 @@ def test_magnitude_pruning_adds_no_probe():
 
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
               callbacks=[ks.callbacks.Pruning(), Count()])
+
+
+@pytest.mark.slow
+def test_gradient_scorer_cannot_prune_at_step_zero():
+    x, y = _data()
+    model = _model("saliency", ks.schedules.OneShot(0, 0.5))
+    with pytest.raises(ValueError, match="prune_at_init"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
+                  callbacks=[ks.callbacks.Pruning()])

@@ -215,6 +215,10 @@ class SET(Pruning):
     def layers_needing_gradient(self):
         return []
 
+    def _check_gradient_at_step_zero(self):
+        # The layers' own scorers and schedule timing are not used.
+        pass
+
     def managed_layers(self):
         """The layers whose connectivity this callback moves."""
         return [layer for layer in self._layers if layer.schedule is not None]
