@@ -545,3 +545,90 @@ def test_unpruned_model_is_unchanged(rng):
     assert small.count_params() == model.count_params()
     assert small is not model
     assert {row["status"] for row in info.layers} == {"unchanged"}
+
+
+# ------------------------------------------------- structured scorers
+def test_norm_scorers_rank_units_like_numpy(rng):
+    w = rng.standard_normal((5, 3, 8)).astype("float32")
+    for alias, power in (("l1_norm", 1), ("l2_norm", 2)):
+        scorer = ks.scorers.get(alias)
+        np.testing.assert_allclose(to_np(scorer.score(w)), np.abs(w) ** power, rtol=1e-6)
+        mask = to_np(ks.patterns.Channel().mask(scorer.score(w), 0.5, ks.patterns.Layout((-2,), (-1,))))
+        unit = np.sum(np.abs(w) ** power, axis=(0, 1))
+        kept = np.sort(np.argsort(-unit, kind="stable")[:4])
+        np.testing.assert_array_equal(np.nonzero(mask[0, 0])[0], kept)
+        assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(scorer)) == scorer
+
+
+def make_conv_bn():
+    inputs = keras.Input((6, 6, 2))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, **Z, name="conv")(inputs)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inputs, L.Dense(3, **Z, name="out")(h))
+
+
+def test_prune_channels_bn_gamma_keeps_largest_gammas(rng):
+    model = make_conv_bn()
+    set_biases(model, rng)
+    gamma = np.array([0.9, -0.1, 0.5, 0.05, -1.2, 0.3, 0.01, 0.7], "float32")
+    model.get_layer("bn").gamma.assign(gamma)
+    pruned = ks.prune_channels(model, 0.5, scorer="bn_gamma", layers=["conv"])
+    layer = pruned.get_layer("conv")
+    kept = np.nonzero(np.any(to_np(layer.get_mask("kernel")), axis=(0, 1, 2)))[0]
+    np.testing.assert_array_equal(kept, [0, 2, 4, 7])
+    assert layer.schedule is None  # fixed masks: plain fit keeps them
+    assert layer.scorer.batchnorm == "bn"
+    small = ks.shrink(pruned)
+    assert small.get_layer("conv").filters == 4 and small.get_layer("bn").gamma.shape == (4,)
+    x = rng.standard_normal((3, 6, 6, 2)).astype("float32")
+    assert_same_outputs(pruned, small, x)
+
+
+def test_bn_gamma_needs_a_batchnorm():
+    with pytest.raises(ValueError, match="not bound"):
+        ks.scorers.get("bn_gamma").score(np.ones((3, 2), "float32"))
+    model = make_mlp((4, 6, 2))
+    with pytest.raises(ValueError, match="BatchNormalization"):
+        ks.prune_channels(model, 0.5, scorer="bn_gamma", layers=["d1"])
+
+
+def test_prune_channels_taylor_matches_numpy_gradient(rng):
+    model = keras.Sequential([keras.Input((5,)), L.Dense(6, **Z, name="d")])
+    kernel = rng.standard_normal((5, 6)).astype("float32")
+    bias = rng.standard_normal(6).astype("float32")
+    model.get_layer("d").set_weights([kernel, bias])
+    x = rng.standard_normal((16, 5)).astype("float32")
+    t = rng.standard_normal((16, 6)).astype("float32")
+    pruned = ks.prune_channels(model, 0.5, scorer="taylor_channel", data=(x, t), loss="mse")
+    y = x.astype("float64") @ kernel + bias
+    gradient = 2.0 / (16 * 6) * x.astype("float64").T @ (y - t)
+    unit = np.sum(np.abs(gradient * kernel), axis=0)
+    expected = np.sort(np.argsort(-unit)[:3])
+    kept = np.nonzero(np.any(to_np(pruned.get_layer("d").get_mask("kernel")), axis=0))[0]
+    np.testing.assert_array_equal(kept, expected)
+    with pytest.raises(ValueError, match="data"):
+        ks.prune_channels(model, 0.5, scorer="taylor_channel")
+    with pytest.raises(ValueError, match="gradient"):
+        ks.scorers.get("taylor_channel").score(np.ones((2, 2), "float32"))
+
+
+@pytest.mark.slow
+def test_gradual_channel_pruning_in_fit_then_shrink(rng):
+    keras.utils.set_random_seed(0)
+    model = make_cnn()
+    set_biases(model, rng)
+    pruned = ks.prune(
+        model, 0.5, pattern="channel", scorer="l2_norm", layers=["c1", "c2", "d1"],
+        schedule=ks.schedules.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=6, frequency=2),
+    )
+    pruned.compile("adam", "mse")
+    x = rng.standard_normal((32, 8, 8, 3)).astype("float32")
+    y = rng.standard_normal((32, 4)).astype("float32")
+    pruned.fit(x, y, batch_size=8, epochs=3, callbacks=[ks.callbacks.Pruning()], verbose=0)
+    small = ks.shrink(pruned)
+    assert_same_outputs(pruned, small, x[:4])
+    assert small.get_layer("c2").filters <= 7 and small.get_layer("d1").units == 10
+    small.compile("adam", "mse")
+    small.fit(x, y, epochs=1, verbose=0)  # the shrunk model trains as a plain model

@@ -83,6 +83,8 @@ def _gradients(model, sparsity, layers, distribution, data, loss):
     probe = prune(model, sparsity, pattern="channel", layers=layers, distribution=distribution)
     probed = [layer for layer in walk_layers(probe) if isinstance(layer, SparseMixin)]
     for layer in probed:
+        # No schedule: this single step must not update (or warn about) masks.
+        layer.configure_pruning(None, layer.pattern, layer.scorer, False)
         layer.enable_gradient_probe()
     probe.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss=loss)
     probe.train_on_batch(*data)
