@@ -632,3 +632,40 @@ def test_gradual_channel_pruning_in_fit_then_shrink(rng):
     assert small.get_layer("c2").filters <= 7 and small.get_layer("d1").units == 10
     small.compile("adam", "mse")
     small.fit(x, y, epochs=1, verbose=0)  # the shrunk model trains as a plain model
+
+
+def test_shared_layers_shrink_consistently(rng):
+    a, b = keras.Input((8,), name="a"), keras.Input((8,), name="b")
+    s1 = L.Dense(10, activation="relu", **Z, name="s1")
+    s2 = L.Dense(6, activation="relu", **Z, name="s2")
+    merged = L.Concatenate(name="cat")([s2(s1(a)), s2(s1(b))])
+    model = keras.Model([a, b], L.Dense(2, **Z, name="out")(merged))
+    set_biases(model, rng)
+    pruned = mask_units(model, {"s1": [0, 1, 2, 3], "s2": [1, 2]})
+    small, info = ks.shrink(pruned, return_info=True)
+    x = [rng.standard_normal((4, 8)).astype("float32") for _ in range(2)]
+    np.testing.assert_allclose(outputs(small, x), outputs(pruned, x), atol=TOL)
+    assert small.get_layer("s1").units == 6 and small.get_layer("s2").units == 4
+    assert not info.blocked
+
+
+def test_embedding_causal_conv_and_low_rank_consumer(rng):
+    inputs = keras.Input((12,), dtype="int32")
+    h = L.Embedding(20, 8, embeddings_initializer="zeros", name="emb")(inputs)
+    h = L.Conv1D(6, 3, padding="causal", activation="relu", **Z, name="c1d")(h)
+    h = L.GlobalMaxPooling1D(name="gmp")(h)
+    h = ks.layers.LowRankDense(5, rank=2, **Z, name="lr")(h)
+    model = keras.Model(inputs, L.Dense(2, **Z, name="out")(h))
+    set_biases(model, rng)
+    model.get_layer("emb").set_weights([rng.standard_normal((20, 8)).astype("float32")])
+    model.get_layer("lr").set_factors(rng.standard_normal((6, 2)), rng.standard_normal((2, 5)),
+                                      rng.standard_normal(5))
+    pruned = mask_units(model, {"emb": [0, 3, 5], "c1d": [1, 4]})
+    small = ks.shrink(pruned)
+    x = rng.integers(0, 20, (4, 12)).astype("int32")
+    np.testing.assert_allclose(outputs(small, x), outputs(pruned, x), atol=TOL)
+    assert small.get_layer("emb").output_dim == 5
+    assert small.get_layer("c1d").kernel.shape == (3, 5, 4)
+    # the low-rank layer keeps its factors, minus the rows of removed inputs
+    assert type(small.get_layer("lr")) is ks.layers.LowRankDense
+    assert small.get_layer("lr").kernel_a.shape == (4, 2)

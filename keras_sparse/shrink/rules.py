@@ -338,8 +338,6 @@ class KernelRule(Rule):
         self.tap_sum = adapter.taps.sum(axis=0)
         self.bias = adapter.bias if adapter.bias is not None else np.zeros(adapter.taps.shape[-1])
         self.elementwise = _is_elementwise(adapter.activation)
-        # A shared layer must stay identical for every call: no absorption.
-        self.absorbs = not node.shared
 
     def units(self):
         return self.adapter.taps.shape[-1]
@@ -369,20 +367,33 @@ class KernelRule(Rule):
         if not self.elementwise:
             ctx.pin(self.out_key)
 
+    def _absorbable(self, ctx):
+        """Constant input channels this layer can fold into its bias. A
+        shared layer must fold the same values at every call."""
+        const_in = ctx.const[self.in_key]
+        same = ~np.isnan(const_in)
+        if self.node.shared:
+            for other in ctx.graph.nodes:
+                if other.layer is self.layer and other is not self.node:
+                    same &= ctx.const[other.inputs[0]] == const_in
+        return same
+
     def demand(self, ctx):
         kept_out = ctx.keep_mask(self.out_key)
         if not kept_out.any():
             return
         need = self.nonzero[:, kept_out].any(axis=1)
         const_in = ctx.const[self.in_key]
-        live = np.isnan(const_in)
-        if not self.absorbs:
-            ctx.mark(self.in_key, need)
+        absorbable = self._absorbable(ctx)
+        if self.adapter.uniform:
+            ctx.mark(self.in_key, need & ~absorbable)
         else:
-            ctx.mark(self.in_key, need & live)
-            if not self.adapter.uniform:
-                stuck = need & ~live & (np.nan_to_num(const_in) != 0)
-                if stuck.any():
+            zero = absorbable & (np.nan_to_num(const_in) == 0)
+            if self.node.shared:
+                ctx.mark(self.in_key, need & ~zero)
+            else:
+                ctx.mark(self.in_key, need & np.isnan(const_in))
+                if (need & ~np.isnan(const_in) & ~zero).any():
                     ctx.need_carrier(self.in_key)
         if not ctx.keep_mask(self.in_key).any():
             # A layer with outputs needs at least one input channel.
@@ -397,7 +408,7 @@ class KernelRule(Rule):
     def rebuild(self, ctx):
         kept_in = ctx.kept(self.in_key)
         kept_out = ctx.kept(self.out_key)
-        if not self.absorbs or not self.adapter.uniform:
+        if self.node.shared or not self.adapter.uniform:
             source = ctx.materialize(self.in_key)
             offset = np.zeros(len(ctx.const[self.in_key]))
         else:
