@@ -97,11 +97,13 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
         method: ``"leverage"`` (largest rank-``k`` leverage scores of the
             kernel's truncated SVD, ``k = rank`` or ``min(keep, out)``),
             ``"norm"`` (largest row L2 norm) or ``"random"`` (seeded).
-        data: optional inputs ``x`` (or ``(x, y)``; ``y`` is ignored) on
-            which each layer's kept weights and bias are refitted by least
-            squares to reproduce the original layer's pre-activation output,
-            layer after layer (each refit sees the inputs the already
-            sampled layers before it produce).
+        data: optional inputs ``x`` (or ``(x, y)``; ``y`` is ignored). With
+            data, the features are chosen on the kernel with each row scaled
+            by its feature's RMS on ``data`` (a feature that is always zero
+            is worthless whatever its weights), and each layer's kept
+            weights and bias are refitted by least squares to reproduce the
+            original layer's pre-activation output, layer after layer (each
+            refit sees the inputs the already sampled layers produce).
         layers: which layers (as in :func:`keras_sparse.prune`); default
             every ``Dense`` layer.
         seed: seed of ``method="random"``.
@@ -145,26 +147,32 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
         if unknown:
             raise ValueError(f"`keep` names layers that are not selected: {unknown}. Received: keep={keep!r}")
         candidates = [layer for layer in candidates if layer.name in keep]
-    plan, info = {}, {}
+    x = None if data is None else (data[0] if isinstance(data, tuple) else data)
+    plan, info, original_inputs = {}, {}, {}
     for layer in candidates:
         kernel, bias = _weights(layer)
         count = resolve_keep(_layer_setting(keep, layer.name), kernel.shape[0])
-        indices = select_columns(kernel, count, method, rank=rank, seed=seed)
+        scored = kernel
+        if x is not None:
+            # A feature's share of the output is x_i * W_i: weight each row by
+            # the feature's RMS on the data (an input that is always 0 keeps
+            # its untrained initial weights, which say nothing).
+            original_inputs[layer.name] = _features(model, layer, x)
+            scored = kernel * np.sqrt(np.mean(original_inputs[layer.name] ** 2, axis=0))[:, None]
+        indices = select_columns(scored, count, method, rank=rank, seed=seed)
         plan[id(layer)] = (count, indices, kernel, bias)
         info[layer.name] = dict(kept=indices.tolist(), in_features=int(kernel.shape[0]),
                                 error_before_refit=None, error_after_refit=None)
     new_model, pairs = _rebuild(model, plan, method, seed)
-    if data is not None:
-        x = data[0] if isinstance(data, tuple) else data
+    if x is not None:
         for old, new in pairs:
             if id(old) in plan:
-                _refit(model, new_model, old, new, plan[id(old)], x, info[old.name])
+                _refit(new_model, new, plan[id(old)], original_inputs[old.name], x, info[old.name])
     return (new_model, info) if return_info else new_model
 
 
-def _refit(model, new_model, old, new, plan_row, x, row):
+def _refit(new_model, new, plan_row, original_inputs, x, row):
     _, indices, kernel, bias = plan_row
-    original_inputs = _features(model, old, x)
     targets = original_inputs @ kernel + (bias if bias is not None else 0.0)
     current_inputs = _features(new_model, new, x)
     norm = max(np.linalg.norm(targets), 1e-12)

@@ -146,12 +146,25 @@ def test_refit_lowers_output_error_on_planted_low_rank_problem(rng):
     model, x = planted_problem(rng)
     plain, plain_info = ks.sample_columns(model, 8, "leverage", layers=["first"], return_info=True)
     refit, info = ks.sample_columns(model, 8, "leverage", data=x, layers=["first"], return_info=True)
-    assert info["first"]["kept"] == plain_info["first"]["kept"]
-    assert len(info["first"]["kept"]) == 8
+    assert len(info["first"]["kept"]) == len(plain_info["first"]["kept"]) == 8
+    # same kept features, without and with the refit
     before, after = info["first"]["error_before_refit"], info["first"]["error_after_refit"]
     assert after < 1e-4 < before  # 8 features span the 4-dim input subspace
     error = lambda m: float(np.abs(to_np(m(x)) - to_np(model(x))).max())  # noqa: E731
     assert error(refit) < 1e-3 < error(plain)
+
+
+def test_data_weights_features_by_their_scale(rng):
+    # Feature 0 has the largest kernel row but is always 0 in the data.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d", **ZERO)])
+    kernel = np.array([[9.0, 9.0], [1.0, 0.5], [0.2, 0.1], [0.6, 0.9]], "float32")
+    model.get_layer("d").set_weights([kernel, np.zeros(2, "float32")])
+    x = rng.standard_normal((64, 4)).astype("float32")
+    x[:, 0] = 0.0
+    _, without = ks.sample_columns(model, 2, "norm", return_info=True)
+    _, with_data = ks.sample_columns(model, 2, "norm", data=x, return_info=True)
+    assert 0 in without["d"]["kept"]
+    assert with_data["d"]["kept"] == [1, 3]
 
 
 def test_least_squares_refit_matches_numpy(rng):
