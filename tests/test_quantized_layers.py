@@ -8,7 +8,6 @@ import os
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_sparse as ks
 from conftest import to_np
