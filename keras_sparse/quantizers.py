@@ -372,7 +372,7 @@ class Uniform(Quantizer):
             batch.
 
     Example:
-    >>> ks.quantizers.Uniform(bits=2)([[-1.0], [0.1], [0.5]])
+    >>> ks.quantizers.Uniform(bits=2)([[-1.0], [0.1], [0.6]])
     [[-1.], [0.], [1.]]
     """
 

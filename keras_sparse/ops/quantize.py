@@ -383,7 +383,7 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
     for Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
 
     Example:
-    >>> uniform([-1.0, 0.1, 0.5], bits=2)   # levels {-1, 0, 1}
+    >>> uniform([-1.0, 0.1, 0.6], bits=2)   # levels {-1, 0, 1}
     [-1., 0., 1.]
     """
     check_bits(bits)
