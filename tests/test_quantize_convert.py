@@ -490,3 +490,45 @@ def test_binary_mlp_learns_digits():
     for layer in hidden:
         assert set(np.unique(to_np(layer.kernel))) == {-1.0, 1.0}
         assert len(np.unique(to_np(layer.latent_weight("kernel")))) > 100
+
+
+DISTRIBUTED = """
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import keras_sparse as ks
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.RandomState(0)
+x = rng.randn(128, 16).astype("float32")
+y = rng.randint(0, 4, size=128)
+with strategy.scope():
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(4)])
+    model = ks.quantize(model, ks.quantizers.LSQ(4), activations="ste_sign", skip_first=True)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+start = float(model.layers[-1].quantizer_state("kernel")["step"].numpy())
+history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+assert np.isfinite(history.history["loss"][-1])
+copies = strategy.experimental_local_results(model.layers[-1].quantizer_state("kernel")["step"].value)
+values = [float(c.numpy()) for c in copies]
+assert len(values) == 2 and values[0] == values[1] and values[0] != start, values
+print("ok")
+"""
+
+
+@pytest.mark.tf_only
+@pytest.mark.slow
+def test_quantized_training_under_mirrored_strategy():
+    import subprocess
+    import sys
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.distribute")
+    result = subprocess.run([sys.executable, "-c", DISTRIBUTED], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
