@@ -68,9 +68,14 @@ class Quantizer(config_lib.ConfigObject):
     Attributes:
         precision: bits per value once packed (class attribute, or set per
             instance by k-bit quantizers).
+        elementwise: whether each output entry depends on the same input
+            entry only (and the quantizer's own state), not on statistics of
+            the tensor; layers then skip zeroing pruned entries before
+            quantizing.
     """
 
     precision = 32
+    elementwise = True
 
     def build(self, layer, shape, name, value=None):
         """Create this quantizer's state for one tensor of ``layer``.
@@ -246,6 +251,7 @@ class MagnitudeAwareSign(Quantizer):
     """
 
     precision = 1
+    elementwise = False
 
     def __init__(self, clip_value=1.0):
         self.clip_value = _check_number(clip_value, "clip_value", allow_none=True)
@@ -336,6 +342,7 @@ class SteTern(Quantizer):
         self.ternary_weight_networks = ternary_weight_networks
         self.scaled = scaled
         self.clip_value = _check_number(clip_value, "clip_value", allow_none=True)
+        self.elementwise = not (ternary_weight_networks or scaled)
 
     def get_config(self):
         return {
@@ -390,6 +397,7 @@ class Uniform(Quantizer):
         self.symmetric = symmetric
         self.clip_value = _check_number(clip_value, "clip_value", allow_none=True)
         self.precision = self.bits
+        self.elementwise = self.clip_value is not None
 
     def get_config(self):
         return {
@@ -440,6 +448,7 @@ class DoReFa(Quantizer):
             )
         self.mode = mode
         self.precision = self.bits
+        self.elementwise = mode == "activations"
 
     def get_config(self):
         return {"bits": self.bits, "mode": self.mode}
