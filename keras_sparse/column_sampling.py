@@ -43,25 +43,41 @@ def _weights(layer):
     return kernel, bias
 
 
-def least_squares_refit(inputs, targets, indices, use_bias=True):
+def least_squares_refit(inputs, targets, indices, use_bias=True, ridge=0.0):
     r"""Weights reading only the features ``indices`` that best reproduce
     ``targets`` from ``inputs``:
 
-    .. math:: \min_{W', b'} \|X_{:,S} W' + 1 b'^T - Z\|_F
+    .. math:: \min_{W', b'} \|X_{:,S} W' + 1 b'^T - Z\|_F^2 + \lambda \|W'\|_F^2,
+       \quad \lambda = \text{ridge} \cdot \operatorname{mean}(\operatorname{diag}(X_{:,S}^T X_{:,S}))
+
+    The ridge term (relative to the features' mean energy; the bias is not
+    penalised) keeps the solution small when kept features are nearly
+    collinear, as neighbouring pixels are; plain least squares then gives
+    weights tens of times larger than the original ones, which fine-tune
+    badly.
 
     Args:
         inputs: ``(n, in)`` layer inputs ``X``.
         targets: ``(n, out)`` pre-activation outputs ``Z`` to reproduce.
         indices: the kept features ``S``.
         use_bias: fit a bias ``b'`` too.
+        ridge: relative ridge strength (``0``: plain least squares).
 
     Returns:
         ``(kernel (len(S), out), bias (out,) or None)`` as float64 numpy.
     """
     x = np.asarray(inputs, dtype="float64")[:, np.asarray(indices)]
+    targets = np.asarray(targets, dtype="float64")
     if use_bias:
         x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-    solution, *_ = np.linalg.lstsq(x, np.asarray(targets, dtype="float64"), rcond=None)
+    if ridge:
+        gram = x.T @ x
+        k = len(indices)
+        penalty = np.zeros(gram.shape[0])
+        penalty[:k] = float(ridge) * np.trace(gram[:k, :k]) / max(k, 1)
+        solution = np.linalg.solve(gram + np.diag(penalty), x.T @ targets)
+    else:
+        solution, *_ = np.linalg.lstsq(x, targets, rcond=None)
     if use_bias:
         return solution[:-1], solution[-1]
     return solution, None
@@ -87,7 +103,7 @@ def _features(model, layer, x):
 
 
 def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=0, rank=None,
-                   return_info=False):
+                   ridge=1e-3, return_info=False):
     """Keep ``keep`` input features of each selected ``Dense`` layer.
 
     Args:
@@ -108,6 +124,11 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
             every ``Dense`` layer.
         seed: seed of ``method="random"``.
         rank: ``k`` of the leverage scores.
+        ridge: relative ridge strength of the refit (see
+            :func:`least_squares_refit`); ``0`` for plain least squares.
+            On digits the default kept the refitted weights at the original
+            scale (plain least squares: up to 20x larger) and the
+            fine-tuned accuracy higher.
         return_info: also return ``{layer name: dict(kept, in_features,
             error_before_refit, error_after_refit)}`` (relative Frobenius
             errors of the pre-activation on ``data``, ``None`` without it).
@@ -132,6 +153,8 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
         )
     if method not in COLUMN_METHODS:
         raise ValueError(f"`method` must be one of {COLUMN_METHODS}. Received: method={method!r}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
+        raise ValueError(f"`ridge` must be a number >= 0. Received: ridge={ridge!r}")
     candidates = select_layers(model, layers)
     if layers is not None:
         bad = [f"{layer.name} ({type(layer).__name__})" for layer in candidates if not _plain_dense(layer)]
@@ -167,18 +190,19 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
     if x is not None:
         for old, new in pairs:
             if id(old) in plan:
-                _refit(new_model, new, plan[id(old)], original_inputs[old.name], x, info[old.name])
+                _refit(new_model, new, plan[id(old)], original_inputs[old.name], x, info[old.name],
+                       ridge)
     return (new_model, info) if return_info else new_model
 
 
-def _refit(new_model, new, plan_row, original_inputs, x, row):
+def _refit(new_model, new, plan_row, original_inputs, x, row, ridge):
     _, indices, kernel, bias = plan_row
     targets = original_inputs @ kernel + (bias if bias is not None else 0.0)
     current_inputs = _features(new_model, new, x)
     norm = max(np.linalg.norm(targets), 1e-12)
     before = current_inputs[:, indices] @ kernel[indices] + (bias if bias is not None else 0.0)
     row["error_before_refit"] = float(np.linalg.norm(before - targets) / norm)
-    refit_kernel, refit_bias = least_squares_refit(current_inputs, targets, indices, bias is not None)
+    refit_kernel, refit_bias = least_squares_refit(current_inputs, targets, indices, bias is not None, ridge)
     after = current_inputs[:, indices] @ refit_kernel + (refit_bias if refit_bias is not None else 0.0)
     row["error_after_refit"] = float(np.linalg.norm(after - targets) / norm)
     new.set_columns(indices, refit_kernel, refit_bias)

@@ -145,7 +145,8 @@ def planted_problem(rng, n=400, features=32, latent=4):
 def test_refit_lowers_output_error_on_planted_low_rank_problem(rng):
     model, x = planted_problem(rng)
     plain, plain_info = ks.sample_columns(model, 8, "leverage", layers=["first"], return_info=True)
-    refit, info = ks.sample_columns(model, 8, "leverage", data=x, layers=["first"], return_info=True)
+    refit, info = ks.sample_columns(model, 8, "leverage", data=x, layers=["first"], ridge=0.0,
+                                    return_info=True)
     assert len(info["first"]["kept"]) == len(plain_info["first"]["kept"]) == 8
     # same kept features, without and with the refit
     before, after = info["first"]["error_before_refit"], info["first"]["error_after_refit"]
@@ -175,6 +176,15 @@ def test_least_squares_refit_matches_numpy(rng):
     reference = np.linalg.lstsq(design, z, rcond=None)[0]
     np.testing.assert_allclose(kernel, reference[:-1], atol=1e-10)
     np.testing.assert_allclose(bias, reference[-1], atol=1e-10)
+    # ridge: the normal equations with the penalty on the kernel only
+    kernel, bias = least_squares_refit(x, z, [0, 2, 5], ridge=0.1)
+    gram = design.T @ design
+    penalty = np.diag([0.1 * np.trace(gram[:3, :3]) / 3] * 3 + [0.0])
+    reference = np.linalg.solve(gram + penalty, design.T @ z)
+    np.testing.assert_allclose(kernel, reference[:-1], atol=1e-10)
+    np.testing.assert_allclose(bias, reference[-1], atol=1e-10)
+    plain = least_squares_refit(x, z, [0, 2, 5])[0]
+    assert np.linalg.norm(kernel) < np.linalg.norm(plain)
 
 
 def test_sample_then_shrink_drops_inputs_and_producers(tmp_path, rng):
@@ -219,6 +229,8 @@ def test_sample_columns_bad_arguments(rng):
         ks.sample_columns(model, 1.5)
     with pytest.raises(ValueError, match="method"):
         ks.sample_columns(model, 4, method="cur")
+    with pytest.raises(ValueError, match="ridge"):
+        ks.sample_columns(model, 4, ridge=-1.0)
     with pytest.raises(ValueError, match="not selected"):
         ks.sample_columns(model, {"nope": 3})
     conv = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3, name="c")])

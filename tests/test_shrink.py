@@ -669,3 +669,22 @@ def test_embedding_causal_conv_and_low_rank_consumer(rng):
     # the low-rank layer keeps its factors, minus the rows of removed inputs
     assert type(small.get_layer("lr")) is ks.layers.LowRankDense
     assert small.get_layer("lr").kernel_a.shape == (4, 2)
+
+
+def test_raw_operations_and_stateless_lambda_are_copied(rng):
+    # Built with a sparse layer directly: ks.prune clones the model, and
+    # Keras refuses to clone a Lambda holding a Python lambda in safe mode.
+    inputs = keras.Input((6,))
+    dense = ks.layers.SparseDense(8, activation="relu", pattern="channel", **Z, name="h")
+    h = dense(inputs)
+    h = keras.ops.multiply(h, 2.0)  # a raw operation: kept whole
+    h = L.Lambda(lambda t: t - 1.0, name="shift")(h)
+    model = keras.Model(inputs, L.Dense(2, **Z, name="out")(h))
+    set_biases(model, rng)
+    mask = np.ones((6, 8), dtype=bool)
+    mask[:, :2] = False
+    dense.set_mask("kernel", mask)
+    small, info = ks.shrink(model, return_info=True)
+    assert_same_outputs(model, small, rng.standard_normal((3, 6)).astype("float32"))
+    assert info.blocked == {"h": 2}
+    assert small.get_layer("shift") is model.get_layer("shift")  # stateless: shared

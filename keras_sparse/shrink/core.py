@@ -247,11 +247,19 @@ class _Context:
         if cached is not None:
             return cached(*args, **kwargs)
         if cls is None:
-            new = node.layer
+            new = _copy_operation(node.layer)
         else:
             config = dict(config)
             config["name"] = self.unique_name(config.get("name") or node.layer.name)
-            new = from_config_zero_init(cls, config)
+            try:
+                new = from_config_zero_init(cls, config)
+            except Exception as error:  # noqa: BLE001 - e.g. a Lambda that cannot be deserialized
+                if node.layer.weights:
+                    raise ValueError(
+                        f"shrink cannot copy layer {node.layer.name!r} "
+                        f"({type(node.layer).__name__}) from its config: {error}"
+                    ) from error
+                new = node.layer  # stateless: sharing it with the input model is harmless
         outputs = new(*args, **kwargs)
         if weights is not None and cls is not None:
             new.set_weights([np.asarray(w) for w in weights])
@@ -260,6 +268,16 @@ class _Context:
         restore_initializers(new)
         self.layer_cache[id(node.layer)] = new
         return outputs
+
+
+def _copy_operation(operation):
+    """A fresh copy of a raw ``keras.ops`` operation of a functional graph
+    (so the input model's operations gain no nodes); the operation itself
+    when it cannot be rebuilt from its config (it holds no state)."""
+    try:
+        return type(operation).from_config(operation.get_config())
+    except Exception:  # noqa: BLE001 - fall back to sharing the stateless op
+        return operation
 
 
 # ------------------------------------------------------------------ analysis

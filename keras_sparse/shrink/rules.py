@@ -451,11 +451,6 @@ class KernelRule(Rule):
 
 
 # ----------------------------------------------------------- depthwise
-def _depthwise_parts(layer):
-    plain = layer._keras_parent if isinstance(layer, SparseMixin) else type(layer)
-    return plain
-
-
 class DepthwiseRule(Rule):
     """DepthwiseConv1D/2D: output channel ``c * M + m`` reads input channel
     ``c`` only, so input and output channels are kept together."""
@@ -954,9 +949,6 @@ class AttentionRule(Rule):
         heads = self.heads if len(self.heads) else np.array([0])
         config = keras.layers.MultiHeadAttention.get_config(layer)
         config["num_heads"] = len(heads)
-        if config.get("output_shape") is None:
-            config["output_shape"] = None
-        weights = []
         sublayers = [layer._query_dense, layer._key_dense, layer._value_dense]
         if getattr(layer, "_use_gate", False):
             sublayers.append(layer._gate_dense)
@@ -978,7 +970,6 @@ class AttentionRule(Rule):
                              finish=lambda new_layer: _set_attention_weights(new_layer, new_parts, out_part))
         for key, tensor in zip(self.node.outputs, keras.tree.flatten(new)):
             ctx.set_output(key, tensor)
-        del weights
 
 
 def _set_attention_weights(layer, parts, out_part):
