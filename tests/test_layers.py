@@ -456,3 +456,22 @@ def test_latent_weights_stay_zero_after_fit_with_adam():
     assert layer.sparsity == 0.5
     assert not _numpy(layer.kernel)[~mask].any()  # the forward pass is masked
     assert not _numpy(layer.latent_weight("kernel"))[~mask].any()  # stored weights
+
+
+def test_checkpoint_written_with_a_gradient_probe_loads_without_one(tmp_path):
+    x = np.random.default_rng(0).random((32, 8)).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), ks.layers.SparseDense(4, schedule=0.5)])
+    layer = model.layers[0]
+    layer.prune_to(0.5)
+    layer.enable_gradient_probe()
+    model.compile("adam", "mse")
+    model.fit(x, x[:, :4], epochs=1, verbose=0)
+    path = str(tmp_path / "probe.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert not loaded.layers[0].has_gradient_probe
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.layers[0].get_mask("kernel")),
+        keras.ops.convert_to_numpy(layer.get_mask("kernel")),
+    )
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

@@ -451,10 +451,34 @@ class SparseMixin:
 
     # Keras' Dense/Conv save the *effective* kernel and check variable counts;
     # the generic Layer methods save every own variable: latent + mask.
-    save_own_variables = keras.layers.Layer.save_own_variables
+    def _saved_variables(self):
+        # Gradient probes are scratch space of a training run (they hold the
+        # last step's gradient), not model state: a checkpoint written while
+        # a probe exists must load into a layer without one, and vice versa.
+        probes = {
+            id(getattr(self, n + "_probe"))
+            for n in self.sparse_weight_names
+            if getattr(self, n + "_probe", None) is not None
+        }
+        return [
+            v for v in self._trainable_variables + self._non_trainable_variables
+            if id(v) not in probes
+        ]
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
 
     def load_own_variables(self, store):
-        keras.layers.Layer.load_own_variables(self, store)
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables, but "
+                f"received {len(store.keys())} variables during loading. "
+                f"Expected: {[v.name for v in variables]}"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
         self._mask_sparsity_cache = {}
 
     # ---------------------------------------------------------------- weights
