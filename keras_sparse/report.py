@@ -22,6 +22,7 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.patterns import Block
 from keras_sparse.patterns import Channel
 from keras_sparse.patterns import NByM
+from keras_sparse.utils import _children
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
@@ -272,6 +273,15 @@ def _kernel_names(layer):
     return names
 
 
+def _owns_weighted_layers(layer):
+    """A composite layer (MultiHeadAttention, ...) whose weights all belong
+    to sub-layers: those get the rows, so nothing is counted twice."""
+    if type(layer) in _COST_FUNCTIONS or isinstance(layer, SparseMixin):
+        return False
+    own = {id(v) for v in layer._trainable_variables + layer._non_trainable_variables}
+    return not own and any(child.weights for child in _children(layer))
+
+
 class Report:
     """Per-layer cost table with totals. ``str(report)`` is the table;
     :meth:`to_dict` gives plain data (for JSON).
@@ -354,7 +364,7 @@ def report(model, print_fn=print):
     rows = [
         _layer_row(layer)
         for layer in walk_layers(model)
-        if not is_container(layer) and layer.weights
+        if not is_container(layer) and layer.weights and not _owns_weighted_layers(layer)
     ]
     result = Report(rows)
     if print_fn is not None:

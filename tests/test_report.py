@@ -197,3 +197,11 @@ def test_report_after_training_is_json_serializable():
     json.dumps(result.to_dict())
     for row in result.rows:
         assert row["sparsity"] == pytest.approx(0.75, abs=1 / 320)
+
+
+def test_attention_weights_are_counted_once():
+    inp = keras.Input((5, 8))
+    model = keras.Model(inp, keras.layers.MultiHeadAttention(2, 4)(inp, inp))
+    result = ks.report(model, print_fn=None)
+    assert result.totals["params"] == model.count_params()
+    assert [row["layer"] for row in result.rows] == ["query", "key", "value", "attention_output"]
