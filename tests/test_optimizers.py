@@ -293,18 +293,20 @@ def _data():
     return rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 3, size=(64,))
 
 
-def _compile(model, predicate="binary"):
+def _compile(model, predicate="binary", jit_compile="auto"):
     model.compile(
         optimizer=CaseOptimizer((predicate, Bop(threshold=1e-5, gamma=0.05)),
                                 default=keras.optimizers.Adam(1e-2)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
     )
 
 
 @pytest.mark.slow
-def test_case_optimizer_trains_binary_kernels_with_bop_in_fit():
+@pytest.mark.parametrize("jit_compile", ["auto", True])
+def test_case_optimizer_trains_binary_kernels_with_bop_in_fit(jit_compile):
     model = _binary_mlp()
-    _compile(model)
+    _compile(model, jit_compile=jit_compile)
     x, y = _data()
     before = [to_np(v).copy() for v in model.trainable_variables]
     model.fit(x, y, epochs=3, batch_size=16, verbose=0)
