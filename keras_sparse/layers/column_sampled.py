@@ -23,6 +23,7 @@ from keras_sparse.config import PACKAGE
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
 from keras_sparse.report import register_cost
+from keras_sparse.report import stored_cost_row
 
 __all__ = ["ColumnSampledDense", "resolve_keep"]
 
@@ -267,32 +268,7 @@ def _column_sampled_cost(layer):
     positions = None
     if isinstance(shape, (tuple, list)) and all(d is not None for d in shape[1:-1]):
         positions = int(math.prod(shape[1:-1])) if len(shape) > 2 else 1
-    params = nbytes = packed = nonzeros = 0
-    for variable in layer.weights:
-        size = int(math.prod(variable.shape))
-        value_bytes = 2 if variable.dtype == "bfloat16" else np.dtype(variable.dtype).itemsize
-        params += size
-        nbytes += size * value_bytes
-        nonzeros += int(np.count_nonzero(ops.convert_to_numpy(variable)))
-        if variable is layer.kernel and layer.kernel_quantizer is not None:
-            packed += math.ceil(size * layer.kernel_quantizer.precision / 8)
-        else:
-            packed += size * value_bytes
-    macs = int(math.prod(layer.kernel.shape))
-    flops = None if positions is None else 2 * macs * positions
-    bits = layer.kernel_quantizer.precision if layer.kernel_quantizer is not None else 32
-    return dict(
-        params=params,
-        nonzeros=nonzeros,
-        masked_params=0,
-        masked_nonzeros=0,
+    return stored_cost_row(
+        layer, [layer.kernel], math.prod(layer.kernel.shape), positions,
         pattern=f"{int(layer.kernel.shape[0])}/{layer.in_features} cols",
-        bits=bits,
-        dense_bytes=nbytes,
-        compressed_bytes=nbytes,
-        packed_bytes=packed,
-        dense_flops=flops,
-        effective_flops=flops,
-        binary_flops=flops if bits == 1 and flops is not None else 0,
-        sparsity=1.0 - nonzeros / params if params else 0.0,
     )

@@ -22,6 +22,7 @@ from keras import ops
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.config import PACKAGE
 from keras_sparse.report import register_cost
+from keras_sparse.report import stored_cost_row
 
 __all__ = ["LowRankDense", "LowRankConv2D"]
 
@@ -416,36 +417,9 @@ def factorized_cost_row(layer, positions):
     """Report row of a factorized layer: real parameters and FLOPs (the
     factors, as computed), with ``positions`` output positions per example
     (``None`` when unknown)."""
-    params = bytes_ = packed = nonzeros = 0
-    factors = {id(layer.kernel_a), id(layer.kernel_b)}
-    for variable in layer.weights:
-        size = int(math.prod(variable.shape))
-        value_bytes = _value_bytes(variable)
-        params += size
-        bytes_ += size * value_bytes
-        nonzeros += int(np.count_nonzero(ops.convert_to_numpy(variable)))
-        if id(variable) in factors and layer.kernel_quantizer is not None:
-            packed += math.ceil(size * layer.kernel_quantizer.precision / 8)
-        else:
-            packed += size * value_bytes
-    a_shape = tuple(layer.kernel_a.shape)
-    macs = math.prod(a_shape) + math.prod(layer.kernel_b.shape)
-    flops = None if positions is None else 2 * macs * positions
-    bits = layer.kernel_quantizer.precision if layer.kernel_quantizer is not None else 32
-    return dict(
-        params=params,
-        nonzeros=nonzeros,
-        masked_params=0,
-        masked_nonzeros=0,
-        pattern=f"rank {layer.rank}",
-        bits=bits,
-        dense_bytes=bytes_,
-        compressed_bytes=bytes_,
-        packed_bytes=packed,
-        dense_flops=flops,
-        effective_flops=flops,
-        binary_flops=flops if bits == 1 and flops is not None else 0,
-        sparsity=1.0 - nonzeros / params if params else 0.0,
+    macs = math.prod(layer.kernel_a.shape) + math.prod(layer.kernel_b.shape)
+    return stored_cost_row(
+        layer, [layer.kernel_a, layer.kernel_b], macs, positions, pattern=f"rank {layer.rank}"
     )
 
 
