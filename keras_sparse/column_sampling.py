@@ -15,6 +15,7 @@ model input features).
 import keras
 import numpy as np
 
+from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse.convert import select_layers
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.column_sampled import ColumnSampledDense
@@ -213,24 +214,9 @@ def _rebuild(model, plan, method, seed):
 
     def clone_function(layer):
         if id(layer) in plan:
-            config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
+            config, common = kernel_layer_arguments(layer)
             new = from_config_zero_init(ColumnSampledDense, dict(
-                units=config["units"],
-                keep=plan[id(layer)][0],
-                method=method,
-                seed=seed,
-                activation=config["activation"],
-                use_bias=config["use_bias"],
-                kernel_initializer=config.get("kernel_initializer"),
-                bias_initializer=config.get("bias_initializer"),
-                kernel_regularizer=config.get("kernel_regularizer"),
-                bias_regularizer=config.get("bias_regularizer"),
-                activity_regularizer=config.get("activity_regularizer"),
-                kernel_constraint=config.get("kernel_constraint"),
-                bias_constraint=config.get("bias_constraint"),
-                name=config["name"],
-                dtype=config.get("dtype"),
-                trainable=config.get("trainable", True),
+                common, units=config["units"], keep=plan[id(layer)][0], method=method, seed=seed,
             ))
         else:
             new = from_config_zero_init(layer.__class__, layer.get_config())

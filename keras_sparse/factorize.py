@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.convert import select_layers
 from keras_sparse.layers.base import SparseMixin
@@ -161,23 +162,8 @@ def factorize(model, rank=None, energy=0.9, layers=None, kernel_quantizer=None, 
 
 
 def _low_rank_layer(layer, rank, quantizer):
-    config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
-    common = dict(
-        rank=rank,
-        activation=config["activation"],
-        use_bias=config["use_bias"],
-        kernel_initializer=config.get("kernel_initializer"),
-        bias_initializer=config.get("bias_initializer"),
-        kernel_regularizer=config.get("kernel_regularizer"),
-        bias_regularizer=config.get("bias_regularizer"),
-        activity_regularizer=config.get("activity_regularizer"),
-        kernel_constraint=config.get("kernel_constraint"),
-        bias_constraint=config.get("bias_constraint"),
-        kernel_quantizer=quantizer,
-        name=config["name"],
-        dtype=config.get("dtype"),
-        trainable=config.get("trainable", True),
-    )
+    config, common = kernel_layer_arguments(layer)
+    common.update(rank=rank, kernel_quantizer=quantizer)
     if _plain_class(layer) is keras.layers.Dense:
         return from_config_zero_init(LowRankDense, dict(common, units=config["units"]))
     return from_config_zero_init(

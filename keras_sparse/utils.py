@@ -37,3 +37,25 @@ def sparse_layers(model):
 def is_container(layer):
     """Whether ``layer`` is a model (its children are converted, not it)."""
     return isinstance(layer, keras.Model)
+
+
+_KERNEL_LAYER_KEYS = (
+    "kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer",
+    "activity_regularizer", "kernel_constraint", "bias_constraint", "dtype",
+)
+
+
+def kernel_layer_arguments(layer):
+    """The arguments a re-parametrized replacement (low-rank, column-sampled)
+    takes over from a Dense/Conv layer: activation, bias, initializers,
+    regularizers, constraints, name, dtype and trainability. Sparse layers
+    give their plain Keras config."""
+    config = layer.plain_config() if isinstance(layer, SparseMixin) else layer.get_config()
+    arguments = {key: config.get(key) for key in _KERNEL_LAYER_KEYS}
+    arguments.update(
+        activation=config["activation"],
+        use_bias=config["use_bias"],
+        name=config["name"],
+        trainable=config.get("trainable", True),
+    )
+    return config, arguments
