@@ -421,3 +421,14 @@ def test_bop_trains_quantized_layers_and_routing_survives_reload(tmp_path):
         restored.get_layer("b2").latent_weight("kernel")]
     for a, b in zip(model.optimizer.variables, ropt.variables):
         np.testing.assert_array_equal(to_np(a), to_np(b))
+
+
+def test_binary_predicate_matches_latent_kernels_of_binary_layers():
+    model = keras.Sequential([
+        keras.Input((8,)),
+        ks.layers.SparseDense(4, kernel_quantizer="ste_sign"),
+        ks.layers.SparseDense(2),
+    ])
+    predicate = ks.optimizers.get_predicate("binary")
+    chosen = [v.path for v in model.trainable_variables if predicate(v)]
+    assert chosen == [model.layers[0].latent_weight("kernel").path]

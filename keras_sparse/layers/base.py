@@ -340,6 +340,11 @@ class SparseMixin:
         ``add_weight``, so they train and save with the layer).
         ``from_weights``: the layer already holds trained weights and masks;
         initialize data-dependent state from the kept weights."""
+        # Tag latent weights with their bit width (Larq's convention) so
+        # optimizers can route them, e.g. CaseOptimizer's "binary" predicate.
+        precision = None if self.kernel_quantizer is None else self.kernel_quantizer.precision
+        for name in self.sparse_weight_names:
+            self.latent_weight(name).precision = precision
         if self._quantizer_state:
             return
         state = {}
