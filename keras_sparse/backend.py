@@ -42,3 +42,45 @@ def is_traced(tensor):
 
         return isinstance(tensor, jax.core.Tracer)
     return False
+
+
+def read(value):
+    """``value`` as a plain backend tensor: a Keras variable is read (on
+    TensorFlow ``keras.ops.convert_to_tensor`` returns the variable itself,
+    which ``tf.custom_gradient`` would treat as a captured variable)."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(value)
+    return ops.convert_to_tensor(value)
+
+
+def fuse(function):
+    """``function`` (pure tensor math) compiled into fused kernels where the
+    backend would otherwise run it op by op.
+
+    On TensorFlow, an XLA-compiled ``tf.function``: ``fit`` on a CPU runs
+    without XLA by default, so each elementwise op of a quantizer is its own
+    pass over the kernel (about 40-60 us per op on a 784 x 300 kernel),
+    while XLA runs the forward and the gradient as one pass each. Variables
+    read inside ``function`` are captured and receive gradients. Elsewhere
+    ``function`` itself: ``jax.jit`` already fuses.
+    """
+    if name() != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True, autograph=False)
+
+
+def fusing():
+    """Whether :func:`fuse` applies here: TensorFlow tracing a graph (a
+    training or inference step). Eager calls (reports, exports, callbacks)
+    run op by op and skip the XLA compilation."""
+    if name() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.executing_eagerly()

@@ -72,10 +72,18 @@ class Quantizer(config_lib.ConfigObject):
             entry only (and the quantizer's own state), not on statistics of
             the tensor; layers then skip zeroing pruned entries before
             quantizing.
+        fusable: whether layers may compile the quantizer with the mask
+            into one fused kernel on TensorFlow (deterministic math only).
+        keeps_zero: whether an exact 0 is quantized to an exact 0 for any
+            state (``uniform``, ternary, ``lsq``, ...; not ``sign``, for
+            which ``sign(0) = +1``). Layers then zero pruned entries before
+            quantizing and need no mask after it.
     """
 
     precision = 32
     elementwise = True
+    keeps_zero = False
+    fusable = True
 
     def build(self, layer, shape, name, value=None):
         """Create this quantizer's state for one tensor of ``layer``.
@@ -162,6 +170,7 @@ class Identity(Quantizer):
                 f"`precision` must be a positive integer. Received: precision={precision!r}"
             )
         self.precision = precision
+        self.keeps_zero = True
 
     def get_config(self):
         return {"precision": self.precision}
@@ -284,6 +293,7 @@ class StochasticBinary(Quantizer):
     """
 
     precision = 1
+    fusable = False
 
     def __init__(self, clip_value=1.0, seed=None):
         self.clip_value = _check_number(clip_value, "clip_value", allow_none=True)
@@ -328,6 +338,7 @@ class SteTern(Quantizer):
     """
 
     precision = 2
+    keeps_zero = True
 
     def __init__(self, threshold_value=0.05, ternary_weight_networks=False, scaled=False,
                  clip_value=1.0):
@@ -397,6 +408,7 @@ class Uniform(Quantizer):
         self.symmetric = symmetric
         self.clip_value = _check_number(clip_value, "clip_value", allow_none=True)
         self.precision = self.bits
+        self.keeps_zero = True
         self.elementwise = self.clip_value is not None
 
     def get_config(self):
@@ -449,6 +461,7 @@ class DoReFa(Quantizer):
         self.mode = mode
         self.precision = self.bits
         self.elementwise = mode == "activations"
+        self.keeps_zero = mode == "activations"
 
     def get_config(self):
         return {"bits": self.bits, "mode": self.mode}
@@ -486,6 +499,7 @@ class LSQ(Quantizer):
         self.signed = signed
         self.initial_step = _check_number(initial_step, "initial_step", allow_none=True)
         self.precision = self.bits
+        self.keeps_zero = True
 
     def get_config(self):
         return {"bits": self.bits, "signed": self.signed, "initial_step": self.initial_step}
@@ -558,6 +572,7 @@ class SteHeaviside(Quantizer):
     """
 
     precision = 1
+    keeps_zero = True
 
     def __init__(self, clip_value=1.0):
         self.clip_value = _check_number(clip_value, "clip_value", allow_none=True)
@@ -588,6 +603,7 @@ class PACT(Quantizer):
         self.bits = q_ops.check_bits(bits)
         self.initial_clip = _check_number(initial_clip, "initial_clip")
         self.precision = self.bits
+        self.keeps_zero = True
 
     def get_config(self):
         return {"bits": self.bits, "initial_clip": self.initial_clip}

@@ -21,6 +21,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_sparse import backend
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.initializers import SparseInitializer
@@ -334,6 +335,7 @@ class SparseMixin:
     def _set_quantizer_state(self, state):
         with self._unlocked():
             self._quantizer_state = state
+        object.__setattr__(self, "_fused_weights", {})
 
     def _build_quantizer_state(self, input_shape=None, from_weights=False):
         """Let each quantizer create its state (variables made with
@@ -400,6 +402,7 @@ class SparseMixin:
         self._add_state(
             "_mask", initializer="ones", trainable=False, dtype="bool", autocast=False
         )
+        object.__setattr__(self, "_fused_weights", {})
 
     def enable_gradient_probe(self):
         """Add a gradient probe to every masked weight (idempotent).
@@ -513,11 +516,11 @@ class SparseMixin:
         sees the latent weight (the mask applied afterwards zeroes them)."""
         if self.kernel_quantizer is None:
             return value
-        mask = getattr(self, name + "_mask", None)
-        if mask is not None and not self.kernel_quantizer.elementwise:
+        if self._masks_before_quantizer(name):
             # `where`, not a product: measured 2-3x cheaper here on TF/CPU.
             value = ops.convert_to_tensor(value)
-            value = ops.where(ops.convert_to_tensor(mask), value, ops.zeros_like(value))
+            mask = ops.convert_to_tensor(self.get_mask(name))
+            value = ops.where(mask, value, ops.zeros((), value.dtype))
         return self.kernel_quantizer(
             value,
             state=self._quantizer_state.get(name) or None,
@@ -525,14 +528,49 @@ class SparseMixin:
             training=self._quantizer_training,
         )
 
+    def _masks_before_quantizer(self, name):
+        """Whether the mask is applied to the latent weight before the
+        quantizer (which then maps the zeros to exact zeros, so no mask is
+        needed after it) rather than to the quantized weight."""
+        quantizer = self.kernel_quantizer
+        return (
+            quantizer is not None
+            and getattr(self, name + "_mask", None) is not None
+            and (quantizer.keeps_zero or not quantizer.elementwise)
+        )
+
+    def _quantized_weight(self, name, raw):
+        """``mask * transform_weight(raw)``: the part of the effective
+        weight that :func:`backend.fuse` compiles."""
+        value = ops.convert_to_tensor(self.transform_weight(name, raw))
+        mask = getattr(self, name + "_mask", None)
+        if mask is None or (
+            self._masks_before_quantizer(name) and self.kernel_quantizer.keeps_zero
+        ):
+            return value
+        if self.kernel_quantizer is not None:
+            # Fused with the quantizer, a select is one pass less than a
+            # cast and a product.
+            return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
+        return ops.multiply(value, ops.cast(mask, value.dtype))
+
     def effective_weight(self, name):
         """``mask * transform_weight(latent)`` as a tensor."""
         getter = self._raw_getters.get(name)
         raw = getter(self) if getter is not None else self.latent_weight(name)
-        value = ops.convert_to_tensor(self.transform_weight(name, raw))
-        mask = getattr(self, name + "_mask", None)
-        if mask is not None:
-            value = ops.multiply(value, ops.cast(mask, value.dtype))
+        quantizer = self.kernel_quantizer
+        if quantizer is not None and quantizer.fusable and backend.fusing():
+            # One compiled kernel for the quantizer and the mask (forward and
+            # gradient) instead of one pass per op; the mask and quantizer
+            # state are read inside, the latent weight is the argument.
+            key = (name, self._quantizer_training)
+            fused = self._fused_weights.get(key)
+            if fused is None:
+                fused = backend.fuse(functools.partial(self._quantized_weight, name))
+                self._fused_weights[key] = fused
+            value = fused(backend.read(raw))
+        else:
+            value = self._quantized_weight(name, raw)
         probe = getattr(self, name + "_probe", None)
         if probe is not None:
             # Adds exactly zero to the forward pass; the optimizer overwrites

@@ -2,16 +2,26 @@
 straight-through gradients.
 
 Every function is pure math on tensors written with ``keras.ops``; it works
-on TensorFlow, JAX and torch, under XLA, with no backend-specific custom
-gradient. Gradients are set with one identity::
+on TensorFlow, JAX and torch, under XLA. Gradients are set in one of two
+ways:
 
-    straight_through(value, surrogate) = stop_gradient(value)
-                                         + (surrogate - stop_gradient(surrogate))
+* :func:`gated_straight_through` (``keras.ops.custom_gradient``) for the
+  quantizers of one tensor whose gradient is the upstream gradient times an
+  elementwise factor: forward ``value(x)``, backward
+  ``upstream * slope(x)`` where ``gate(x)``, else 0. ``ste_sign`` is
+  ``sign(x)`` forward and ``upstream * 1{|x| <= clip}`` backward. These run
+  on every training step of a quantized layer, so the graph is kept small:
+  TensorFlow on CPU runs without XLA by default, and there each extra
+  elementwise op over a kernel costs time (``benchmarks/quant_overhead.py``).
+* The identity::
 
-whose forward value is exactly ``value`` (``s - s`` is exactly 0 for finite
-``s``) and whose gradient is the gradient of ``surrogate``. A quantizer is
-then a forward rule plus a differentiable surrogate: ``ste_sign`` is
-``sign(x)`` forward and ``x * 1{|x| <= clip}`` backward.
+      straight_through(value, surrogate) = stop_gradient(value)
+                                           + (surrogate - stop_gradient(surrogate))
+
+  whose forward value is exactly ``value`` (``s - s`` is exactly 0 for
+  finite ``s``) and whose gradient is the gradient of ``surrogate``, for the
+  quantizers with learned parameters (``lsq`` step, ``pact`` clip) or
+  randomness, whose gradients reach more than one input.
 
 Conventions shared by all functions:
 
@@ -37,8 +47,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sparse import backend
+
 __all__ = [
     "straight_through",
+    "gated_straight_through",
     "sign",
     "ste_sign",
     "approx_sign",
@@ -62,7 +75,7 @@ __all__ = [
 # ------------------------------------------------------------------ helpers
 def _to_compute(x):
     """``x`` as a float tensor in its compute dtype, and the dtype to return."""
-    x = ops.convert_to_tensor(x)
+    x = backend.read(x)
     dtype = keras.backend.standardize_dtype(x.dtype)
     if not keras.backend.is_float_dtype(dtype):
         raise ValueError(
@@ -102,6 +115,54 @@ def straight_through(value, surrogate):
     )
 
 
+def gated_straight_through(x, forward, gate=None):
+    """Forward ``value``; gradient ``upstream * slope`` where ``gate(x)``
+    holds and 0 elsewhere, with ``value, slope = forward(x)``.
+
+    .. math::
+        y = v(x), \\qquad \\frac{\\partial L}{\\partial x} =
+        \\frac{\\partial L}{\\partial y} \\cdot s(x) \\cdot 1_{g(x)}
+
+    Args:
+        x: the float tensor (in its compute dtype).
+        forward: function of ``x`` returning the forward result (same
+            shape), or a pair ``(value, slope)`` whose ``slope`` is a tensor
+            broadcastable to ``x``, a function of ``x`` evaluated only for
+            the gradient, or ``None`` (1).
+        gate: function of ``x`` giving a boolean tensor, or ``None`` (pass
+            everywhere).
+
+    Everything is computed from ``x`` inside the function, so the gradient
+    reaches ``x`` only through the rule above (statistics such as a
+    per-channel scale are constants for it). Built on
+    ``keras.ops.custom_gradient``: a handful of ops per step instead of the
+    ~10 of the stop-gradient identity.
+
+    Example:
+    >>> gated_straight_through(x, keras.ops.round)  # round, gradient 1
+    >>> gated_straight_through(x, sign, gate=lambda t: abs(t) <= 1)  # ste_sign
+    """
+
+    @ops.custom_gradient
+    def function(x):
+        out = forward(x)
+        value, slope = out if isinstance(out, tuple) else (out, None)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            result = upstream
+            if slope is not None:
+                result = result * (slope(x) if callable(slope) else slope)
+            if gate is not None:
+                result = ops.where(gate(x), result, ops.zeros((), result.dtype))
+            return result
+
+        return value, grad
+
+    return function(x)
+
+
 def reduce_axes(ndim, output_axes):
     """Axes to reduce for per-channel statistics: every axis of an
     ``ndim``-dimensional tensor not in ``output_axes`` (``()`` means
@@ -139,6 +200,13 @@ def check_bits(bits, low=1, high=8, name="bits"):
     return bits
 
 
+def _within(clip_value):
+    """Gate ``|x| <= clip_value`` (``None``: no gate)."""
+    if clip_value is None:
+        return None
+    return lambda x: ops.less_equal(ops.abs(x), clip_value)
+
+
 def _check_clip(clip_value, allow_none=True):
     if clip_value is None and allow_none:
         return None
@@ -163,7 +231,8 @@ def sign(x):
     [-1., 1., 1.]
     """
     x = ops.convert_to_tensor(x)
-    return ops.where(ops.greater_equal(x, 0), ops.ones_like(x), ops.negative(ops.ones_like(x)))
+    one = ops.ones((), x.dtype)
+    return ops.where(ops.greater_equal(x, 0), one, ops.negative(one))
 
 
 def ste_sign(x, clip_value=1.0):
@@ -185,8 +254,7 @@ def ste_sign(x, clip_value=1.0):
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
-    surrogate = x if clip_value is None else x * _gate(ops.abs(x) <= clip_value, x)
-    return ops.cast(straight_through(sign(x), surrogate), dtype)
+    return ops.cast(gated_straight_through(x, sign, _within(clip_value)), dtype)
 
 
 def approx_sign(x):
@@ -205,9 +273,12 @@ def approx_sign(x):
     [-1., 1., 1.]     # gradient [1., 2., 0.]
     """
     x, dtype = _to_compute(x)
-    gate = _gate(ops.abs(x) <= 1.0, x)
-    surrogate = (2.0 * x - x * ops.abs(x)) * gate
-    return ops.cast(straight_through(sign(x), surrogate), dtype)
+    return ops.cast(
+        gated_straight_through(
+            x, lambda t: (sign(t), lambda u: 2.0 - 2.0 * ops.abs(u)), _within(1.0)
+        ),
+        dtype,
+    )
 
 
 def swish_sign(x, beta=5.0):
@@ -229,12 +300,15 @@ def swish_sign(x, beta=5.0):
     [-1., 1., 1.]     # gradient at 0: beta
     """
     x, dtype = _to_compute(x)
-    beta = _like(beta, x)
-    bx = beta * x
-    # The derivative in closed form: differentiating SS_beta itself cancels
-    # catastrophically in float32 once |beta x| is large.
-    slope = beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
-    return ops.cast(straight_through(sign(x), x * ops.stop_gradient(slope)), dtype)
+    beta = float(beta)
+
+    def slope(t):
+        # The derivative in closed form: differentiating SS_beta itself
+        # cancels catastrophically in float32 once |beta x| is large.
+        bx = beta * t
+        return beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
+
+    return ops.cast(gated_straight_through(x, lambda t: (sign(t), slope)), dtype)
 
 
 def magnitude_aware_sign(x, output_axes=None, clip_value=1.0):
@@ -258,9 +332,11 @@ def magnitude_aware_sign(x, output_axes=None, clip_value=1.0):
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
-    alpha = ops.stop_gradient(_mean_abs(x, output_axes))
-    surrogate = x if clip_value is None else x * _gate(ops.abs(x) <= clip_value, x)
-    return ops.cast(alpha * straight_through(sign(x), surrogate), dtype)
+    def forward(t):
+        alpha = _mean_abs(t, output_axes)
+        return alpha * sign(t), alpha
+
+    return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
 
 
 def stochastic_binary(x, seed=None, clip_value=1.0):
@@ -303,9 +379,11 @@ def ste_heaviside(x, clip_value=1.0):
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
-    value = ops.cast(ops.greater(x, 0), x.dtype)
-    surrogate = x if clip_value is None else x * _gate(ops.abs(x) <= clip_value, x)
-    return ops.cast(straight_through(value, surrogate), dtype)
+    return ops.cast(
+        gated_straight_through(x, lambda t: ops.cast(ops.greater(t, 0), t.dtype),
+                               _within(clip_value)),
+        dtype,
+    )
 
 
 # ------------------------------------------------------------------ ternary
@@ -339,20 +417,22 @@ def ste_tern(
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
-    magnitude = ops.abs(x)
-    if ternary_weight_networks:
-        threshold = ops.stop_gradient(0.7 * ops.mean(_mean_abs(x, ())))
-    else:
-        threshold = _like(threshold_value, x)
-    above = ops.greater(magnitude, threshold)
-    value = ops.where(above, sign(x), ops.zeros_like(x))
-    surrogate = x if clip_value is None else x * _gate(magnitude <= clip_value, x)
-    result = straight_through(value, surrogate)
-    if scaled:
-        kept = ops.cast(above, x.dtype)
+
+    def forward(t):
+        magnitude = ops.abs(t)
+        if ternary_weight_networks:
+            threshold = 0.7 * ops.mean(_mean_abs(t, ()))
+        else:
+            threshold = _like(threshold_value, t)
+        above = ops.greater(magnitude, threshold)
+        value = ops.where(above, sign(t), ops.zeros((), t.dtype))
+        if not scaled:
+            return value
+        kept = ops.cast(above, t.dtype)
         alpha = ops.sum(magnitude * kept) / ops.maximum(ops.sum(kept), 1.0)
-        result = ops.stop_gradient(alpha) * result
-    return ops.cast(result, dtype)
+        return alpha * value, alpha
+
+    return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
 
 
 # -------------------------------------------------------------------- k-bit
@@ -394,43 +474,38 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
         )
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
-    one = ops.ones((), x.dtype)
     if symmetric:
         levels = float(2 ** (bits - 1) - 1)
-        if clip_value is None:
-            top = ops.stop_gradient(_max_abs(x, output_axes))
-            surrogate = x
-        else:
-            top = _like(clip_value, x)
-            surrogate = x * _gate(ops.abs(x) <= clip_value, x)
-        scale = top / levels
-        scale = ops.where(scale > 0, scale, one)
-        value = ops.clip(ops.round(x / scale), -levels, levels) * scale
+
+        def forward(t):
+            if clip_value is None:
+                # |t| <= max|t| = levels * scale: no clip needed.
+                scale = _max_abs(t, output_axes) / levels
+                scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
+                return ops.round(t / scale) * scale
+            scale = clip_value / levels
+            return ops.clip(ops.round(t / scale), -levels, levels) * scale
+
+        gate = _within(clip_value)
     else:
         steps = float(2**bits - 1)
-        if clip_value is None:
-            axes = reduce_axes(len(x.shape), output_axes)
-            low = ops.min(x, axis=axes, keepdims=True) if axes else x
-            high = ops.max(x, axis=axes, keepdims=True) if axes else x
-            low = ops.stop_gradient(ops.minimum(low, 0.0))
-            high = ops.stop_gradient(ops.maximum(high, 0.0))
-            scale = (high - low) / steps
-            scale = ops.where(scale > 0, scale, one)
-            zero_point = ops.round(-low / scale)
-            surrogate = x
-        else:
-            scale = _like(clip_value / steps, x)
-            zero_point = ops.zeros((), x.dtype)
-            surrogate = x * _gate((x >= 0) & (x <= clip_value), x)
-        value = (ops.clip(ops.round(x / scale) + zero_point, 0.0, steps) - zero_point) * scale
-    return ops.cast(straight_through(value, surrogate), dtype)
 
+        def forward(t):
+            if clip_value is None:
+                axes = reduce_axes(len(t.shape), output_axes)
+                low = ops.minimum(ops.min(t, axis=axes, keepdims=True) if axes else t, 0.0)
+                high = ops.maximum(ops.max(t, axis=axes, keepdims=True) if axes else t, 0.0)
+                scale = (high - low) / steps
+                scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
+                zero_point = ops.round(-low / scale)
+                return (ops.clip(ops.round(t / scale) + zero_point, 0.0, steps)
+                        - zero_point) * scale
+            scale = clip_value / steps
+            return ops.clip(ops.round(t / scale), 0.0, steps) * scale
 
-def _quantize_unit(r, bits):
-    """``round(r (2^k - 1)) / (2^k - 1)`` with gradient 1 (DoReFa's
-    ``quantize_k``)."""
-    steps = float(2**bits - 1)
-    return straight_through(ops.round(r * steps) / steps, r)
+        gate = None if clip_value is None else (
+            lambda t: ops.logical_and(ops.greater_equal(t, 0), ops.less_equal(t, clip_value)))
+    return ops.cast(gated_straight_through(x, forward, gate), dtype)
 
 
 def dorefa(x, bits=2, mode="weights"):
@@ -463,8 +538,15 @@ def dorefa(x, bits=2, mode="weights"):
         )
     x, dtype = _to_compute(x)
     if mode == "activations":
-        clipped = straight_through(ops.clip(x, 0.0, 1.0), x * _gate((x >= 0) & (x <= 1), x))
-        return ops.cast(_quantize_unit(clipped, bits), dtype)
+        steps = float(2**bits - 1)
+        return ops.cast(
+            gated_straight_through(
+                x,
+                lambda t: ops.round(ops.clip(t, 0.0, 1.0) * steps) / steps,
+                lambda t: ops.logical_and(ops.greater_equal(t, 0), ops.less_equal(t, 1)),
+            ),
+            dtype,
+        )
     squashed = ops.tanh(x)
     peak = ops.maximum(ops.max(ops.abs(squashed)), 1e-12)
     unit = squashed / (2.0 * peak) + 0.5
