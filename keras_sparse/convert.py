@@ -27,6 +27,7 @@ from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.utils import is_container
+from keras_sparse.utils import sparse_layers
 from keras_sparse.utils import walk_layers
 
 __all__ = ["convert", "prune", "strip", "select_layers", "is_graph_model"]
@@ -345,7 +346,11 @@ def prune(
             tfmot schedules are accepted.
         pattern: ``"unstructured"``, ``"2:4"`` (any ``"N:M"``), ``"channel"``,
             ``ks.patterns.Block(shape)`` ...
-        scorer: what to keep (``"magnitude"``).
+        scorer: what to keep (``"magnitude"``; ``"random"`` with a
+            schedule that prunes at step 0, e.g. ``OneShot(0)``, is a static
+            sparse initialization: its masks are applied before ``prune``
+            returns, survivors rescaled as :class:`ks.scorers.RandomScorer`
+            says).
         distribution: ``"uniform"``, ``"global"``, ``"erk"``, or a dict
             ``layer name -> sparsity`` (unlisted layers stay dense).
         layers: which layers to prune: a name, a regular expression, a list
@@ -370,7 +375,23 @@ def prune(
     >>> model.fit(x, y, callbacks=[ks.callbacks.Pruning()])
     """
     plan = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict)
-    return convert(model, plan, "configure_pruning")
+    pruned = convert(model, plan, "configure_pruning")
+    _apply_sparse_initialization(pruned)
+    return pruned
+
+
+def _apply_sparse_initialization(model):
+    """Apply the step-0 masks of layers with a random scorer right away
+    (static sparse initialization): the returned model is then sparse
+    before ``fit`` and its first step trains the sparse network."""
+    from keras_sparse.prune_at_init import _apply_initial_masks
+
+    chosen = [
+        layer
+        for layer in sparse_layers(model)
+        if layer.built and isinstance(layer.scorer, scorers_lib.RandomScorer)
+    ]
+    _apply_initial_masks(chosen)
 
 
 def strip(model):

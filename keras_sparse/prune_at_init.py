@@ -446,8 +446,12 @@ def apply_initial_masks(model):
     mask does not change). Layers with ``global_pruning`` are left to the
     callback (they share one threshold). Returns the layers updated.
     """
+    return _apply_initial_masks(sparse_layers(model))
+
+
+def _apply_initial_masks(layers):
     updated = []
-    for layer in sparse_layers(model):
+    for layer in layers:
         schedule = layer.schedule
         if (
             schedule is None

@@ -109,6 +109,35 @@ def test_uniform_random_init_every_layer_at_target():
         assert (~mask).sum() == round(0.8 * mask.size)
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_prune_applies_a_random_step_zero_mask_before_returning(distribution):
+    model = _mlp((16, 24, 4))
+    kernels = [_np(layer.kernel) for layer in model.layers]
+    sparse = ks.prune(model, 0.75, schedule=ks.schedules.OneShot(0), scorer="random",
+                      distribution=distribution)
+    masks = [_mask(layer) for layer in sparse_layers(sparse)]
+    kept = sum(int(m.sum()) for m in masks)
+    total = sum(m.size for m in masks)
+    assert abs(kept - 0.25 * total) <= len(masks)
+    for layer, mask, kernel in zip(sparse_layers(sparse), masks, kernels):
+        assert np.all(_np(layer.effective_weight("kernel"))[~mask] == 0.0)
+        np.testing.assert_allclose(_latent(layer), _expected_rescaled(kernel, mask), rtol=1e-6)
+    # Applying again changes nothing (no second rescale).
+    ks.apply_initial_masks(sparse)
+    for layer, mask, kernel in zip(sparse_layers(sparse), masks, kernels):
+        np.testing.assert_array_equal(_mask(layer), mask)
+        np.testing.assert_allclose(_latent(layer), _expected_rescaled(kernel, mask), rtol=1e-6)
+
+
+def test_prune_leaves_masks_of_later_or_magnitude_schedules_to_the_callback():
+    model = _mlp((16, 24, 4))
+    later = ks.prune(model, 0.75, schedule=ks.schedules.ConstantSparsity(0.75, begin_step=10),
+                     scorer="random")
+    magnitude = ks.prune(model, 0.75, schedule=ks.schedules.OneShot(0))
+    for sparse in (later, magnitude):
+        assert all(_mask(layer).all() for layer in sparse_layers(sparse))
+
+
 def test_random_masks_differ_between_layers_and_seeds():
     model = ks.prune(_mlp((32, 32, 32, 32)), 0.5, schedule=ks.schedules.OneShot(0),
                      scorer=ks.scorers.RandomScorer(seed=7))
