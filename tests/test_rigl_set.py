@@ -142,6 +142,8 @@ class _Before(keras.callbacks.Callback):
             state["layers"][layer.name] = dict(
                 mask=_mask(layer),
                 latent=_latent(layer),
+                slots=[_np(slot).copy() for slot in optimizer_slots(
+                    self.model.optimizer, layer.latent_weight("kernel"))],
                 probe=_np(layer.last_gradient("kernel")).copy()
                 if layer.has_gradient_probe else None,
             )
@@ -158,6 +160,7 @@ class _After(keras.callbacks.Callback):
         self.rigl = rigl
         self.updates = []
         self.moved = 0
+        self.regrown = 0
 
     def on_train_batch_end(self, batch, logs=None):
         state = self.before.state
@@ -171,52 +174,66 @@ class _After(keras.callbacks.Callback):
             latent = _latent(layer)
             dropped = old_mask & ~new_mask
             grown = ~old_mask & new_mask
+            stayed = old_mask & new_mask
             # The number of active weights never changes.
             assert new_mask.sum() == old_mask.sum(), (layer.name, state["step"])
             assert dropped.sum() == grown.sum()
             fraction = self.before.algorithm.fraction_at(state["step"])
-            expected = min(round(fraction * old_mask.sum()), (~old_mask).sum())
-            assert grown.sum() == expected, (layer.name, state["step"])
-            # Dropped: the smallest |w| among the active weights.
+            n = min(round(fraction * old_mask.sum()), (~old_mask).sum())
+            assert grown.sum() <= n, (layer.name, state["step"])
+            if not self.before.algorithm.regrow_dropped:
+                assert grown.sum() == n, (layer.name, state["step"])
+            # Dropped: among the n smallest |w| of the active weights (the
+            # others of those n were grown again).
             magnitude = np.abs(old["latent"])
-            if dropped.any():
-                assert magnitude[dropped].max() <= magnitude[old_mask & new_mask].min()
-            # Regrown weights start at 0; their optimizer slots are 0.
+            active = np.flatnonzero(old_mask)
+            smallest = np.zeros(old_mask.size, bool)
+            smallest[active[np.argsort(magnitude.ravel()[active], kind="stable")[:n]]] = True
+            smallest = smallest.reshape(old_mask.shape)
+            assert not np.any(dropped & ~smallest), (layer.name, state["step"])
+            # Newly grown weights start at 0 with zero optimizer slots; the
+            # weights that stayed (dropped and grown again included) keep
+            # their value.
             assert np.all(latent[grown] == 0.0)
             assert np.all(latent[~new_mask] == 0.0)
+            np.testing.assert_array_equal(latent[stayed], old["latent"][stayed])
             slots = optimizer_slots(optimizer, layer.latent_weight("kernel"))
             assert slots, "no optimizer slot found"
-            for slot in slots:
+            assert len(slots) == len(old["slots"])
+            for slot, old_slot in zip(slots, old["slots"]):
                 assert np.all(_np(slot)[grown] == 0.0), slot.path
                 assert np.all(_np(slot)[~new_mask] == 0.0), slot.path
-            if self.rigl and grown.any():
+                np.testing.assert_array_equal(_np(slot)[stayed], old_slot[stayed])
+            if self.rigl:
                 reference = np.abs(state["reference"][index])
                 # The probe holds the dense gradient of the batch just trained.
                 np.testing.assert_allclose(
                     np.abs(old["probe"]), reference, rtol=1e-4, atol=1e-6
                 )
-                # RigL grows exactly the top-|g| inactive positions.
-                candidates = np.flatnonzero(~old_mask)
-                order = candidates[np.argsort(-reference.ravel()[candidates], kind="stable")]
-                expected_grown = np.zeros(old_mask.size, bool)
-                expected_grown[order[: grown.sum()]] = True
-                assert np.array_equal(grown.ravel(), expected_grown), (layer.name, state["step"])
+                # RigL: the top-|g| positions among those not kept.
+                expected = _reference_drop_grow(old_mask, magnitude, reference, fraction)
+                assert np.array_equal(new_mask, expected), (layer.name, state["step"])
+                self.regrown += int((smallest & new_mask).sum())
             self.moved += int(grown.sum())
         self.updates.append(state["step"])
 
 
 # ------------------------------------------------------- floor 1: the math
-def _reference_drop_grow(mask, drop, grow, fraction):
+def _reference_drop_grow(mask, drop, grow, fraction, regrow_dropped=True):
+    """Sort-based drop-and-grow. Ties: the lower index is kept (so the later
+    one is dropped first) and grown first."""
+    shape = mask.shape
     mask = mask.ravel()
     active = np.flatnonzero(mask)
-    inactive = np.flatnonzero(~mask)
-    n = min(int(round(fraction * active.size)), inactive.size)
-    drop_order = active[np.argsort(drop.ravel()[active], kind="stable")]
-    grow_order = inactive[np.argsort(-grow.ravel()[inactive], kind="stable")]
+    n = min(int(round(fraction * active.size)), mask.size - active.size)
+    # Stable sort of -score from the end = lowest score, later index first.
+    drop_order = active[::-1][np.argsort(drop.ravel()[active][::-1], kind="stable")]
     new = mask.copy()
     new[drop_order[:n]] = False
+    candidates = np.flatnonzero(~new if regrow_dropped else ~mask)
+    grow_order = candidates[np.argsort(-grow.ravel()[candidates], kind="stable")]
     new[grow_order[:n]] = True
-    return new
+    return new.reshape(shape)
 
 
 @given(
@@ -224,29 +241,65 @@ def _reference_drop_grow(mask, drop, grow, fraction):
     st.floats(0.0, 1.0),
     st.floats(0.0, 1.0),
     st.integers(0, 2**31 - 1),
+    st.booleans(),
+    st.booleans(),
 )
-def test_drop_and_grow_matches_numpy_and_keeps_count(size, density, fraction, seed):
+def test_drop_and_grow_matches_numpy_and_keeps_count(size, density, fraction, seed,
+                                                     regrow_dropped, distinct):
     rng = np.random.default_rng(seed)
     mask = rng.random(size) < density
-    # Distinct scores: the reference sort and the selection then agree exactly.
-    drop = rng.permutation(size).astype(np.float32)
-    grow = rng.permutation(size).astype(np.float32)
-    new, dropped, grown = (_np(t) for t in drop_grow.drop_and_grow(mask, drop, grow, fraction))
+    if distinct:
+        drop = rng.permutation(size).astype(np.float32)
+        grow = rng.permutation(size).astype(np.float32)
+    else:
+        # Many ties: the index-order convention decides.
+        drop = rng.integers(0, 3, size).astype(np.float32)
+        grow = rng.integers(0, 3, size).astype(np.float32)
+    new, dropped, grown = (_np(t) for t in drop_grow.drop_and_grow(
+        mask, drop, grow, fraction, regrow_dropped=regrow_dropped))
     assert new.sum() == mask.sum()
+    assert dropped.sum() == grown.sum()
     assert not np.any(grown & mask), "grown entries were inactive"
     assert not np.any(dropped & ~mask), "dropped entries were active"
-    np.testing.assert_array_equal(new, _reference_drop_grow(mask, drop, grow, fraction))
+    n = min(round(fraction * mask.sum()), size - mask.sum())
+    assert grown.sum() <= n
+    if not regrow_dropped:
+        assert grown.sum() == n
+    np.testing.assert_array_equal(
+        new, _reference_drop_grow(mask, drop, grow, fraction, regrow_dropped))
     np.testing.assert_array_equal(new, (mask & ~dropped) | grown)
+
+
+def test_dropped_weight_with_top_grow_score_is_regrown():
+    # 4 active, n = 2: entries 1 and 2 (|w| 1 and 2) are dropped; entry 1 has
+    # the highest grow score, so it is grown back and stays active.
+    mask = np.array([True, True, True, True, False, False, False])
+    drop = np.array([5.0, 1.0, 2.0, 6.0, 0.0, 0.0, 0.0])
+    grow = np.array([0.0, 9.0, 0.0, 0.0, 3.0, 7.0, 1.0])
+    new, dropped, grown = (_np(t) for t in drop_grow.drop_and_grow(mask, drop, grow, 0.5))
+    np.testing.assert_array_equal(new, [True, True, False, True, False, True, False])
+    np.testing.assert_array_equal(dropped, [False, False, True, False, False, False, False])
+    np.testing.assert_array_equal(grown, [False, False, False, False, False, True, False])
+    new, dropped, grown = (_np(t) for t in drop_grow.drop_and_grow(
+        mask, drop, grow, 0.5, regrow_dropped=False))
+    np.testing.assert_array_equal(new, [True, False, False, True, True, True, False])
+    assert dropped.sum() == grown.sum() == 2
 
 
 def test_drop_and_grow_ties_in_index_order():
     # The package convention: among equal scores the lower index is kept, so
     # the later one is dropped and the earlier one grown.
     mask = np.array([True, True, True, False, False, False])
-    new, dropped, grown = drop_grow.drop_and_grow(mask, np.ones(6), np.zeros(6), 1 / 3)
+    new, dropped, grown = drop_grow.drop_and_grow(mask, np.ones(6), np.zeros(6), 1 / 3,
+                                                  regrow_dropped=False)
     np.testing.assert_array_equal(_np(dropped), [False, False, True, False, False, False])
     np.testing.assert_array_equal(_np(grown), [False, False, False, True, False, False])
     np.testing.assert_array_equal(_np(new), [True, True, False, True, False, False])
+    # By default the dropped entry 2 is a candidate too, and the earliest
+    # of the equal grow scores: it is grown back, nothing moves.
+    new, dropped, grown = drop_grow.drop_and_grow(mask, np.ones(6), np.zeros(6), 1 / 3)
+    np.testing.assert_array_equal(_np(new), mask)
+    assert not _np(dropped).any() and not _np(grown).any()
 
 
 def test_drop_and_grow_caps_at_inactive_count_and_keeps_shape():
@@ -282,7 +335,7 @@ def test_cosine_drop_fraction_formula():
 @pytest.mark.parametrize("cls", [ks.callbacks.SET, ks.callbacks.RigL])
 def test_config_round_trip(cls):
     callback = cls(update_freq=7, drop_fraction=0.2, end_step=300, begin_step=5,
-                   decay="linear", init_scorer="magnitude", seed=3)
+                   decay="linear", init_scorer="magnitude", seed=3, regrow_dropped=False)
     config = callback.get_config()
     restored = cls.from_config(config)
     assert restored.get_config() == config
@@ -298,6 +351,7 @@ def test_config_round_trip(cls):
     (dict(end_step=5, begin_step=5), "end_step=5"),
     (dict(decay="exp"), "decay='exp'"),
     (dict(seed="a"), "seed='a'"),
+    (dict(regrow_dropped=1), "regrow_dropped=1"),
 ])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -321,6 +375,9 @@ def test_rigl_in_fit_grows_top_gradient_and_resets_adam():
                         callbacks=[before, rigl, after])
     assert after.updates == [4, 8, 12]
     assert after.moved > 0
+    # Some dropped weights were grown again (they kept their values, checked
+    # by _After).
+    assert after.regrown > 0
     for layer in sparse_layers(model):
         assert layer.sparsity == pytest.approx(round(0.7 * _mask(layer).size) / _mask(layer).size)
         # The probe exists only while training.
@@ -334,7 +391,7 @@ def test_set_in_fit_with_sgd_momentum():
     x, y = _data()
     model = _model(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     set_cb = ks.callbacks.SET(update_freq=3, drop_fraction=0.3, end_step=17, seed=1,
-                              decay="constant")
+                              decay="constant", regrow_dropped=False)
     before = _Before(set_cb, x, y)
     after = _After(before, rigl=False)
     model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,

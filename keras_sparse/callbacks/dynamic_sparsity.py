@@ -18,6 +18,7 @@ from keras import ops
 from keras_sparse import backend
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.callbacks.optimizer_state import optimizer_slots
 from keras_sparse.callbacks.optimizer_state import reset_optimizer_slots
 from keras_sparse.callbacks.pruning import Pruning
 from keras_sparse.config import PACKAGE
@@ -59,12 +60,15 @@ class SET(Pruning):
     * **Update** at every step ``t = begin_step + k * update_freq`` with
       ``begin_step < t < end_step``: in every layer, ``n = round(f(t) *
       active)`` active weights with the smallest ``|w|`` are dropped and
-      ``n`` inactive weights grown (:func:`keras_sparse.ops.drop_grow.drop_and_grow`),
-      so the number of active weights of each layer never changes. The
-      update for step ``t`` runs right after step ``t - 1`` (so it uses that
-      step's gradient, and a checkpoint written then already holds it).
-    * **Regrown weights start at 0**, and the optimizer slots (Adam's m and
-      v, momentum, ...) of every inactive or regrown entry are reset to 0.
+      ``n`` weights grown among all those not kept, the ones just dropped
+      included (:func:`keras_sparse.ops.drop_grow.drop_and_grow`), so the
+      number of active weights of each layer never changes. The update for
+      step ``t`` runs right after step ``t - 1`` (so it uses that step's
+      gradient, and a checkpoint written then already holds it).
+    * **Newly grown weights start at 0**, and the optimizer slots (Adam's m
+      and v, momentum, ...) of every inactive or newly grown entry are reset
+      to 0. A weight dropped and grown again in the same update keeps its
+      value and slots.
     * ``f(t)``: ``drop_fraction`` with ``decay`` (cosine by default,
       :func:`keras_sparse.ops.drop_grow.drop_fraction`).
 
@@ -90,6 +94,12 @@ class SET(Pruning):
         seed: seed of the random choices; ``None`` draws one from numpy's
             global generator (seeded by ``keras.utils.set_random_seed``).
         log_per_layer: add per-layer sparsity to the epoch logs.
+        regrow_dropped: whether a weight dropped in an update may be grown
+            again in the same update (default ``True``, as in RigL's
+            algorithm and reference code: it then simply stays, with its
+            value and optimizer state). ``False`` grows only among the
+            weights inactive before the update, so exactly ``n`` connections
+            move.
 
     Example:
     >>> model = ks.prune(model, 0.9, distribution="erk")
@@ -107,8 +117,14 @@ class SET(Pruning):
         init_scorer="random",
         seed=None,
         log_per_layer=True,
+        regrow_dropped=True,
     ):
         super().__init__(log_per_layer=log_per_layer)
+        if not isinstance(regrow_dropped, bool):
+            raise ValueError(
+                f"`regrow_dropped` must be a bool. Received: regrow_dropped={regrow_dropped!r}"
+            )
+        self.regrow_dropped = regrow_dropped
         self.update_freq = _check_positive_int(update_freq, "update_freq")
         fraction = float(drop_fraction)
         if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
@@ -141,6 +157,7 @@ class SET(Pruning):
         self._end_step = end_step
         #: dict layer name -> (dropped, grown) of the last update.
         self.last_update = {}
+        self._slot_cache = {}
 
     def get_config(self):
         config = super().get_config()
@@ -153,6 +170,7 @@ class SET(Pruning):
                 "decay": self.decay,
                 "init_scorer": scorers_lib.serialize(self.init_scorer),
                 "seed": self.seed,
+                "regrow_dropped": self.regrow_dropped,
             }
         )
         return config
@@ -193,6 +211,7 @@ class SET(Pruning):
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, logs=None):
+        self._slot_cache = {}
         if self.end_step is None:
             epochs = (self.params or {}).get("epochs")
             steps = (self.params or {}).get("steps")
@@ -294,17 +313,34 @@ class SET(Pruning):
             drop_scores = np.where(old_mask, np.abs(weights), 0.0)
             grow_scores = self.grow_scores(layer, name, step, (index, name_index))
             new_mask, dropped, grown = drop_and_grow_arrays(
-                old_mask, drop_scores, grow_scores, fraction
+                old_mask, drop_scores, grow_scores, fraction,
+                regrow_dropped=self.regrow_dropped,
             )
+            # Active before and after (a weight dropped and grown again in
+            # the same update keeps its value and optimizer state, as in
+            # RigL's reference); newly grown weights start at 0 with zeroed
+            # slots, dropped ones are zeroed.
             kept = old_mask & new_mask
-            # Regrown weights start at 0 (momentum may have moved an inactive
-            # entry); dropped ones are zeroed too.
             latent.assign(np.where(kept, weights, 0.0).astype(weights.dtype))
-            layer.set_mask(name, new_mask)
-            reset_optimizer_slots(self.model.optimizer, latent, kept)
+            # The active count is unchanged, so the layer's cached sparsity
+            # stays valid: assign the mask directly (``set_mask`` would
+            # multiply the latent weight again).
+            layer.get_mask(name).assign(new_mask)
+            reset_optimizer_slots(self.model.optimizer, latent, kept,
+                                  slots=self._slots_of(latent))
             dropped_total += int(np.count_nonzero(dropped))
             grown_total += int(np.count_nonzero(grown))
         self.last_update[layer.name] = (dropped_total, grown_total)
+
+    def _slots_of(self, variable):
+        """``optimizer_slots`` of ``variable``, looked up once per optimizer
+        (``fit`` may rebuild the optimizer when gradient probes come and go)."""
+        optimizer = self.model.optimizer
+        cached = self._slot_cache.get(id(variable))
+        if cached is None or cached[0] is not optimizer or cached[1] is not variable:
+            cached = (optimizer, variable, optimizer_slots(optimizer, variable))
+            self._slot_cache[id(variable)] = cached
+        return cached[2]
 
     def grow_scores(self, layer, name, step, key):
         """Scores of the candidates for regrowth (higher = grown first), a

@@ -115,18 +115,24 @@ def _to_numpy(x, dtype=None):
     return value if dtype is None else value.astype(dtype, copy=False)
 
 
-def drop_and_grow(mask, drop_scores, grow_scores, fraction):
+def drop_and_grow(mask, drop_scores, grow_scores, fraction, regrow_dropped=True):
     """One drop-and-grow update with a constant number of active entries.
 
     Let ``n = round(fraction * active)``, capped at the number of inactive
-    entries. Among the active entries, the ``n`` with the lowest
-    ``drop_scores`` are dropped; among the entries that were inactive
-    *before* the update, the ``n`` with the highest ``grow_scores`` are
-    grown. Dropped and grown sets are disjoint, so the active count is
-    unchanged. With ``drop_scores = |w|`` and ``grow_scores`` random this is
-    SET; with ``grow_scores = |∇L|`` it is RigL. Ties follow the package
-    convention (the lower index is kept): among equal drop scores the later
-    entry is dropped, among equal grow scores the earlier one is grown.
+    entries. Among the active entries, the ``active - n`` with the highest
+    ``drop_scores`` are kept (the ``n`` lowest are dropped); then ``n``
+    entries with the highest ``grow_scores`` are grown among every entry not
+    kept, *including the ones just dropped* (RigL's Algorithm 1 and its
+    reference code: ``I_grow = ArgTopK_{i not in I_active}``). A dropped
+    entry that is grown again simply stays active, so fewer than ``n``
+    connections may really move; the active count is unchanged either way.
+    With ``regrow_dropped=False`` only the entries inactive *before* the
+    update are candidates, so exactly ``n`` connections move.
+
+    With ``drop_scores = |w|`` and ``grow_scores`` random this is SET; with
+    ``grow_scores = |∇L|`` it is RigL. Ties follow the package convention
+    (the lower index is kept): among equal drop scores the later entry is
+    dropped, among equal grow scores the earlier one is grown.
 
     References: D. Mocanu et al., "Scalable training of artificial neural
     networks with adaptive sparse connectivity", Nature Communications 2018
@@ -137,9 +143,13 @@ def drop_and_grow(mask, drop_scores, grow_scores, fraction):
         drop_scores: tensor shaped like ``mask``; low = dropped first.
         grow_scores: tensor shaped like ``mask``; high = grown first.
         fraction: fraction of the active entries to replace, in ``[0, 1]``.
+        regrow_dropped: whether the entries just dropped are candidates for
+            regrowth (default, as in RigL).
 
     Returns:
-        ``(new_mask, dropped, grown)``: boolean tensors shaped like ``mask``.
+        ``(new_mask, dropped, grown)``: boolean tensors shaped like ``mask``;
+        ``dropped`` = active before and not after, ``grown`` = active after
+        and not before (equal counts).
 
     Example:
     >>> new, dropped, grown = drop_and_grow(
@@ -153,11 +163,12 @@ def drop_and_grow(mask, drop_scores, grow_scores, fraction):
         _to_numpy(drop_scores, np.float32),
         _to_numpy(grow_scores, np.float32),
         fraction,
+        regrow_dropped=regrow_dropped,
     )
     return tuple(ops.convert_to_tensor(a) for a in arrays)
 
 
-def drop_and_grow_arrays(mask, drop_scores, grow_scores, fraction):
+def drop_and_grow_arrays(mask, drop_scores, grow_scores, fraction, regrow_dropped=True):
     """:func:`drop_and_grow` on numpy arrays, returning numpy arrays (what
     callbacks use: it avoids round trips through the backend)."""
     if not 0.0 <= float(fraction) <= 1.0 or math.isnan(float(fraction)):
@@ -175,11 +186,15 @@ def drop_and_grow_arrays(mask, drop_scores, grow_scores, fraction):
         )
     active = int(np.count_nonzero(flat_mask))
     count = min(int(round(float(fraction) * active)), flat_mask.size - active)
+    if count <= 0:
+        none = np.zeros(shape, dtype=bool)
+        return mask.copy(), none, none.copy()
     # Keep the (active - count) best active entries = drop the `count` worst.
     kept = _top_in(drop, flat_mask, active - count)
-    grown = _top_in(grow, ~flat_mask, count)
-    new_mask = kept | grown
-    dropped = flat_mask & ~kept
+    candidates = ~kept if regrow_dropped else ~flat_mask
+    new_mask = kept | _top_in(grow, candidates, count)
+    dropped = flat_mask & ~new_mask
+    grown = new_mask & ~flat_mask
     return tuple(a.reshape(shape) for a in (new_mask, dropped, grown))
 
 
