@@ -28,6 +28,7 @@ from keras_sparse.convert import prune
 from keras_sparse.convert import strip
 from keras_sparse.export import export
 from keras_sparse.export import load_exported
+from keras_sparse.quantize import calibrate
 from keras_sparse.quantize import quantize
 from keras_sparse.prune_at_init import apply_initial_masks
 from keras_sparse.prune_at_init import prune_at_init
@@ -51,6 +52,7 @@ __all__ = [
     "optimizers",
     "patterns",
     "prune",
+    "calibrate",
     "quantize",
     "quantizers",
     "prune_at_init",

@@ -12,6 +12,7 @@ quantization compose in either order.
 import warnings
 
 import keras
+import numpy as np
 
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.convert import _has_kernel_like_weights
@@ -20,7 +21,7 @@ from keras_sparse.convert import _supports
 from keras_sparse.convert import convert
 from keras_sparse.convert import select_layers
 
-__all__ = ["quantize"]
+__all__ = ["quantize", "calibrate"]
 
 
 def _check_bool(value, name):
@@ -140,3 +141,85 @@ def quantize(
     if not plan:
         warnings.warn("ks.quantize found no layer to quantize.", stacklevel=2)
     return convert(model, plan, "configure_quantization")
+
+
+def _calibration_batches(data, batches, batch_size):
+    """The first ``batches`` input batches of ``data`` (an array, an
+    ``(x, y)`` tuple of arrays, or an iterable of batches)."""
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"`batches` must be a positive integer. Received: batches={batches!r}")
+    if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
+        data = data[0]
+    if hasattr(data, "shape") and hasattr(data, "__getitem__"):
+        if len(data.shape) == 0 or data.shape[0] == 0:
+            raise ValueError(
+                f"`data` must hold at least one example. Received: data.shape={tuple(data.shape)}"
+            )
+        return [data[i:i + batch_size]
+                for i in range(0, min(len(data), batches * batch_size), batch_size)]
+    if isinstance(data, dict) or not hasattr(data, "__iter__"):
+        raise ValueError(
+            "`data` must be an array, an (x, y) tuple or an iterable of batches. "
+            f"Received: data={type(data).__name__}"
+        )
+    found = []
+    for item in data:
+        found.append(item[0] if isinstance(item, (tuple, list)) else item)
+        if len(found) == batches:
+            break
+    if not found:
+        raise ValueError("`data` yielded no batch.")
+    return found
+
+
+def calibrate(model, data, batches=1, batch_size=256):
+    """Set the data-dependent state of the input quantizers from real inputs.
+
+    Runs the model eagerly (inference mode) on the first ``batches`` batches
+    of ``data``, records what each sparse layer with an input quantizer
+    receives, and lets the quantizer set its state from it, one layer after
+    the other in model order (so a layer sees the inputs produced by the
+    already-calibrated quantizers before it): LSQ's step
+    becomes ``2 mean|x| / sqrt(Q_P)`` on the layer's actual inputs (the
+    paper's rule; before calibration it is ``initial_step`` or 1.0).
+    Quantizers without data-dependent state are left as they are. Call it
+    after ``ks.quantize`` and before ``fit``.
+
+    Args:
+        model: a built model with sparse layers.
+        data: an array of inputs, an ``(x, y)`` tuple, or an iterable of
+            batches (``(x, y)`` or ``x``), e.g. a ``tf.data.Dataset``.
+        batches: number of batches to use.
+        batch_size: batch size when ``data`` is an array.
+
+    Returns:
+        The names of the layers whose quantizer state changed.
+
+    Example:
+    >>> model = ks.quantize(model, 4, activations=ks.quantizers.LSQ(4, signed=False))
+    >>> ks.calibrate(model, x_train[:512])
+    ['dense_1', 'dense_2']
+    """
+    from keras_sparse.utils import sparse_layers
+
+    inputs = _calibration_batches(data, batches, batch_size)
+    if not model.built:
+        model(inputs[0], training=False)
+    chosen = [layer for layer in sparse_layers(model)
+              if layer.input_quantizer is not None and layer.quantizer_state("input")]
+    if not chosen:
+        return []
+    changed = []
+    # One layer at a time, in model order: a layer's inputs depend on the
+    # quantizers before it, which are then already calibrated.
+    for layer in chosen:
+        object.__setattr__(layer, "_calibration_inputs", [])
+        try:
+            for batch in inputs:
+                model(batch, training=False)
+        finally:
+            seen = layer.__dict__.pop("_calibration_inputs", [])
+        if seen and layer.input_quantizer.calibrate(
+                layer.quantizer_state("input"), np.concatenate([s.reshape(-1) for s in seen])):
+            changed.append(layer.name)
+    return changed

@@ -107,6 +107,12 @@ class Quantizer(config_lib.ConfigObject):
         """Reset data-dependent state from ``value`` (e.g. after weights were
         copied into a converted layer). ``mask`` marks the kept entries."""
 
+    def calibrate(self, state, inputs):
+        """Set data-dependent state of an input quantizer from a flat numpy
+        array of the inputs it sees (``ks.calibrate``). Returns whether the
+        state changed (by default there is nothing to set)."""
+        return False
+
     def side_values(self, shape, output_axes=None):
         """Number of float32 values (scales, zero points) stored next to the
         packed values of a tensor of ``shape`` (for the report and export)."""
@@ -542,6 +548,17 @@ class LSQ(Quantizer):
     def initialize(self, state, value, mask=None):
         if self.initial_step is None and "step" in state:
             state["step"].assign(self._first_step(value, mask))
+
+    def calibrate(self, state, inputs):
+        """The step from inputs: ``2 mean|x| / sqrt(Q_P)`` (also when
+        ``initial_step`` is set: calibrating is an explicit request)."""
+        if "step" not in state:
+            return False
+        _, q_p = q_ops.lsq_levels(self.bits, self.signed)
+        mean = float(np.mean(np.abs(np.asarray(inputs, dtype="float64"))))
+        step = 2.0 * mean / math.sqrt(q_p)
+        state["step"].assign(step if step > 0 else 1.0)
+        return True
 
     def side_values(self, shape, output_axes=None):
         return 1

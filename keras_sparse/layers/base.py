@@ -679,6 +679,10 @@ class SparseMixin:
         if self._parent_call_has_training:
             kwargs["training"] = training
         if self.input_quantizer is not None:
+            recorder = self.__dict__.get("_calibration_inputs")
+            if recorder is not None:
+                # ks.calibrate runs the model eagerly and reads the inputs.
+                recorder.append(ops.convert_to_numpy(inputs))
             inputs = self.input_quantizer(
                 inputs,
                 state=self._quantizer_state.get("input") or None,
