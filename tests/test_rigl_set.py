@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import keras_sparse as ks
 from keras_sparse.callbacks.optimizer_state import optimizer_slots
+from keras_sparse.callbacks.optimizer_state import reset_optimizer_slots
 from keras_sparse.ops import drop_grow
 from keras_sparse.utils import sparse_layers
 
@@ -329,6 +330,27 @@ def test_cosine_drop_fraction_formula():
     assert drop_grow.drop_fraction(10**6, 0.3, 0, 100, "constant") == 0.3
     with pytest.raises(ValueError, match="decay='step'"):
         drop_grow.drop_fraction(0, 0.3, 0, 100, "step")
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (300, 300)])
+def test_reset_optimizer_slots_on_host_and_device(shape):
+    # (6, 5) is reset on the host, (300, 300) above HOST_RESET_MAX_SIZE on
+    # the device: both zero exactly the entries not kept.
+    variable = keras.Variable(np.ones(shape, "float32"), name="w")
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build([variable])
+    slots = optimizer_slots(optimizer, variable)
+    assert len(slots) == 2  # m and v
+    rng = np.random.default_rng(0)
+    values = [rng.random(shape).astype("float32") + 0.5 for _ in slots]
+    for slot, value in zip(slots, values):
+        slot.assign(value)
+    keep = rng.random(shape) < 0.5
+    for cached in (None, slots):
+        touched = reset_optimizer_slots(optimizer, variable, keep, slots=cached)
+        assert [id(t) for t in touched] == [id(t) for t in slots]
+        for slot, value in zip(slots, values):
+            np.testing.assert_array_equal(_np(slot), np.where(keep, value, 0.0))
 
 
 # --------------------------------------------------------- config objects

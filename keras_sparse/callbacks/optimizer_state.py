@@ -10,6 +10,8 @@ every existing slot by its (stable) variable path: no optimizer state is
 lost, and a freshly compiled model loses nothing at all.
 """
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -23,6 +25,14 @@ __all__ = [
     "optimizer_slots",
     "reset_optimizer_slots",
 ]
+
+
+#: Largest weight (number of entries) whose optimizer slots
+#: :func:`reset_optimizer_slots` zeroes on the host. Measured on TensorFlow/CPU:
+#: for a 300 x 100 slot a host read-multiply-write takes about half the time of
+#: an eager multiply and assign; for 1024 x 1024 the device path is about 2x
+#: faster.
+HOST_RESET_MAX_SIZE = 2**16
 
 
 def _inner(optimizer):
@@ -172,12 +182,23 @@ def reset_optimizer_slots(optimizer, variable, keep, slots=None):
     """
     if slots is None:
         slots = optimizer_slots(optimizer, variable)
-    if slots:
+    if not slots:
+        return slots
+    size = math.prod(tuple(variable.shape))
+    if size <= HOST_RESET_MAX_SIZE:
+        # Small weights: on the host, one read and one write per slot (an
+        # eager multiply costs more than the arithmetic here); the result is
+        # a fresh array, so no buffer is shared with the variable on JAX.
         keep = np.asarray(ops.convert_to_numpy(keep)).astype(bool)
+        for slot in slots:
+            value = np.asarray(ops.convert_to_numpy(slot))
+            slot.assign(value * keep.astype(value.dtype))
+        return slots
+    # Large weights: on the device (multi-threaded), one cast per dtype.
+    keep = ops.convert_to_tensor(keep)
+    factors = {}
     for slot in slots:
-        # On the host: one read and one write per slot (measured about half
-        # the cost of an eager multiply and assign on TensorFlow/CPU), and a
-        # fresh array, so no buffer is shared with the variable on JAX.
-        value = np.asarray(ops.convert_to_numpy(slot))
-        slot.assign(np.where(keep, value, np.zeros((), value.dtype)))
+        if slot.dtype not in factors:
+            factors[slot.dtype] = ops.cast(keep, slot.dtype)
+        slot.assign(ops.multiply(slot, factors[slot.dtype]))
     return slots
