@@ -19,8 +19,11 @@ chosen, so a reload is exact: the loaded model has the stripped model's
 config and weight values, and gives the same outputs (a pruned entry stored
 as ``-0.0`` may come back as ``0.0``).
 
-Only Sequential and functional models are exported (a subclassed model's
-config needs its own class).
+A Sequential or functional model is stored with its config and reloads on
+its own. A subclassed model's config needs its own class, so only its
+weights are stored (one entry per layer, in the model's layer order) and
+``load_exported(path, model=...)`` writes them into a built instance of the
+plain model (the class before ``ks.prune``/``ks.quantize`` converted it).
 """
 
 import io
@@ -261,8 +264,8 @@ def export(model, path):
     stored in its smallest exact encoding (see the module docstring).
 
     Args:
-        model: a built Sequential or functional model (sparse, quantized or
-            plain).
+        model: a built Keras model (sparse, quantized or plain). The model
+            itself is not changed.
         path: the file to write (any extension; ``.kspk`` is a good one).
 
     Returns:
@@ -270,39 +273,41 @@ def export(model, path):
         weight: layer, encoding, payload bytes).
 
     Raises:
-        ValueError: for a subclassed or unbuilt model.
+        ValueError: for an unbuilt model.
 
     Example:
     >>> info = ks.export(model, "model.kspk")
     >>> plain = ks.load_exported("model.kspk")   # a plain Keras model
+    >>> # A subclassed model: its weights, into a fresh plain instance.
+    >>> ks.load_exported("model.kspk", model=MyModel().build_for(x))
     """
-    if not is_graph_model(model):
-        raise ValueError(
-            "ks.export needs a Sequential or functional model (a subclassed "
-            f"model's config needs its own class). Received: model={type(model).__name__}"
-        )
     if not model.built:
         raise ValueError("Build the model before exporting it. Received: an unbuilt model")
-    plain = strip(model)
-    sources = _leaf_layers(model)
-    targets = _leaf_layers(plain)
     arrays, layers_meta, summary = {}, [], []
-    for index, (source, target) in enumerate(zip(sources, targets)):
-        infos = _sparse_infos(source) if isinstance(source, SparseMixin) else None
+    for index, layer in enumerate(_leaf_layers(model)):
+        variables = layer.weights
+        if isinstance(layer, SparseMixin):
+            values, infos = layer.stripped_weights(), _sparse_infos(layer)
+            auxiliary = {id(v) for v in layer.auxiliary_variables()}
+            variables = [v for v in variables if id(v) not in auxiliary]
+        else:
+            values, infos = layer.get_weights(), None
         weights = []
-        for j, variable in enumerate(target.weights):
+        for j, value in enumerate(values):
             key = f"{index}.{j}"
             info = infos[j] if infos is not None else None
-            meta = _encode(ops.convert_to_numpy(variable), info, arrays, key)
+            meta = _encode(np.asarray(value), info, arrays, key)
             weights.append(meta)
-            summary.append({"layer": target.name, "weight": variable.name,
+            summary.append({"layer": layer.name, "weight": variables[j].name,
                             "encoding": meta["encoding"], "bytes": meta["bytes"]})
-        layers_meta.append({"name": target.name, "weights": weights})
+        layers_meta.append({"name": layer.name, "weights": weights})
     header = {
         "format": FORMAT,
         "version": VERSION,
         "keras_version": keras.__version__,
-        "model": json.loads(plain.to_json()),
+        # Only graph models have a config that rebuilds without their class.
+        "model": json.loads(strip(model).to_json()) if is_graph_model(model) else None,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "layers": layers_meta,
     }
     buffer = io.BytesIO()
@@ -315,11 +320,27 @@ def export(model, path):
     return {"bytes": size, "weights": summary}
 
 
-def load_exported(path):
+def load_exported(path, model=None):
     """Read a file written by :func:`export` as a plain Keras model.
 
     Only Keras and numpy are needed to rebuild it: the model config holds
     plain Keras layers.
+
+    Args:
+        path: the file.
+        model: ``None`` to rebuild the model from the stored config
+            (Sequential and functional models), or a built model to write
+            the weights into: needed for a subclassed model, whose file
+            holds weights only. Its layers must match the exported ones in
+            order, count and weight shapes.
+
+    Returns:
+        The plain Keras model (``model`` itself when given).
+
+    Raises:
+        ValueError: for a file that is not an export, a subclassed model's
+            file without ``model``, or a ``model`` whose layers do not
+            match (nothing is written then).
 
     Example:
     >>> plain = ks.load_exported("model.kspk")
@@ -331,12 +352,33 @@ def load_exported(path):
             raise ValueError(f"{path!r} is not a keras_sparse packed export.")
         weights = np.load(io.BytesIO(archive.read("weights.npz")))
         arrays = {key: weights[key] for key in weights.files}
-    model = keras.models.model_from_json(json.dumps(header["model"]))
+    if model is None:
+        if header["model"] is None:
+            raise ValueError(
+                f"{path!r} holds the weights of a subclassed model "
+                f"({header.get('model_class')}): pass a built instance of its plain "
+                "Keras version as `model`. Received: model=None"
+            )
+        model = keras.models.model_from_json(json.dumps(header["model"]))
+    elif not model.built:
+        raise ValueError("`model` must be built before loading weights into it. "
+                         "Received: an unbuilt model")
     layers = _leaf_layers(model)
     if len(layers) != len(header["layers"]):
-        raise ValueError(f"{path!r}: the model config and the stored weights disagree.")
+        raise ValueError(
+            f"{path!r} holds {len(header['layers'])} layers; the model has {len(layers)}. "
+            f"Received: model={type(model).__name__}")
+    decoded = []
     for index, (layer, meta) in enumerate(zip(layers, header["layers"])):
         values = [_decode(w, arrays, f"{index}.{j}") for j, w in enumerate(meta["weights"])]
+        shapes = [tuple(v.shape) for v in layer.weights]
+        if shapes != [tuple(v.shape) for v in values]:
+            raise ValueError(
+                f"Layer {layer.name!r} has weights of shapes {shapes}; the file holds "
+                f"{[tuple(v.shape) for v in values]} for {meta['name']!r}. "
+                f"Received: model={type(model).__name__}")
+        decoded.append((layer, values))
+    for layer, values in decoded:
         if values:
             layer.set_weights(values)
     return model

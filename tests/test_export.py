@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_sparse as ks
+from keras_sparse.utils import sparse_layers
 from conftest import to_np
 from keras_sparse import quantizers
 
@@ -119,17 +120,80 @@ def test_loaded_model_needs_no_keras_sparse_objects(tmp_path):
     assert "keras_sparse" not in loaded.to_json()
 
 
-def test_subclassed_and_unbuilt_models_are_rejected(tmp_path):
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(2)
+class _Net(keras.Model):
+    """A subclassed model: two Dense layers and a BatchNorm."""
 
-        def call(self, x):
-            return self.dense(x)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(32, activation="relu")
+        self.norm = keras.layers.BatchNormalization()
+        self.out = keras.layers.Dense(4)
 
+    def call(self, x, training=None):
+        return self.out(self.norm(self.hidden(x), training=training))
+
+
+def _built_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    net = _Net()
+    net(np.zeros((1, 16), "float32"))
+    return net
+
+
+def test_subclassed_model_exports_its_weights_and_loads_into_a_plain_instance(tmp_path):
+    net = ks.quantize(ks.prune(_built_net(), 0.75, schedule=ks.schedules.OneShot(0)), "binary",
+                      skip_last=True)
+    for layer in sparse_layers(net):
+        layer.prune_to(0.75)
+    x = np.random.RandomState(0).randn(8, 16).astype("float32")
+    expected = keras.ops.convert_to_numpy(net(x, training=False))
+    latent = [keras.ops.convert_to_numpy(layer.latent_weight("kernel")) for layer in sparse_layers(net)]
+    path = os.path.join(tmp_path, "net.kspk")
+    info = ks.export(net, path)
+    # The model itself is untouched (still sparse and quantized, same latents).
+    assert all(isinstance(layer, ks.layers.SparseMixin) for layer in (net.hidden, net.out))
+    for layer, before in zip(sparse_layers(net), latent):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.latent_weight("kernel")),
+                                      before)
+    binary = [w for w in info["weights"] if w["layer"] == net.hidden.name and w["weight"] == "kernel"]
+    assert binary and binary[0]["bytes"] < 16 * 32 / 8 + 16 * 32 / 8 + 64
     with pytest.raises(ValueError, match="subclassed"):
-        ks.export(Net(), os.path.join(tmp_path, "a.kspk"))
+        ks.load_exported(path)
+    fresh = _built_net(seed=5)
+    loaded = ks.load_exported(path, model=fresh)
+    assert loaded is fresh
+    assert type(loaded.hidden) is keras.layers.Dense
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), expected,
+                               rtol=1e-5, atol=1e-5)
+    stripped_kernel = keras.ops.convert_to_numpy(loaded.hidden.kernel)
+    assert set(np.unique(np.abs(stripped_kernel))) <= {0.0, 1.0}
+    assert np.mean(stripped_kernel == 0) == pytest.approx(0.75, abs=0.01)
+
+
+def test_loading_into_a_mismatched_or_unbuilt_model_raises_and_writes_nothing(tmp_path):
+    path = os.path.join(tmp_path, "net.kspk")
+    ks.export(_built_net(), path)
+    other = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32), keras.layers.Dense(4),
+                              keras.layers.Dense(4)])
+    before = [w.copy() for w in other.get_weights()]
+    with pytest.raises(ValueError, match="layers"):
+        ks.load_exported(path, model=other)
+    wrong = _Net()
+    wrong(np.zeros((1, 8), "float32"))
+    wrong_before = [w.copy() for w in wrong.get_weights()]
+    with pytest.raises(ValueError, match="shapes"):
+        ks.load_exported(path, model=wrong)
+    for a, b in zip(wrong.get_weights(), wrong_before):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(other.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="unbuilt"):
+        ks.load_exported(path, model=_Net())
+
+
+def test_unbuilt_models_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unbuilt"):
+        ks.export(_Net(), os.path.join(tmp_path, "a.kspk"))
     unbuilt = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="unbuilt"):
         ks.export(unbuilt, os.path.join(tmp_path, "b.kspk"))
