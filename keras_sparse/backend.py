@@ -1,7 +1,8 @@
 """The one place that knows which Keras backend is running.
 
-Everything backend-specific (the JAX state sync, reading a step counter)
-lives here so the rest of the package is written with ``keras.ops`` only.
+Everything backend-specific (the JAX state sync, reading a step counter,
+fusing quantizer kernels, autodiff of a scalar function for pruning at
+initialization) lives here so the rest of the package is written with ``keras.ops`` only.
 """
 
 import keras
@@ -84,3 +85,72 @@ def fusing():
     import tensorflow as tf
 
     return not tf.executing_eagerly()
+
+
+# ------------------------------------------------------------------ autodiff
+# Gradients of a scalar function of tensors (callers map variables to
+# tensors with keras.StatelessScope): pruning at initialization.
+def gradient_function(fn):
+    """``grad(values, *aux)``: the gradient of scalar ``fn(values, *aux)``
+    with respect to the list ``values`` (``aux`` is not differentiated). On
+    JAX the function is compiled once and reused across calls."""
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def grad(values, *aux):
+            values = [tf.convert_to_tensor(v) for v in values]
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                out = fn(values, *aux)
+            return tape.gradient(out, values)
+
+        return grad
+    if backend == "jax":
+        import jax
+
+        compiled = jax.jit(jax.grad(fn))
+        return lambda values, *aux: compiled(list(values), *aux)
+    if backend == "torch":
+        import torch
+
+        def grad(values, *aux):
+            values = [v.detach().clone().requires_grad_(True) for v in values]
+            return list(torch.autograd.grad(fn(values, *aux), values))
+
+        return grad
+    raise NotImplementedError(f"No autodiff for backend {backend!r}.")
+
+
+def hessian_vector_product(fn, values, vectors):
+    """``H v`` where ``H`` is the Hessian of scalar ``fn`` at ``values``."""
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        values = [tf.convert_to_tensor(v) for v in values]
+        vectors = [tf.stop_gradient(tf.convert_to_tensor(v)) for v in vectors]
+        with tf.GradientTape() as outer:
+            outer.watch(values)
+            with tf.GradientTape() as inner:
+                inner.watch(values)
+                out = fn(values)
+            grads = inner.gradient(out, values)
+            dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vectors)])
+        return outer.gradient(dot, values)
+    if backend == "jax":
+        import jax
+
+        def hvp(values, vectors):
+            return jax.jvp(jax.grad(fn), (values,), (vectors,))[1]
+
+        return jax.jit(hvp)(list(values), list(vectors))
+    if backend == "torch":
+        import torch
+
+        values = [v.detach().clone().requires_grad_(True) for v in values]
+        out = fn(values)
+        grads = torch.autograd.grad(out, values, create_graph=True)
+        dot = sum((g * v.detach()).sum() for g, v in zip(grads, vectors))
+        return list(torch.autograd.grad(dot, values))
+    raise NotImplementedError(f"No autodiff for backend {backend!r}.")

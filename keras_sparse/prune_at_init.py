@@ -31,80 +31,6 @@ __all__ = ["prune_at_init", "apply_initial_masks", "CRITERIA"]
 CRITERIA = ("snip", "grasp", "synflow")
 
 
-# ------------------------------------------------------------------ autodiff
-# Backend-specific: gradients of a scalar function of tensors. Kept small and
-# private; every caller maps variables to tensors with keras.StatelessScope.
-def _gradient_function(fn):
-    """``grad(values, *aux)``: the gradient of scalar ``fn(values, *aux)``
-    with respect to the list ``values`` (``aux`` is not differentiated). On
-    JAX the function is compiled once and reused across calls."""
-    name = backend.name()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        def grad(values, *aux):
-            values = [tf.convert_to_tensor(v) for v in values]
-            with tf.GradientTape() as tape:
-                tape.watch(values)
-                out = fn(values, *aux)
-            return tape.gradient(out, values)
-
-        return grad
-    if name == "jax":
-        import jax
-
-        compiled = jax.jit(jax.grad(fn))
-        return lambda values, *aux: compiled(list(values), *aux)
-    if name == "torch":
-        import torch
-
-        def grad(values, *aux):
-            values = [v.detach().clone().requires_grad_(True) for v in values]
-            return list(torch.autograd.grad(fn(values, *aux), values))
-
-        return grad
-    raise NotImplementedError(f"prune_at_init has no autodiff for backend {name!r}.")
-
-
-def _gradients(fn, values):
-    """``d fn(values) / d values`` for a scalar ``fn`` of a list of tensors."""
-    return _gradient_function(fn)(values)
-
-
-def _hessian_vector_product(fn, values, vectors):
-    """``H v`` where ``H`` is the Hessian of scalar ``fn`` at ``values``."""
-    name = backend.name()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        values = [tf.convert_to_tensor(v) for v in values]
-        vectors = [tf.stop_gradient(tf.convert_to_tensor(v)) for v in vectors]
-        with tf.GradientTape() as outer:
-            outer.watch(values)
-            with tf.GradientTape() as inner:
-                inner.watch(values)
-                out = fn(values)
-            grads = inner.gradient(out, values)
-            dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vectors)])
-        return outer.gradient(dot, values)
-    if name == "jax":
-        import jax
-
-        def hvp(values, vectors):
-            return jax.jvp(jax.grad(fn), (values,), (vectors,))[1]
-
-        return jax.jit(hvp)(list(values), list(vectors))
-    if name == "torch":
-        import torch
-
-        values = [v.detach().clone().requires_grad_(True) for v in values]
-        out = fn(values)
-        grads = torch.autograd.grad(out, values, create_graph=True)
-        dot = sum((g * v.detach()).sum() for g, v in zip(grads, vectors))
-        return list(torch.autograd.grad(dot, values))
-    raise NotImplementedError(f"prune_at_init has no autodiff for backend {name!r}.")
-
-
 def _stateless(fn, variables):
     """``fn`` as a function of the values of ``variables``."""
 
@@ -172,7 +98,7 @@ def _loss_gradients(model, entries, batches, loss_fn):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return loss_fn(y, model(x, training=True))
 
-    grad = _gradient_function(loss_of)
+    grad = backend.gradient_function(loss_of)
     values = [ops.convert_to_tensor(v) for v in variables]
     total = None
     for x, y in batches:
@@ -193,7 +119,7 @@ def _grasp_scores(model, entries, batches, loss_fn):
         def compute():
             return loss_fn(y, model(x, training=True))
 
-        hg = _hessian_vector_product(_stateless(compute, variables), values, g)
+        hg = backend.hessian_vector_product(_stateless(compute, variables), values, g)
         hg = [np.asarray(ops.convert_to_numpy(h), dtype=np.float32) for h in hg]
         total = hg if total is None else [t + h for t, h in zip(total, hg)]
     weights = [np.asarray(ops.convert_to_numpy(v), dtype=np.float32) for v in values]
@@ -248,7 +174,7 @@ def _synflow_gradient(model, entries, input_shape):
         with keras.StatelessScope(state_mapping=mapping):
             return ops.sum(ops.cast(model(x, training=False), "float32"))
 
-    grad = _gradient_function(flow)
+    grad = backend.gradient_function(flow)
     values = [ops.abs(ops.convert_to_tensor(v)) for v in latents]
     value_arrays = [np.asarray(ops.convert_to_numpy(v)) for v in values]
 
