@@ -127,8 +127,19 @@ def binary_mlp(binary_activations=False, name="binary_mlp"):
     return keras.Sequential(layers, name=name)
 
 
+# %% [markdown]
+# Binary weights keep flipping sign as long as the learning rate is constant, so the accuracy after the
+# last epoch swings from run to run. Decaying the learning rate to zero settles them
+# (`benchmarks/binary_digits.py`: 98.52 % constant, 98.83 % with a cosine decay, 3 seeds).
+
+# %%
+def decaying_adam(epochs):
+    steps = epochs * int(np.ceil(len(x_train) / BATCH_SIZE))
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps))
+
+
 keras.utils.set_random_seed(0)
-binary = compile_model(binary_mlp())
+binary = compile_model(binary_mlp(), decaying_adam(EPOCHS))
 binary.fit(x_train, y_train, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=0)
 binary_accuracy = accuracy(binary)
 print(f"binary weights: test accuracy {binary_accuracy:.2%}")
@@ -167,7 +178,8 @@ print(
 
 # %%
 keras.utils.set_random_seed(0)
-binary_wa = compile_model(binary_mlp(binary_activations=True, name="binary_wa_mlp"))
+binary_wa = compile_model(binary_mlp(binary_activations=True, name="binary_wa_mlp"),
+                          decaying_adam(EPOCHS))
 binary_wa.fit(x_train, y_train, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=0)
 binary_wa_accuracy = accuracy(binary_wa)
 share = ks.report(binary_wa, print_fn=None).totals["binary_mac_share"]
