@@ -18,6 +18,10 @@ Variants (every layer with a kernel is quantized, first and last included):
 * ``8-bit weights``: ``ks.quantize(model, 8)`` (``Uniform(8)``, per channel);
 * ``8-bit w+a``: ``ks.quantize(model, 8, activations=8)`` -- what tfmot's
   default 8-bit QAT quantizes (weights and activations);
+* ``dense, XLA`` / ``binary weights, XLA`` / ``8-bit weights, XLA``
+  (TensorFlow only): the same models compiled with ``jit_compile=True``
+  (TensorFlow runs ``fit`` without XLA on a CPU by default); the ``dense,
+  XLA`` ratio is to ``dense``, the quantized XLA ratios to ``dense, XLA``.
 * tfmot ``quantize_model`` (8-bit QAT), when ``tensorflow_model_optimization``
   and ``tf_keras`` are importable, in a ``TF_USE_LEGACY_KERAS=1`` subprocess
   against its own dense ``tf_keras`` baseline; its ratio is to that baseline.
@@ -80,10 +84,12 @@ def build_model(kind, k):
     return k.Sequential(layers)
 
 
-def compile_model(model, k, optimizer=None):
+def compile_model(model, k, optimizer=None, jit_compile=None):
+    extra = {} if jit_compile is None else {"jit_compile": jit_compile}
     model.compile(
         optimizer=optimizer or k.optimizers.Adam(1e-3),
         loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **extra,
     )
 
 
@@ -146,6 +152,13 @@ def run_keras3(kind, p, log):
     models["binary w+a"] = ks.quantize(dense, "binary", activations="ste_sign")
     models["8-bit weights"] = ks.quantize(dense, 8)
     models["8-bit w+a"] = ks.quantize(dense, 8, activations=8)
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlow runs `fit` without XLA on a CPU unless asked; with
+        # compile(jit_compile=True) the whole step is fused.
+        models["dense, XLA"] = build_model(kind, keras)
+        models["dense, XLA"].set_weights(dense.get_weights())
+        models["binary weights, XLA"] = ks.quantize(dense, "binary")
+        models["8-bit weights, XLA"] = ks.quantize(dense, 8)
     variants = {}
     for name, model in models.items():
         if name == "binary weights, Bop":
@@ -154,11 +167,16 @@ def run_keras3(kind, p, log):
                 default=keras.optimizers.Adam(1e-3))
         else:
             optimizer = keras.optimizers.Adam(1e-3)
-        compile_model(model, keras, optimizer)
+        compile_model(model, keras, optimizer,
+                      jit_compile=True if name.endswith("XLA") else None)
         variants[name] = Variant(model, timer_cls)
 
     rounds = interleaved_run(variants, synthetic_data(kind, max(p["steps"], p["warmup"])), p, log)
     summary = summarize(rounds, "dense")
+    if "dense, XLA" in rounds:
+        xla = summarize(rounds, "dense, XLA")
+        for name in ("binary weights, XLA", "8-bit weights, XLA"):
+            summary[name] = xla[name]
     for name, model in models.items():
         summary[name]["params"] = int(model.count_params())
         summary[name]["trainable_params"] = int(
@@ -224,6 +242,8 @@ def _backend():
 # ------------------------------------------------------------------ report
 ROWS = (("dense", None), ("binary weights", "dense"), ("binary weights, Bop", "dense"),
         ("binary w+a", "dense"), ("8-bit weights", "dense"), ("8-bit w+a", "dense"),
+        ("dense, XLA", "dense"), ("binary weights, XLA", "dense, XLA"),
+        ("8-bit weights, XLA", "dense, XLA"),
         ("tf_keras dense", None), ("tfmot 8-bit QAT", "tf_keras dense"))
 HEADER = ["model", "variant", "median step ms", "step ratio", "mean ratio", "target",
           "params"]
