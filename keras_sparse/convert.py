@@ -262,6 +262,19 @@ def _sparse_from(layer, settings):
     return cls.from_config(config)
 
 
+def _rebuild(layer):
+    """A fresh copy of a layer that is not converted. A weightless layer
+    Keras will not rebuild from its config (a ``Lambda`` wrapping a Python
+    lambda is refused in safe mode) is reused as it is: it holds no state
+    the two models could share."""
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except (ValueError, TypeError):
+        if layer.weights:
+            raise
+        return layer
+
+
 def _clone(model, make_layer, copy):
     pairs = []
 
@@ -307,7 +320,7 @@ def convert(model, plan, configure):
         def make_layer(layer):
             if id(layer) in plan:
                 return _sparse_from(layer, plan[id(layer)])
-            return layer.__class__.from_config(layer.get_config())
+            return _rebuild(layer)
 
         return _clone(model, make_layer, _copy_weights)
 
@@ -428,7 +441,7 @@ def strip(model):
         def make_layer(layer):
             if isinstance(layer, SparseMixin):
                 return layer._keras_parent.from_config(layer.plain_config())
-            return layer.__class__.from_config(layer.get_config())
+            return _rebuild(layer)
 
         def copy(old, new):
             if isinstance(old, SparseMixin):

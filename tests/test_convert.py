@@ -512,3 +512,35 @@ def test_config_of_stripped_model_is_json():
     stripped = ks.strip(_pruned_model("nested"))
     text = json.dumps(stripped.get_config())
     assert "keras_sparse" not in text
+
+
+def test_weightless_layers_keras_refuses_to_rebuild_are_reused():
+    """A Lambda wrapping a Python lambda cannot be rebuilt from its config
+    in safe mode; prune, quantize and strip reuse it (it has no state)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    h = keras.layers.Dense(16, name="first")(inp)
+    h = keras.layers.Lambda(lambda t: t * 2.0 - 1.0, name="affine")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, name="last")(h))
+    x = np.random.RandomState(0).rand(5, 8).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x))
+    pruned = ks.prune(model, 0.5)
+    assert isinstance(pruned.get_layer("first"), ks.layers.SparseMixin)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pruned(x)), expected, rtol=1e-6)
+    quantized = ks.quantize(pruned, 8)
+    stripped = ks.strip(quantized)
+    assert type(stripped.get_layer("first")) is keras.layers.Dense
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stripped(x)),
+                               keras.ops.convert_to_numpy(quantized(x)), rtol=1e-5, atol=1e-6)
+    # A layer with weights that fails to rebuild still raises.
+    from keras_sparse.convert import _rebuild
+
+    class Broken(keras.layers.Dense):
+        @classmethod
+        def from_config(cls, config):
+            raise ValueError("cannot rebuild")
+
+    broken = Broken(2)
+    broken.build((None, 3))
+    with pytest.raises(ValueError, match="cannot rebuild"):
+        _rebuild(broken)
