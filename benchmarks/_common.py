@@ -139,3 +139,67 @@ def format_table(header, rows, title=None):
         "-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
     lines.extend(line(r) for r in rows)
     return "\n".join(lines)
+
+
+# ------------------------------------------------ overhead benchmark models
+#: Batch size of the step-overhead benchmarks (pruning and quantization).
+OVERHEAD_BATCH = 128
+
+
+def overhead_data(kind, steps, seed=0):
+    """Synthetic inputs and labels for ``steps`` batches of the ``mlp``
+    (784 features) or ``cnn`` (28x28x1) overhead model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = steps * OVERHEAD_BATCH
+    shape = (n, 784) if kind == "mlp" else (n, 28, 28, 1)
+    return rng.standard_normal(shape, dtype=np.float32), rng.integers(0, 10, size=(n,))
+
+
+def overhead_model(kind, k):
+    """MLP 784-300-100-10 or CNN conv32-pool-conv64-pool-dense10, built with
+    Keras module ``k`` (Keras 3 or tf_keras)."""
+    if kind == "mlp":
+        layers = [k.Input((784,)), k.layers.Dense(300, activation="relu"),
+                  k.layers.Dense(100, activation="relu"), k.layers.Dense(10)]
+    else:
+        layers = [k.Input((28, 28, 1)), k.layers.Conv2D(32, 3, activation="relu"),
+                  k.layers.MaxPooling2D(), k.layers.Conv2D(64, 3, activation="relu"),
+                  k.layers.MaxPooling2D(), k.layers.Flatten(), k.layers.Dense(10)]
+    return k.Sequential(layers)
+
+
+# ------------------------------------------------------------------- tfmot
+def tfmot_available():
+    """Whether tensorflow_model_optimization and tf_keras are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("tensorflow_model_optimization", "tf_keras"))
+
+
+def run_legacy_worker(script, kind, p, marker, log):
+    """Run ``script --tfmot-worker kind --plan p`` with
+    ``TF_USE_LEGACY_KERAS=1`` (importing tfmot switches tf.keras to Keras 2,
+    so it runs in its own process) and return the JSON it prints after
+    ``marker`` (``{"error": ...}`` on failure)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, os.path.abspath(script), "--tfmot-worker", kind,
+           "--plan", json.dumps(p)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in proc.stderr.splitlines():
+        if line.startswith("  "):
+            log(line)
+    if proc.returncode != 0:
+        log(f"  tfmot worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return {"error": proc.stderr[-3000:]}
+    for line in proc.stdout.splitlines():
+        if line.startswith(marker):
+            return json.loads(line[len(marker):])
+    return {"error": "no result line from the tfmot worker:\n" + proc.stdout[-2000:]}

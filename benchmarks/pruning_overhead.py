@@ -40,10 +40,8 @@ Usage::
 """
 
 import argparse
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +52,7 @@ _common.quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 
-BATCH = 128
+BATCH = _common.OVERHEAD_BATCH
 FREQUENCY = 100
 TARGET = 0.9
 MODELS = ("mlp", "cnn")
@@ -87,34 +85,12 @@ def is_update_step(step, end_step):
 
 
 def synthetic_data(kind, steps, seed=0):
-    rng = np.random.default_rng(seed)
-    n = steps * BATCH
-    shape = (n, 784) if kind == "mlp" else (n, 28, 28, 1)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    y = rng.integers(0, 10, size=(n,))
-    return x, y
+    return _common.overhead_data(kind, steps, seed)
 
 
 def build_model(kind, k):
     """The benchmark model built with Keras module ``k`` (Keras 3 or tf_keras)."""
-    if kind == "mlp":
-        layers = [
-            k.Input((784,)),
-            k.layers.Dense(300, activation="relu"),
-            k.layers.Dense(100, activation="relu"),
-            k.layers.Dense(10),
-        ]
-    else:
-        layers = [
-            k.Input((28, 28, 1)),
-            k.layers.Conv2D(32, 3, activation="relu"),
-            k.layers.MaxPooling2D(),
-            k.layers.Conv2D(64, 3, activation="relu"),
-            k.layers.MaxPooling2D(),
-            k.layers.Flatten(),
-            k.layers.Dense(10),
-        ]
-    return k.Sequential(layers)
+    return _common.overhead_model(kind, k)
 
 
 def compile_model(model, k):
@@ -271,25 +247,11 @@ def run_keras3(kind, p, log):
 
 # ------------------------------------------------------------------- tfmot
 def tfmot_available():
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("tensorflow_model_optimization", "tf_keras"))
+    return _common.tfmot_available()
 
 
 def run_tfmot_subprocess(kind, p, log):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, os.path.abspath(__file__), "--tfmot-worker", kind,
-           "--plan", json.dumps(p)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    for line in proc.stderr.splitlines():
-        if line.startswith("  "):
-            log(line)
-    if proc.returncode != 0:
-        log(f"  tfmot worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return {"error": proc.stderr[-3000:]}
-    for line in proc.stdout.splitlines():
-        if line.startswith(TFMOT_MARKER):
-            return json.loads(line[len(TFMOT_MARKER):])
-    return {"error": "no result line from the tfmot worker:\n" + proc.stdout[-2000:]}
+    return _common.run_legacy_worker(__file__, kind, p, TFMOT_MARKER, log)
 
 
 def tfmot_worker(kind, p):

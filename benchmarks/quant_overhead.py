@@ -38,10 +38,8 @@ Usage::
 """
 
 import argparse
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +50,7 @@ _common.quiet_tensorflow()
 
 import numpy as np  # noqa: E402
 
-BATCH = 128
+BATCH = _common.OVERHEAD_BATCH
 MODELS = ("mlp", "cnn")
 TFMOT_MARKER = "TFMOT_RESULT_JSON:"
 TARGETS = {"binary weights": 1.10, "8-bit w+a": 1.15, "8-bit weights": 1.15}
@@ -66,22 +64,12 @@ def plan(quick):
 
 
 def synthetic_data(kind, steps, seed=0):
-    rng = np.random.default_rng(seed)
-    n = steps * BATCH
-    shape = (n, 784) if kind == "mlp" else (n, 28, 28, 1)
-    return rng.standard_normal(shape, dtype=np.float32), rng.integers(0, 10, size=(n,))
+    return _common.overhead_data(kind, steps, seed)
 
 
 def build_model(kind, k):
     """The benchmark model built with Keras module ``k`` (Keras 3 or tf_keras)."""
-    if kind == "mlp":
-        layers = [k.Input((784,)), k.layers.Dense(300, activation="relu"),
-                  k.layers.Dense(100, activation="relu"), k.layers.Dense(10)]
-    else:
-        layers = [k.Input((28, 28, 1)), k.layers.Conv2D(32, 3, activation="relu"),
-                  k.layers.MaxPooling2D(), k.layers.Conv2D(64, 3, activation="relu"),
-                  k.layers.MaxPooling2D(), k.layers.Flatten(), k.layers.Dense(10)]
-    return k.Sequential(layers)
+    return _common.overhead_model(kind, k)
 
 
 def compile_model(model, k, optimizer=None, jit_compile=None):
@@ -186,25 +174,14 @@ def run_keras3(kind, p, log):
 
 # ------------------------------------------------------------------- tfmot
 def tfmot_available():
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("tensorflow_model_optimization", "tf_keras"))
+    return _common.tfmot_available()
 
 
 def run_tfmot_subprocess(kind, p, log):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, os.path.abspath(__file__), "--tfmot-worker", kind,
-           "--plan", json.dumps(p)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    for line in proc.stderr.splitlines():
-        if line.startswith("  "):
-            log(line)
-    if proc.returncode != 0:
-        log(f"  tfmot worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return {"tfmot error": proc.stderr[-3000:]}
-    for line in proc.stdout.splitlines():
-        if line.startswith(TFMOT_MARKER):
-            return json.loads(line[len(TFMOT_MARKER):])
-    return {"tfmot error": "no result line from the tfmot worker:\n" + proc.stdout[-2000:]}
+    result = _common.run_legacy_worker(__file__, kind, p, TFMOT_MARKER, log)
+    if "error" in result:
+        return {"tfmot error": result["error"]}
+    return result
 
 
 def tfmot_worker(kind, p):
