@@ -51,8 +51,9 @@ Every RigL setting lies within 96.66-97.10 at 90 % and 95.77-96.88 at 95 %
 96.44-97.25 and 96.06-97.03: at 90 and 95 % the two are not separated, and
 RigL's lead is at 98 %. Other changes tried on the same folds at 90 / 95 %
 with RigL 50/0.5 all stayed within that band, so none was adopted: uniform instead of ERK
-budgets (97.10 / 96.07), updates ending at 50 % of training (96.66 / 96.14),
-ΔT = 200 (96.59 / 96.36), the initial mask without the variance rescale
+budgets (97.10 / 96.07), updates ending at 50 % or 90 % of training
+(96.66 / 96.14, 96.81 / 96.51), ΔT = 200 (96.59 / 96.36), α = 0.7
+(97.03 / 96.36), a constant α = 0.3 (96.51 / 96.29), the initial mask without the variance rescale
 (96.44 / 96.36), and growth from the gradient summed over the last 8 or all
 50 steps before an update instead of the last step's (96.96 / 96.51 and
 97.18 at 90 %). The old rule that grows only weights inactive before the
