@@ -24,15 +24,18 @@ WEIGHT_QUANTIZERS = {
 }
 
 
-def _layer(quantizer, fusable):
+SHAPE = (96, 64)  # above FUSE_MIN_SIZE entries
+
+
+def _layer(quantizer, fusable, shape=SHAPE):
     keras.utils.set_random_seed(1)
-    layer = ks.layers.SparseDense(24, kernel_quantizer=quantizer)
-    layer.build((None, 40))
+    layer = ks.layers.SparseDense(shape[1], kernel_quantizer=quantizer)
+    layer.build((None, shape[0]))
     rng = np.random.RandomState(0)
-    latent = rng.uniform(-1.5, 1.5, (40, 24)).astype("float32")
+    latent = rng.uniform(-1.5, 1.5, shape).astype("float32")
     latent[0, :3] = [0.0, 1.0, -1.0]  # exact 0 and +-clip
     layer.latent_weight("kernel").assign(latent)
-    layer.set_mask("kernel", rng.rand(40, 24) > 0.4)
+    layer.set_mask("kernel", rng.rand(*shape) > 0.4)
     layer.kernel_quantizer.fusable = fusable
     layer.initialize_quantizers()
     return layer
@@ -41,7 +44,8 @@ def _layer(quantizer, fusable):
 def _step(layer):
     import tensorflow as tf
 
-    upstream = tf.constant(np.random.RandomState(2).randn(40, 24).astype("float32"))
+    shape = tuple(layer.latent_weight("kernel").shape)
+    upstream = tf.constant(np.random.RandomState(2).randn(*shape).astype("float32"))
     variables = [layer.latent_weight("kernel")] + layer.quantizer_variables()
 
     @tf.function
@@ -69,6 +73,17 @@ def test_fused_kernel_and_gradients_equal_the_op_by_op_path(name):
     assert np.all(grads[0][~mask] == 0.0)
     for fused_grad, plain_grad in zip(grads, plain_grads):
         np.testing.assert_allclose(fused_grad, plain_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_small_kernels_run_op_by_op():
+    from keras_sparse.layers.base import FUSE_MIN_SIZE
+
+    small = _layer(quantizers.SteSign(), fusable=True, shape=(40, 24))
+    assert 40 * 24 < FUSE_MIN_SIZE <= SHAPE[0] * SHAPE[1]
+    kernel, _ = _step(small)
+    assert not small._fused_weights
+    mask = keras.ops.convert_to_numpy(small.get_mask("kernel"))
+    assert set(np.unique(kernel[mask])) <= {-1.0, 1.0} and np.all(kernel[~mask] == 0)
 
 
 def test_eager_reads_do_not_compile():
