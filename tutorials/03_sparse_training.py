@@ -120,8 +120,9 @@ print({layer.name: round(layer.schedule.target_sparsity, 3) for layer in gmp.lay
 # ## 2. Static random sparsity: sparse initialization
 #
 # `schedule=ks.schedules.OneShot(0)` applies the mask once, at step 0, and never again; `scorer="random"`
-# picks it at random. `ks.apply_initial_masks` applies it right away, so the model is sparse before `fit`
-# (evaluate it, report it, save it).
+# picks it at random. With the random scorer `ks.prune` applies that step-0 mask before it returns, so the
+# model is sparse before `fit` (evaluate it, report it, save it). `ks.apply_initial_masks` does the same for
+# other data-free scorers.
 #
 # **Variance.** A dense initializer (Glorot here) scales weights for a unit's full fan-in `n`. If a unit
 # keeps only `k` inputs, its pre-activation variance shrinks by `k/n` and a deep sparse network starts
@@ -132,7 +133,7 @@ print({layer.name: round(layer.schedule.target_sparsity, 3) for layer in gmp.lay
 # %%
 static = ks.prune(make_mlp(), SPARSITY, schedule=ks.schedules.OneShot(0), scorer="random",
                   distribution="erk")
-ks.apply_initial_masks(static)
+print(f"sparsity before fit: {ks.report(static, print_fn=None).totals['sparsity']:.2f}")
 probe = x_test[:256]
 dense_std = keras.ops.convert_to_numpy(make_mlp().get_layer("hidden1")(probe)).std()
 sparse_std = keras.ops.convert_to_numpy(static.get_layer("hidden1")(probe)).std()
@@ -146,7 +147,6 @@ train("static random", static, [ks.callbacks.Pruning()])
 # %%
 martens = ks.prune(make_mlp(), SPARSITY, schedule=ks.schedules.OneShot(0), scorer="random",
                    pattern=ks.patterns.FanIn(15), layers=["hidden1", "hidden2"])
-ks.apply_initial_masks(martens)
 mask = keras.ops.convert_to_numpy(martens.get_layer("hidden1").get_mask("kernel"))
 print("inputs per hidden1 unit:", sorted(set(mask.sum(axis=0).tolist())))
 
@@ -256,7 +256,6 @@ for name, r in results.items():
 # model = ks.prune_at_init(model, (x[:256], y[:256]), 0.9, scorer="snip", loss="...")
 # model = ks.prune_at_init(model, None, 0.9, scorer="synflow", distribution="global")
 # model = ks.prune(model, 0.9, schedule=ks.schedules.OneShot(0), scorer="random", distribution="erk")
-# ks.apply_initial_masks(model)
 #
 # # gradual pruning with a gradient criterion
 # model = ks.prune(model, 0.9, schedule=..., scorer="taylor")   # or "movement", "saliency"
