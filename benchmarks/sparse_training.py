@@ -9,6 +9,9 @@ sparsity. Every method trains for the same 60 epochs:
 * ``gmp``: gradual magnitude pruning, the library's default digits recipe
   (``benchmarks/digits_sparsity.py``: cubic schedule over the first 50 % of
   the steps, every 50 steps, one global magnitude threshold).
+* ``gmp_erk``: the same GMP schedule with the ERK per-layer budgets SET
+  and RigL use (instead of one global magnitude threshold): the
+  like-for-like pruning baseline for the dynamic methods.
 * ``static_uniform`` / ``static_erk``: a random sparse network from step 0
   (``ks.prune(..., schedule=OneShot(0), scorer="random")``, survivors
   rescaled to keep each unit's variance), uniform or ERK per-layer budgets.
@@ -101,7 +104,7 @@ BATCH = 32
 LR = 1e-3
 SEEDS = (0, 1, 2)
 SPARSITIES = (0.9, 0.95, 0.98)
-METHODS = ("dense", "gmp", "static_uniform", "static_erk", "snip", "set_paper", "rigl_paper",
+METHODS = ("dense", "gmp", "gmp_erk", "static_uniform", "static_erk", "snip", "set_paper", "rigl_paper",
            "set", "rigl", "group_lasso")
 #: RigL's published defaults (``*_paper`` rows) and the timing runs.
 DELTA_T = 100
@@ -218,11 +221,12 @@ def train_one(method, sparsity, seed, data, epochs, delta_t=None, alpha=None, **
         fit_epochs = epochs - first
     else:
         model = digits_mlp()
-        if method == "gmp":
+        if method in ("gmp", "gmp_erk"):
             recipe = digits_sparsity.RECIPES[digits_sparsity.DEFAULT_RECIPE]
+            distribution = "erk" if method == "gmp_erk" else recipe.get("distribution", "uniform")
             model = ks.prune(model, sparsity,
                              schedule=digits_sparsity.gmp_schedule(recipe, sparsity, total_steps),
-                             distribution=recipe.get("distribution", "uniform"))
+                             distribution=distribution)
             callbacks.append(ks.callbacks.Pruning(log_per_layer=False))
         elif method in ("static_uniform", "static_erk"):
             model = ks.prune(model, sparsity, schedule=ks.schedules.OneShot(0), scorer="random",
