@@ -102,3 +102,47 @@ def test_fused_functions_are_dropped_when_the_quantizer_changes():
     assert not layer._fused_weights
     kernel, _ = _step(layer)
     assert len(np.unique(kernel)) > 3
+
+
+INPUT_QUANTIZERS = {
+    "ste_sign": lambda: quantizers.SteSign(),
+    "uniform_8": lambda: quantizers.Uniform(bits=8),
+    "lsq": lambda: quantizers.LSQ(bits=4, signed=False, initial_step=0.2),
+    "pact": lambda: quantizers.PACT(bits=4, initial_clip=1.5),
+}
+
+
+def _input_step(name, fusable):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    layer = ks.layers.SparseDense(8, input_quantizer=INPUT_QUANTIZERS[name]())
+    layer.build((None, 96))
+    layer.input_quantizer.fusable = fusable
+    x = tf.Variable(np.random.RandomState(4).uniform(-1.5, 2.5, (16, 96)).astype("float32"))
+    variables = [x] + layer.quantizer_variables()
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            out = layer(x, training=True)
+            loss = tf.reduce_sum(out * out)
+        return out, tape.gradient(loss, variables)
+
+    out, grads = run()
+    return layer, out.numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("name", sorted(INPUT_QUANTIZERS))
+def test_fused_input_quantizer_equals_the_op_by_op_path(name):
+    fused_layer, out, grads = _input_step(name, fusable=True)
+    plain_layer, plain_out, plain_grads = _input_step(name, fusable=False)
+    assert ("input", True) in fused_layer._fused_weights
+    assert not plain_layer._fused_weights
+    np.testing.assert_allclose(out, plain_out, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(plain_grads) >= 1
+    np.testing.assert_allclose(grads[0], plain_grads[0], rtol=1e-4, atol=1e-5)
+    # A learned step or clip sums its gradient over the whole batch; XLA
+    # adds in another order.
+    for fused_grad, plain_grad in zip(grads[1:], plain_grads[1:]):
+        np.testing.assert_allclose(fused_grad, plain_grad, rtol=1e-3)
