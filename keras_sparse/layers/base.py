@@ -40,8 +40,6 @@ Layout = patterns_lib.Layout
 #: small kernel does not win back (measured on a 100 x 10 kernel: +19 us
 #: fused against +9 us op by op per training step).
 FUSE_MIN_SIZE = 4096
-#: The same for input quantizers, per example (a batch multiplies it).
-FUSE_MIN_FEATURES = 64
 
 #: Keyword arguments the mixin adds to every layer of the family.
 SPARSE_ARGUMENTS = (
@@ -697,7 +695,12 @@ class SparseMixin:
             if recorder is not None:
                 # ks.calibrate runs the model eagerly and reads the inputs.
                 recorder.append(ops.convert_to_numpy(inputs))
-            inputs = self._quantize_inputs(inputs, training)
+            inputs = self.input_quantizer(
+                inputs,
+                state=self._quantizer_state.get("input") or None,
+                output_axes=(),
+                training=training,
+            )
         if self.kernel_quantizer is None:
             return super().call(inputs, **kwargs)
         # The kernel property has no `training` argument; stochastic
@@ -707,35 +710,6 @@ class SparseMixin:
             return super().call(inputs, **kwargs)
         finally:
             self._quantizer_training = None
-
-    def _quantize_inputs(self, inputs, training):
-        """The ``input_quantizer`` applied to ``inputs``; on TensorFlow,
-        inside a traced step and for examples of at least
-        ``FUSE_MIN_FEATURES`` values, one fused XLA function (its state,
-        e.g. an LSQ step, is read inside and still trained). The batch size
-        is usually unknown when the step is traced."""
-
-        def quantize(x):
-            return self.input_quantizer(
-                x,
-                state=self._quantizer_state.get("input") or None,
-                output_axes=(),
-                training=training,
-            )
-
-        shape = tuple(inputs.shape)
-        if not (
-            self.input_quantizer.fusable
-            and backend.fusing()
-            and None not in shape[1:]
-            and math.prod(shape[1:]) >= FUSE_MIN_FEATURES
-        ):
-            return quantize(inputs)
-        key = ("input", bool(training))
-        fused = self._fused_weights.get(key)
-        if fused is None:
-            fused = self._fused_weights[key] = backend.fuse(quantize)
-        return fused(backend.read(inputs))
 
     # ----------------------------------------------------------- conversion
     def _adopt(self, schedule=None, pattern="unstructured", scorer="magnitude",
