@@ -18,6 +18,10 @@ Variants (every layer with a kernel is quantized, first and last included):
 * ``8-bit weights``: ``ks.quantize(model, 8)`` (``Uniform(8)``, per channel);
 * ``8-bit w+a``: ``ks.quantize(model, 8, activations=8)`` -- what tfmot's
   default 8-bit QAT quantizes (weights and activations);
+* ``binary weights, op by op`` / ``8-bit weights, op by op`` (TensorFlow
+  only): the quantizer and mask of each kernel run op by op instead of as
+  one fused XLA function (``Quantizer.fusable = False``), the library's
+  default before that choice was measured.
 * ``dense, XLA`` / ``binary weights, XLA`` / ``8-bit weights, XLA``
   (TensorFlow only): the same models compiled with ``jit_compile=True``
   (TensorFlow runs ``fit`` without XLA on a CPU by default); the ``dense,
@@ -141,6 +145,15 @@ def run_keras3(kind, p, log):
     models["8-bit weights"] = ks.quantize(dense, 8)
     models["8-bit w+a"] = ks.quantize(dense, 8, activations=8)
     if keras.backend.backend() == "tensorflow":
+        # The measured design decision: each large kernel's quantizer and
+        # mask run as one XLA function; "op by op" turns that off.
+        from keras_sparse.utils import sparse_layers
+
+        for name, weights in (("binary weights, op by op", "binary"),
+                              ("8-bit weights, op by op", 8)):
+            models[name] = ks.quantize(dense, weights)
+            for layer in sparse_layers(models[name]):
+                layer.kernel_quantizer.fusable = False
         # TensorFlow runs `fit` without XLA on a CPU unless asked; with
         # compile(jit_compile=True) the whole step is fused.
         models["dense, XLA"] = build_model(kind, keras)
@@ -219,6 +232,7 @@ def _backend():
 # ------------------------------------------------------------------ report
 ROWS = (("dense", None), ("binary weights", "dense"), ("binary weights, Bop", "dense"),
         ("binary w+a", "dense"), ("8-bit weights", "dense"), ("8-bit w+a", "dense"),
+        ("binary weights, op by op", "dense"), ("8-bit weights, op by op", "dense"),
         ("dense, XLA", "dense"), ("binary weights, XLA", "dense, XLA"),
         ("8-bit weights, XLA", "dense, XLA"),
         ("tf_keras dense", None), ("tfmot 8-bit QAT", "tf_keras dense"))
