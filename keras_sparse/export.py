@@ -39,10 +39,10 @@ from keras_sparse import quantizers as q
 from keras_sparse.convert import is_graph_model
 from keras_sparse.convert import strip
 from keras_sparse.layers.base import SparseMixin
+from keras_sparse.ops.packing import pack_bits
+from keras_sparse.ops.packing import unpack_bits
 from keras_sparse.ops.quantize import lsq_levels
-from keras_sparse.ops.quantize import pack_bits
 from keras_sparse.ops.quantize import reduce_axes
-from keras_sparse.ops.quantize import unpack_bits
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 

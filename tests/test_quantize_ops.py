@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from keras import ops
 
 from conftest import to_np
+from keras_sparse.ops import packing
 from keras_sparse.ops import quantize as q
 
 # Exact zeros, exact ±clip (1.0) and values either side.
@@ -371,15 +372,15 @@ def test_bad_arguments_raise_value_error_naming_them(call, message):
 def test_pack_bits_round_trip(width, data):
     codes = data.draw(hnp.arrays(np.uint8, st.integers(0, 50),
                                  elements=st.integers(0, 2**width - 1)))
-    packed = q.pack_bits(codes, width)
+    packed = packing.pack_bits(codes, width)
     assert packed.dtype == np.uint8 and packed.size == -(-codes.size * width // 8)
-    np.testing.assert_array_equal(q.unpack_bits(packed, width, codes.size), codes)
+    np.testing.assert_array_equal(packing.unpack_bits(packed, width, codes.size), codes)
 
 
 def test_pack_bits_layout_and_errors():
-    np.testing.assert_array_equal(q.pack_bits(np.array([1, 0, 1, 1]), 1), [13])
-    np.testing.assert_array_equal(q.pack_bits(np.array([3, 0, 1, 2]), 2), [0b10010011])
+    np.testing.assert_array_equal(packing.pack_bits(np.array([1, 0, 1, 1]), 1), [13])
+    np.testing.assert_array_equal(packing.pack_bits(np.array([3, 0, 1, 2]), 2), [0b10010011])
     with pytest.raises(ValueError, match="width=3"):
-        q.pack_bits([1], 3)
+        packing.pack_bits([1], 3)
     with pytest.raises(ValueError, match="2\\*\\*width = 4"):
-        q.pack_bits([4], 2)
+        packing.pack_bits([4], 2)
