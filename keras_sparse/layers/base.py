@@ -575,7 +575,8 @@ class SparseMixin:
             # One compiled kernel for the quantizer and the mask (forward and
             # gradient) instead of one pass per op; the mask and quantizer
             # state are read inside, the latent weight is the argument.
-            key = (name, self._quantizer_training)
+            training = self._quantizer_training
+            key = (name, training if training is None or isinstance(training, bool) else "tensor")
             fused = self._fused_weights.get(key)
             if fused is None:
                 fused = backend.fuse(functools.partial(self._quantized_weight, name))
