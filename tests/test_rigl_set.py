@@ -8,6 +8,7 @@ every claim is checked at every update, not only at the end.
 """
 
 import math
+import types
 
 import keras
 import numpy as np
@@ -211,9 +212,13 @@ class _After(keras.callbacks.Callback):
                 np.testing.assert_allclose(
                     np.abs(old["probe"]), reference, rtol=1e-4, atol=1e-6
                 )
-                # RigL: the top-|g| positions among those not kept.
+                # RigL: the top-|g| positions among those not kept. Entries
+                # with a zero gradient are tied and filled at random.
                 expected = _reference_drop_grow(old_mask, magnitude, reference, fraction)
-                assert np.array_equal(new_mask, expected), (layer.name, state["step"])
+                tied = reference == 0
+                assert np.array_equal(new_mask & ~tied, expected & ~tied), (
+                    layer.name, state["step"])
+                assert new_mask.sum() == expected.sum()
                 self.regrown += int((smallest & new_mask).sum())
             self.moved += int(grown.sum())
         self.updates.append(state["step"])
@@ -301,6 +306,39 @@ def test_drop_and_grow_ties_in_index_order():
     new, dropped, grown = drop_grow.drop_and_grow(mask, np.ones(6), np.zeros(6), 1 / 3)
     np.testing.assert_array_equal(_np(new), mask)
     assert not _np(dropped).any() and not _np(grown).any()
+
+
+def test_rigl_breaks_zero_gradient_ties_at_random():
+    # 3 non-zero gradients, 13 zeros: nonzero scores are |g|; the zeros get
+    # distinct negative scores, reproducible per (seed, step, layer).
+    gradient = np.zeros((4, 4), np.float32)
+    gradient[0, 1], gradient[2, 3], gradient[3, 0] = -0.5, 0.25, 2.0
+    layer = types.SimpleNamespace(last_gradient=lambda name: gradient)
+    rigl = ks.callbacks.RigL(seed=3)
+    scores = rigl.grow_scores(layer, "kernel", 100, (0, 0))
+    nonzero = gradient != 0
+    np.testing.assert_array_equal(scores[nonzero], np.abs(gradient[nonzero]))
+    assert np.all(scores[~nonzero] < 0)
+    assert np.unique(scores[~nonzero]).size == 13
+    np.testing.assert_array_equal(scores, rigl.grow_scores(layer, "kernel", 100, (0, 0)))
+    assert not np.array_equal(scores, rigl.grow_scores(layer, "kernel", 200, (0, 0)))
+    # Growing 8 into an empty mask: the 3 non-zero gradients first, then 5
+    # zero-gradient entries at random (not the first 5 in index order).
+    mask = np.zeros((4, 4), bool)
+    mask[1, 1] = True
+    grown_all = drop_grow._top_in(scores.ravel(), ~mask.ravel(), 8).reshape(4, 4)
+    assert np.all(grown_all[nonzero])
+    index_order = np.flatnonzero(~mask.ravel() & ~nonzero.ravel())[:5]
+    chosen = np.flatnonzero((grown_all & ~nonzero).ravel())
+    assert chosen.size == 5
+    draws = []
+    for step in range(100, 120):
+        step_scores = rigl.grow_scores(layer, "kernel", step, (0, 0)).ravel()
+        grown_step = drop_grow._top_in(step_scores, ~mask.ravel(), 8)
+        assert np.all(grown_step[nonzero.ravel()])
+        draws.append(np.flatnonzero(grown_step & ~nonzero.ravel()))
+    assert any(not np.array_equal(d, index_order) for d in draws)
+    assert len({tuple(d) for d in draws}) > 1
 
 
 def test_drop_and_grow_caps_at_inactive_count_and_keeps_shape():

@@ -392,5 +392,19 @@ class RigL(SET):
         return self.managed_layers()
 
     def grow_scores(self, layer, name, step, key):
-        """RigL: ``|∂L/∂w|`` of the last step."""
-        return np.abs(np.asarray(ops.convert_to_numpy(layer.last_gradient(name))))
+        """RigL: ``|∂L/∂w|`` of the last step.
+
+        Entries whose gradient is exactly 0 (inputs that are always 0, units
+        that did not fire on the batch) are tied; they get distinct negative
+        scores drawn from the ``(seed, step, layer)`` generator, so when more
+        weights must grow than have a non-zero gradient, the rest are chosen
+        at random, as in RigL's reference code, instead of in index order
+        (which would always fill the first rows).
+        """
+        scores = np.abs(np.asarray(ops.convert_to_numpy(layer.last_gradient(name))))
+        zero = np.flatnonzero(scores == 0)
+        if zero.size:
+            scores = np.array(scores, copy=True)
+            rng = np.random.default_rng([self._seed, int(step), *key])
+            scores.flat[zero] = -1.0 - rng.random(zero.size, dtype=np.float32)
+        return scores
