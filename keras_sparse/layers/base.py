@@ -126,6 +126,23 @@ def _finishing_build(build):
     return wrapper
 
 
+def _gradient_tap(value, probe):
+    """``value`` unchanged in the forward pass; the upstream gradient goes
+    both to ``value`` and to ``probe`` (the same as ``value + (probe -
+    stop_gradient(probe))``, without two elementwise passes over the kernel)."""
+
+    @ops.custom_gradient
+    def tap(value, probe):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return upstream, upstream
+
+        return value, grad
+
+    return tap(value, probe)
+
+
 class SparseMixin:
     """Mixin that gives a Keras layer masked (and transformable) weights.
 
@@ -416,7 +433,8 @@ class SparseMixin:
 
         The probe ``p`` is a zero trainable variable with
         ``overwrite_with_gradient=True`` entering the effective weight as
-        ``mask * w + (p - stop_gradient(p))``: the forward pass is unchanged,
+        ``mask * w + (p - stop_gradient(p))`` (computed as one custom-gradient
+        identity): the forward pass is unchanged,
         and after each optimizer step ``p`` holds the dense gradient of the
         loss with respect to the effective weight, pruned entries included
         (what RigL regrowth and saliency scorers need). The optimizer keeps
@@ -588,8 +606,7 @@ class SparseMixin:
         if probe is not None:
             # Adds exactly zero to the forward pass; the optimizer overwrites
             # the probe with d(loss)/d(effective weight), the dense gradient.
-            probe = ops.cast(probe, value.dtype)
-            value = ops.add(value, ops.subtract(probe, ops.stop_gradient(probe)))
+            value = _gradient_tap(value, ops.cast(probe, value.dtype))
         return value
 
     def masked_latent(self, name):
