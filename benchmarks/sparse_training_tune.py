@@ -135,6 +135,7 @@ def main(argv=None):
                         help="shuffles of the k folds (default 2 for --optimizer, else 1)")
     parser.add_argument("--sparsities", default="0.9,0.95,0.98")
     parser.add_argument("--epochs", type=int, default=st.EPOCHS)
+    parser.add_argument("--name", default=None, help="name of the JSON file in results/")
     args = parser.parse_args(argv)
 
     def log(msg):
@@ -153,6 +154,7 @@ def main(argv=None):
         repeats = args.repeats or 1
         rows, table = tune_dynamic(sparsities, args.epochs, log, repeats)
         name = "sparse_training_tuning"
+    name = args.name or name
     print()
     print(table)
     path = _common.write_json(name, {"settings": {**settings, "repeats": repeats},
