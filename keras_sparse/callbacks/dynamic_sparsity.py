@@ -308,9 +308,10 @@ class SET(Pruning):
         dropped_total = grown_total = 0
         for name_index, name in enumerate(layer.sparse_weight_names):
             latent = layer.latent_weight(name)
-            old_mask = np.array(ops.convert_to_numpy(layer.get_mask(name))).astype(bool)
+            old_mask = np.asarray(ops.convert_to_numpy(layer.get_mask(name)), dtype=bool)
             weights = np.asarray(ops.convert_to_numpy(latent))
-            drop_scores = np.where(old_mask, np.abs(weights), 0.0)
+            # Only the active entries' drop scores are read.
+            drop_scores = np.abs(weights)
             grow_scores = self.grow_scores(layer, name, step, (index, name_index))
             new_mask, dropped, grown = drop_and_grow_arrays(
                 old_mask, drop_scores, grow_scores, fraction,
@@ -321,7 +322,7 @@ class SET(Pruning):
             # RigL's reference); newly grown weights start at 0 with zeroed
             # slots, dropped ones are zeroed.
             kept = old_mask & new_mask
-            latent.assign(np.where(kept, weights, 0.0).astype(weights.dtype))
+            latent.assign(np.where(kept, weights, weights.dtype.type(0)))
             # The active count is unchanged, so the layer's cached sparsity
             # stays valid: assign the mask directly (``set_mask`` would
             # multiply the latent weight again).
@@ -402,9 +403,8 @@ class RigL(SET):
         (which would always fill the first rows).
         """
         scores = np.abs(np.asarray(ops.convert_to_numpy(layer.last_gradient(name))))
-        zero = np.flatnonzero(scores == 0)
-        if zero.size:
-            scores = np.array(scores, copy=True)
+        if np.count_nonzero(scores) < scores.size:
+            zero = np.flatnonzero(scores == 0)
             rng = np.random.default_rng([self._seed, int(step), *key])
             scores.flat[zero] = -1.0 - rng.random(zero.size, dtype=np.float32)
         return scores
