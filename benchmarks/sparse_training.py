@@ -50,51 +50,13 @@ In SET and RigL a weight dropped in an update can be grown again in the same upd
 (it then keeps its value and optimizer state), as in RigL's Algorithm 1 and
 reference code; only weights that were inactive get the zero initialization.
 
-How the ``set`` / ``rigl`` settings were chosen (``sparse_training_tune.py``):
-4-fold stratified cross-validation of the 1347 training examples (fold k:
-train on the other three with seed k, evaluate on fold k), grid ΔT ∈ {25,
-50, 100} × α ∈ {0.3, 0.5}, criterion the mean accuracy over 90/95/98 %.
-First with Adam 1e-3 (``results/sparse_training_tuning.json``: RigL 50 /
-0.5, SET 25 / 0.5, which the optimizer search used), then again with the
-chosen Adam 1e-2 (``results/sparse_training_tuning_adam1e-2.json``), which
-gives the settings used. Validation means with Adam 1e-2 (90 / 95 / 98 %;
-mean)::
+How the ``set`` / ``rigl`` settings and the optimizer were chosen, with
+the validation figures: ``sparse_training_tune.py``'s docstring.
 
-    RigL ΔT=100 α=0.5  97.70 / 97.03 / 96.88; 97.20  (chosen)
-    RigL ΔT=50  α=0.5  97.10 / 97.62 / 96.44; 97.05
-    RigL ΔT=100 α=0.3  97.48 / 97.33 / 95.99; 96.93  (paper defaults)
-    SET  ΔT=50  α=0.5  97.40 / 97.25 / 94.88; 96.51  (chosen)
-    SET  ΔT=25  α=0.3  97.18 / 96.81 / 95.40; 96.46
-    SET  ΔT=100 α=0.3  97.10 / 97.85 / 92.80; 95.92  (paper defaults)
-    GMP                97.18 / 97.18 / 96.81; 97.06
-    static ERK         97.18 / 96.96 / 84.78; 92.97
-
-With Adam 1e-3 (the earlier runs)::
-
-    RigL ΔT=50  α=0.5  96.88 / 96.21 / 95.84; 96.31  (chosen then)
-    RigL ΔT=100 α=0.3  96.96 / 96.36 / 94.73; 96.02  (paper defaults)
-    SET  ΔT=25  α=0.5  96.44 / 96.06 / 93.76; 95.42  (chosen then)
-    SET  ΔT=100 α=0.3  97.25 / 97.03 / 89.01; 94.43  (paper defaults)
-    GMP                97.48 / 96.66 / 94.88; 96.34
-    static ERK         96.29 / 95.54 / 80.69; 90.84
-
-With Adam 1e-3, every RigL setting lay within 96.66-97.10 at 90 % and 95.77-96.88 at 95 %
-(one fold = 337 images, so one image = 0.3 point per fold), SET's within
-96.44-97.25 and 96.06-97.03: at 90 and 95 % the two are not separated, and
-RigL's lead is at 98 %. Other changes tried on the same folds at 90 / 95 %
-with RigL 50/0.5 all stayed within that band, so none was adopted: uniform instead of ERK
-budgets (97.10 / 96.07), updates ending at 50 % or 90 % of training
-(96.66 / 96.14, 96.81 / 96.51), ΔT = 200 (96.59 / 96.36), α = 0.7
-(97.03 / 96.36), a constant α = 0.3 (96.51 / 96.29), the initial mask without the variance rescale
-(96.44 / 96.36), and growth from the gradient summed over the last 8 or all
-50 steps before an update instead of the last step's (96.96 / 96.51 and
-97.18 at 90 %). The old rule that grows only weights inactive before the
-update gave 96.51 / 96.51 / 95.32.
-
-A second part measures cost: the mean training-step time of RigL (ΔT = 100)
-against GMP (updates every 100 steps) and dense on the same MLP, in
-interleaved rounds, and the time of one RigL / SET drop-and-grow update of a
-1024 x 1024 Dense kernel (1,048,576 weights).
+A second part measures cost (``_sparse_timing.py``): the mean training-step
+time of RigL (ΔT = 100) against GMP (updates every 100 steps) and dense on
+the same MLP, in interleaved rounds, and the time of one RigL / SET
+drop-and-grow update of a 1024 x 1024 Dense kernel (1,048,576 weights).
 
 Usage::
 
@@ -122,7 +84,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse as ks  # noqa: E402
-from keras_sparse.callbacks.optimizer_state import add_gradient_probes  # noqa: E402
 from keras_sparse.demo import digits_mlp  # noqa: E402
 from keras_sparse.demo import load_digits_split  # noqa: E402
 from keras_sparse.utils import sparse_layers  # noqa: E402
@@ -131,6 +92,8 @@ import digits_sparsity  # noqa: E402
 
 EPOCHS = 60
 BATCH = 32
+#: Hidden widths of the MLP: the ANCHORS 64-300-100-10 (``--hidden`` for others).
+HIDDEN = (300, 100)
 #: The optimizer every method trains with (``make_optimizer`` spec), chosen
 #: by ``sparse_training_tune.py --optimizer`` (validation only).
 OPTIMIZER = "adam:1e-2"
@@ -200,9 +163,9 @@ def _dead_units(model):
     return dead
 
 
-def _group_lasso_model():
+def _group_lasso_model(hidden=HIDDEN):
     layers = [keras.Input((64,))]
-    for width, name in ((300, "hidden1"), (100, "hidden2")):
+    for width, name in zip(hidden, ("hidden1", "hidden2")):
         layers.append(keras.layers.Dense(
             width, activation="relu", name=name,
             kernel_regularizer=ks.regularizers.GroupLasso(GROUP_LASSO, "units")))
@@ -259,14 +222,15 @@ def dynamic_recipe(method, **overrides):
 
 
 def train_one(method, sparsity, seed, data, epochs, delta_t=None, alpha=None, optimizer=None,
-              **overrides):
+              hidden=HIDDEN, **overrides):
     """Train ``method`` at ``sparsity`` on ``data`` = (x_train, x_test,
-    y_train, y_test); returns test accuracy, kernel sparsity and dead units."""
+    y_train, y_test) with an MLP 64-``hidden``-10; returns test accuracy,
+    kernel sparsity and dead units."""
     if method.endswith("_2x"):
         # RigL's paper closes the gap to pruning with longer runs (its 2x and
         # 5x rows): the same method, twice the epochs and steps.
         return train_one(method[:-3], sparsity, seed, data, 2 * epochs, delta_t, alpha,
-                         optimizer, **overrides)
+                         optimizer, hidden, **overrides)
     x_train, x_test, y_train, y_test = data
     steps_per_epoch = math.ceil(len(x_train) / BATCH)
     total_steps = epochs * steps_per_epoch
@@ -275,12 +239,12 @@ def train_one(method, sparsity, seed, data, epochs, delta_t=None, alpha=None, op
     fit_epochs = epochs
     if method == "group_lasso":
         first = max(1, int(round(GROUP_LASSO_FRACTION * epochs)))
-        model = _compile(_group_lasso_model(), first * steps_per_epoch, optimizer)
+        model = _compile(_group_lasso_model(hidden), first * steps_per_epoch, optimizer)
         model.fit(x_train, y_train, epochs=first, batch_size=BATCH, verbose=0)
         model = _threshold_units(model, sparsity)
         fit_epochs = epochs - first
     else:
-        model = digits_mlp()
+        model = digits_mlp(hidden)
         if method in ("gmp", "gmp_erk"):
             recipe = digits_sparsity.RECIPES[digits_sparsity.DEFAULT_RECIPE]
             distribution = "erk" if method == "gmp_erk" else recipe.get("distribution", "uniform")
@@ -319,14 +283,14 @@ def train_one(method, sparsity, seed, data, epochs, delta_t=None, alpha=None, op
     }
 
 
-def accuracy_rows(methods, sparsities, seeds, data, epochs, log):
+def accuracy_rows(methods, sparsities, seeds, data, epochs, log, hidden=HIDDEN):
     results = {}
     for method in methods:
         for sparsity in ([0.0] if method == "dense" else sparsities):
             runs = []
             for seed in seeds:
                 start = time.perf_counter()
-                runs.append(train_one(method, sparsity, seed, data, epochs))
+                runs.append(train_one(method, sparsity, seed, data, epochs, hidden=hidden))
                 log(f"  {method} {sparsity:.0%} seed {seed}: "
                     f"acc {100 * runs[-1]['accuracy']:.2f} %, "
                     f"kernel sparsity {100 * runs[-1]['kernel_sparsity']:.1f} % "
@@ -345,7 +309,8 @@ def accuracy_rows(methods, sparsities, seeds, data, epochs, log):
     return results
 
 
-def accuracy_table(results, methods, sparsities, seeds, epochs, n_train, n_test):
+def accuracy_table(results, methods, sparsities, seeds, epochs, n_train, n_test,
+                   hidden=HIDDEN):
     header = ["method"] + [f"{s:.0%}" for s in sparsities]
     body = []
     for method in methods:
@@ -362,7 +327,8 @@ def accuracy_table(results, methods, sparsities, seeds, epochs, n_train, n_test)
                        f"{100 * r['accuracy_mean']:.2f} ({100 * r['accuracy_min']:.1f}–"
                        f"{100 * r['accuracy_max']:.1f})")
         body.append(row)
-    title = (f"Test accuracy % (mean, min–max over seeds {tuple(seeds)}), MLP 64-300-100-10 on "
+    widths = "-".join(str(w) for w in (64, *hidden, 10))
+    title = (f"Test accuracy % (mean, min–max over seeds {tuple(seeds)}), MLP {widths} on "
              f"load_digits ({n_train} train / {n_test} test), {epochs} epochs, {OPTIMIZER}, "
              f"batch {BATCH}; columns: kernel sparsity")
     return _common.format_table(header, body, title=title)
@@ -386,131 +352,6 @@ def checks(results, sparsities):
     return out
 
 
-# --------------------------------------------------------------- timing
-def _timing_model(method, total):
-    keras.utils.set_random_seed(0)
-    model = digits_mlp()
-    callbacks = []
-    if method == "gmp":
-        model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(
-            0.0, 0.9, begin_step=0, end_step=total, frequency=DELTA_T))
-        callbacks = [ks.callbacks.Pruning(log_per_layer=False)]
-    elif method == "rigl":
-        model = ks.prune(model, 0.9, distribution="erk")
-        callbacks = [ks.callbacks.RigL(update_freq=DELTA_T, end_step=total, seed=0,
-                                       log_per_layer=False)]
-    return _compile(model), callbacks
-
-
-def step_time(rounds, steps, log):
-    """Step time per variant in interleaved rounds (ratios paired per round).
-
-    The machine is shared, so a plain mean is dominated by stray slow steps.
-    Per round we take the median of the ordinary steps and the median of the
-    update steps, and report the *amortized* step time
-    ``median + (update - median) / ΔT``, the mean a quiet machine would see.
-    """
-    timer_cls = _common.make_step_timer(keras.callbacks.Callback)
-    rng = np.random.default_rng(0)
-    x = rng.random((steps * BATCH, 64), dtype=np.float32)
-    y = rng.integers(0, 10, steps * BATCH)
-    total = (rounds + 1) * steps * 4
-    variants = {name: _timing_model(name, total) for name in ("dense", "gmp", "rigl")}
-
-    def run(name, _round):
-        model, callbacks = variants[name]
-        timer = timer_cls()
-        first = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[timer] + callbacks)
-        # Skip each fit's first step (iterator start-up, first trace).
-        times = timer.times[1:]
-        is_update = [(first + i + 1) % DELTA_T == 0 for i in range(len(times))]
-        normal = float(np.median([t for t, u in zip(times, is_update) if not u]))
-        updates = [t for t, u in zip(times, is_update) if u]
-        update = float(np.median(updates)) if updates else normal
-        return {"median": normal, "update": update,
-                "amortized": normal + (update - normal) / DELTA_T,
-                "mean": float(np.mean(times))}
-
-    for name in variants:
-        log(f"  warm-up {name}")
-        run(name, -1)
-    rounds_out = _common.interleave(variants, rounds, run, log=log)
-    summary = {}
-    for name, rs in rounds_out.items():
-        summary[name] = {
-            "median_step_ms": 1e3 * _common.median(r["median"] for r in rs),
-            "update_step_ms": 1e3 * _common.median(r["update"] for r in rs),
-            "amortized_step_ms": 1e3 * _common.median(r["amortized"] for r in rs),
-            "raw_mean_step_ms": 1e3 * _common.median(r["mean"] for r in rs),
-            "amortized_ratio_to_gmp": _common.median(
-                r["amortized"] / g["amortized"] for r, g in zip(rs, rounds_out["gmp"])),
-            "median_ratio_to_gmp": _common.median(
-                r["median"] / g["median"] for r, g in zip(rs, rounds_out["gmp"])),
-            "amortized_ratio_to_dense": _common.median(
-                r["amortized"] / d["amortized"] for r, d in zip(rs, rounds_out["dense"])),
-            "rounds": rs,
-        }
-    return summary
-
-
-def update_time(repeats, log):
-    """One drop-and-grow update of a 1024 x 1024 kernel at 90 % sparsity."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, name="big"),
-                              keras.layers.Dense(10)])
-    model = ks.prune(model, 0.9)
-    _compile(model)
-    rng = np.random.default_rng(0)
-    x = rng.random((256, 1024), dtype=np.float32)
-    y = rng.integers(0, 10, 256)
-    out = {}
-    for name, cls in (("rigl", ks.callbacks.RigL), ("set", ks.callbacks.SET)):
-        callback = cls(update_freq=10**6, end_step=10**7, seed=0)
-        model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[callback])
-        layer = sparse_layers(model)[0]
-        add_gradient_probes(model, [layer])
-        model.fit(x, y, batch_size=128, epochs=1, verbose=0)  # fill the probe
-        callback.set_model(model)
-        callback._layers = sparse_layers(model)
-        wall, cpu = [], []
-        for _ in range(repeats):
-            t0, c0 = time.perf_counter(), time.process_time()
-            callback.update_layer(layer, 1000)
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        out[name] = {"weights": int(np.prod(layer.kernel.shape)),
-                     "median_wall_ms": 1e3 * float(np.median(wall)),
-                     "min_wall_ms": 1e3 * float(np.min(wall)),
-                     "median_cpu_ms": 1e3 * float(np.median(cpu))}
-        log(f"  {name} update: median {out[name]['median_wall_ms']:.1f} ms wall, "
-            f"{out[name]['median_cpu_ms']:.1f} ms CPU")
-    return out
-
-
-def timing_table(steps_summary, updates):
-    header = ["variant", "median step ms", "update step ms", "amortized ms", "x GMP (amortized)",
-              "x GMP (median)", "x dense (amortized)"]
-    body = []
-    for name, s in steps_summary.items():
-        body.append([name, f"{s['median_step_ms']:.3f}", f"{s['update_step_ms']:.1f}",
-                     f"{s['amortized_step_ms']:.3f}", f"{s['amortized_ratio_to_gmp']:.3f}",
-                     f"{s['median_ratio_to_gmp']:.3f}", f"{s['amortized_ratio_to_dense']:.3f}"])
-    table = _common.format_table(
-        header, body,
-        title=(f"Training-step time, MLP 64-300-100-10, batch {BATCH}, updates every "
-               f"{DELTA_T} steps; amortized = median + (update - median) / {DELTA_T}; "
-               "ratios paired per interleaved round"))
-    header2 = ["algorithm", "weights", "median ms (wall)", "min ms (wall)", "median ms (CPU)"]
-    body2 = [[name, f"{u['weights']:,}", f"{u['median_wall_ms']:.1f}",
-              f"{u['min_wall_ms']:.1f}", f"{u['median_cpu_ms']:.1f}"]
-             for name, u in updates.items()]
-    table2 = _common.format_table(
-        header2, body2, title="One drop-and-grow update of a 1024 x 1024 kernel (90 % sparse)")
-    return table, table2
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -520,6 +361,8 @@ def main(argv=None):
     parser.add_argument("--sparsities", default=None,
                         help="comma-separated (default 0.9,0.95,0.98)")
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2)")
+    parser.add_argument("--hidden", default=None,
+                        help="comma-separated hidden widths (default 300,100)")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--name", default=None,
@@ -536,9 +379,12 @@ def main(argv=None):
     sparsities = [float(s) for s in args.sparsities.split(",")] if args.sparsities else (
         [0.9] if args.quick else list(SPARSITIES))
     methods = args.methods.split(",") if args.methods else list(METHODS)
+    hidden = tuple(int(w) for w in args.hidden.split(",")) if args.hidden else HIDDEN
+    if len(hidden) != 2 or min(hidden) < 1:
+        raise ValueError(f"--hidden takes two positive widths. Received: hidden={args.hidden!r}")
 
     payload = {"settings": {"epochs": epochs, "seeds": seeds, "sparsities": sparsities,
-                            "methods": methods, "batch": BATCH, "optimizer": OPTIMIZER,
+                            "methods": methods, "hidden": hidden, "batch": BATCH, "optimizer": OPTIMIZER,
                             "delta_t": DELTA_T, "alpha": ALPHA,
                             "end_fraction": END_FRACTION, "paper": PAPER, "tuned": TUNED,
                             "group_lasso": GROUP_LASSO,
@@ -546,9 +392,9 @@ def main(argv=None):
     tables = []
     if not args.timing_only:
         data = load_digits_split(seed=0)
-        results = accuracy_rows(methods, sparsities, seeds, data, epochs, log)
+        results = accuracy_rows(methods, sparsities, seeds, data, epochs, log, hidden)
         tables.append(accuracy_table(results, methods, sparsities, seeds, epochs,
-                                     len(data[0]), len(data[1])))
+                                     len(data[0]), len(data[1]), hidden))
         verdicts = checks(results, sparsities)
         if verdicts:
             tables.append("\n".join(
@@ -556,16 +402,20 @@ def main(argv=None):
         payload["accuracy"] = [v for v in results.values()]
         payload["checks"] = [{"check": n, "passed": ok, "detail": d} for n, ok, d in verdicts]
     if not args.no_timing:
+        import _sparse_timing
+
         rounds, steps = (2, 200) if args.quick else (7, 1000)
         log(f"step timing: {rounds} interleaved rounds x {steps} steps")
-        steps_summary = step_time(rounds, steps, log)
-        updates = update_time(5 if args.quick else 25, log)
-        tables.extend(timing_table(steps_summary, updates))
+        steps_summary = _sparse_timing.step_time(rounds, steps, log)
+        updates = _sparse_timing.update_time(5 if args.quick else 25, log)
+        tables.extend(_sparse_timing.timing_table(steps_summary, updates))
         payload["step_time"] = steps_summary
         payload["update_time"] = updates
     print()
     print("\n\n".join(tables))
     name = "sparse_training_quick" if args.quick else "sparse_training"
+    if args.hidden:
+        name += "_hidden" + "x".join(str(w) for w in hidden)
     if args.methods or args.sparsities or args.seeds or args.timing_only or args.no_timing:
         name += "_partial"
     name = args.name or name
