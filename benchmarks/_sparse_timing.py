@@ -18,6 +18,7 @@ from keras_sparse.demo import digits_mlp
 from keras_sparse.utils import sparse_layers
 from sparse_training import BATCH, DELTA_T, _compile
 
+
 def _timing_model(method, total):
     keras.utils.set_random_seed(0)
     model = digits_mlp()

@@ -257,7 +257,8 @@ def main(argv=None):
     elif args.tune:
         out = "digits_sparsity_tuning"
     else:
-        out = "digits_sparsity" if args.recipe == DEFAULT_RECIPE else f"digits_sparsity_{args.recipe}"
+        out = ("digits_sparsity" if args.recipe == DEFAULT_RECIPE
+               else f"digits_sparsity_{args.recipe}")
     path = _common.write_json(out, {
         "settings": {"epochs": epochs, "seeds": seeds, "sparsities": sparsities,
                      "evaluated_on": eval_name, "n_train": len(data[0]),

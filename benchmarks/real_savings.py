@@ -270,7 +270,8 @@ def format_rows(rows):
         acc_text = "-" if not acc else (
             f"{100 * np.mean(acc):.2f}%" + (f" ± {100 * np.std(acc):.2f}" if len(acc) > 1 else ""))
         table.append([r["model"], r["variant"], f"{r['params']:,}", f"{r['flops']:,}",
-                      f"{r['flop_ratio']:.2f}x", f"{r['latency_ms_1']:.3f}", f"{r['latency_ms_128']:.2f}",
+                      f"{r['flop_ratio']:.2f}x", f"{r['latency_ms_1']:.3f}",
+                      f"{r['latency_ms_128']:.2f}",
                       f"{r['speedup_1']:.2f}x", f"{r['speedup_128']:.2f}x",
                       f"{r['speedup_vs_flops_128']:.2f}", acc_text])
     return _common.format_table(header, table)
