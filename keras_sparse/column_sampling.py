@@ -15,6 +15,7 @@ model input features).
 import keras
 import numpy as np
 
+from keras_sparse.utils import clone_replacing
 from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse.convert import select_layers
 from keras_sparse.layers.base import SparseMixin
@@ -23,7 +24,6 @@ from keras_sparse.layers.column_sampled import resolve_keep
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
 from keras_sparse.shrink.fast_init import from_config_zero_init
-from keras_sparse.shrink.fast_init import restore_initializers
 from keras_sparse.shrink.graph import is_graph_model
 
 __all__ = ["sample_columns", "least_squares_refit"]
@@ -210,26 +210,14 @@ def _refit(new_model, new, plan_row, original_inputs, x, row, ridge):
 
 
 def _rebuild(model, plan, method, seed):
-    pairs = []
+    def make_layer(layer, row):
+        config, common = kernel_layer_arguments(layer)
+        return from_config_zero_init(ColumnSampledDense, dict(
+            common, units=config["units"], keep=row[0], method=method, seed=seed,
+        ))
 
-    def clone_function(layer):
-        if id(layer) in plan:
-            config, common = kernel_layer_arguments(layer)
-            new = from_config_zero_init(ColumnSampledDense, dict(
-                common, units=config["units"], keep=plan[id(layer)][0], method=method, seed=seed,
-            ))
-        else:
-            new = from_config_zero_init(layer.__class__, layer.get_config())
-        pairs.append((layer, new))
-        return new
+    def set_weights(new, row):
+        _, indices, kernel, bias = row
+        new.set_columns(indices, kernel[indices], bias)
 
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    for old, new in pairs:
-        if old.built:
-            if id(old) in plan:
-                _, indices, kernel, bias = plan[id(old)]
-                new.set_columns(indices, kernel[indices], bias)
-            else:
-                new.set_weights([np.array(w) for w in old.get_weights()])
-        restore_initializers(new)
-    return clone, pairs
+    return clone_replacing(model, plan, make_layer, set_weights)

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sparse.utils import clone_replacing
 from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.convert import select_layers
@@ -24,7 +25,6 @@ from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 from keras_sparse.ops import lowrank as lowrank_ops
 from keras_sparse.shrink.fast_init import from_config_zero_init
-from keras_sparse.shrink.fast_init import restore_initializers
 from keras_sparse.shrink.graph import is_graph_model
 
 __all__ = ["factorize", "factorizable"]
@@ -181,23 +181,12 @@ def _low_rank_layer(layer, rank, quantizer):
 
 
 def _rebuild(model, plan, quantizer):
-    pairs = []
+    def make_layer(layer, row):
+        return _low_rank_layer(layer, row[0], quantizer)
 
-    def clone_function(layer):
-        if id(layer) in plan:
-            new = _low_rank_layer(layer, plan[id(layer)][0], quantizer)
-        else:
-            new = from_config_zero_init(layer.__class__, layer.get_config())
-        pairs.append((layer, new))
-        return new
+    def set_weights(new, row):
+        _, a, b, bias = row
+        new.set_factors(a, b, bias)
 
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    for old, new in pairs:
-        if old.built:
-            if id(old) in plan:
-                _, a, b, bias = plan[id(old)]
-                new.set_factors(a, b, bias)
-            else:
-                new.set_weights([np.array(w) for w in old.get_weights()])
-        restore_initializers(new)
+    clone, _ = clone_replacing(model, plan, make_layer, set_weights)
     return clone

@@ -1,6 +1,7 @@
 """Small model-walking helpers shared by callbacks and model tools."""
 
 import keras
+import numpy as np
 
 from keras_sparse.layers.base import SparseMixin
 
@@ -59,3 +60,45 @@ def kernel_layer_arguments(layer):
         trainable=config.get("trainable", True),
     )
     return config, arguments
+
+
+def clone_replacing(model, plan, make_layer, set_weights):
+    """Clone ``model`` with the layers in ``plan`` replaced and every weight
+    carried over.
+
+    Args:
+        model: a Sequential or functional model (nested too).
+        plan: dict ``id(layer) -> row`` of the layers to replace.
+        make_layer: ``(layer, row) -> new layer`` for a planned layer (made
+            with :func:`~keras_sparse.shrink.fast_init.from_config_zero_init`);
+            the other layers are rebuilt from their configs.
+        set_weights: ``(new layer, row) -> None`` fills a built planned
+            layer; the others get a copy of their own weights.
+
+    Returns:
+        ``(clone, pairs)``, with ``pairs`` the ``(old, new)`` layers in clone
+        order.
+    """
+    # keras_sparse.shrink imports this module: import it here, not at the top.
+    from keras_sparse.shrink.fast_init import from_config_zero_init
+    from keras_sparse.shrink.fast_init import restore_initializers
+
+    pairs = []
+
+    def clone_function(layer):
+        if id(layer) in plan:
+            new = make_layer(layer, plan[id(layer)])
+        else:
+            new = from_config_zero_init(layer.__class__, layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for old, new in pairs:
+        if old.built:
+            if id(old) in plan:
+                set_weights(new, plan[id(old)])
+            else:
+                new.set_weights([np.array(w) for w in old.get_weights()])
+        restore_initializers(new)
+    return clone, pairs

@@ -1,0 +1,207 @@
+"""Masks and gradient probes of a sparse layer: setting, scoring and
+pruning the masks, their sparsity, the dense-gradient probe, and which of
+these variables a checkpoint saves and ``strip`` drops."""
+
+from keras import ops
+
+from keras_sparse.ops.masks import check_sparsity
+from keras_sparse.ops.masks import mask_sparsity
+
+__all__ = ["MaskingMixin"]
+
+
+def _gradient_tap(value, probe):
+    """``value`` unchanged in the forward pass; the upstream gradient goes
+    both to ``value`` and to ``probe`` (the same as ``value + (probe -
+    stop_gradient(probe))``, without two elementwise passes over the kernel)."""
+
+    @ops.custom_gradient
+    def tap(value, probe):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return upstream, upstream
+
+        return value, grad
+
+    return tap(value, probe)
+
+
+class MaskingMixin:
+    """Masks, gradient probes and saved variables of
+    :class:`~keras_sparse.layers.SparseMixin` (which inherits it; not used
+    on its own)."""
+
+    # ------------------------------------------------------------------- masks
+    def _add_masks(self):
+        self._add_state(
+            "_mask", initializer="ones", trainable=False, dtype="bool", autocast=False
+        )
+        object.__setattr__(self, "_fused_weights", {})
+
+    def masked_latent(self, name):
+        """``mask * latent`` (no transform): what magnitude scores are taken on."""
+        latent = ops.convert_to_tensor(self.latent_weight(name))
+        return ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype))
+
+    def set_mask(self, name, mask):
+        """Assign a boolean mask to weight ``name`` and zero the latent weight
+        at removed positions (so stored weights, ``strip`` and reports agree)."""
+        mask_var = self.get_mask(name)
+        mask = ops.cast(ops.convert_to_tensor(mask), "bool")
+        if tuple(mask.shape) != tuple(mask_var.shape):
+            raise ValueError(
+                f"Mask shape {tuple(mask.shape)} does not match weight "
+                f"{name!r} of shape {tuple(mask_var.shape)}. Received: mask"
+            )
+        mask_var.assign(mask)
+        latent = self.latent_weight(name)
+        latent.assign(ops.multiply(latent, ops.cast(mask, latent.dtype)))
+        self._mask_sparsity_cache[name] = mask_sparsity(mask)
+
+    def reapply_masks(self):
+        """Zero the latent weights at removed positions again (optimizer
+        momentum moves them between mask updates; the forward pass is masked
+        anyway, but stored weights should agree with the masks)."""
+        for name in self.sparse_weight_names:
+            latent = self.latent_weight(name)
+            latent.assign(ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype)))
+
+    def score_weight(self, name, gradient=None):
+        """Importance of each entry of weight ``name`` under this layer's scorer."""
+        return self.scorer.score(self.masked_latent(name), gradient)
+
+    def compute_mask_for(self, name, sparsity, scores=None):
+        """The mask this layer's pattern gives for ``sparsity``."""
+        check_sparsity(sparsity)
+        if scores is None:
+            scores = self.score_weight(name)
+        return self.pattern.mask(scores, sparsity, self.weight_layout(name))
+
+    def prune_to(self, sparsity):
+        """Recompute every mask at ``sparsity`` with this layer's scorer and
+        pattern, and apply it."""
+        for name in self.sparse_weight_names:
+            self.set_mask(name, self.compute_mask_for(name, sparsity))
+
+    def weight_sparsity(self, name):
+        """Fraction of removed entries of weight ``name`` (Python float)."""
+        if name not in self._mask_sparsity_cache:
+            self._mask_sparsity_cache[name] = mask_sparsity(self.get_mask(name))
+        return self._mask_sparsity_cache[name]
+
+    @property
+    def sparsity(self):
+        """Fraction of removed entries over all masked weights of the layer."""
+        total = removed = 0
+        for name in self.sparse_weight_names:
+            size = int(ops.size(self.get_mask(name)))
+            total += size
+            removed += self.weight_sparsity(name) * size
+        return removed / total if total else 0.0
+
+    def stripped_weights(self):
+        """The weights of the plain Keras parent layer, in its order: the
+        effective value for every masked weight, the variable's value for the
+        rest (bias, ...)."""
+        effective = {
+            id(self.latent_weight(name)): name for name in self.sparse_weight_names
+        }
+        auxiliary = {id(v) for v in self.auxiliary_variables()}
+        values = []
+        for variable in self.weights:
+            if id(variable) in auxiliary:
+                continue
+            if id(variable) in effective:
+                value = self.effective_weight(effective[id(variable)])
+                values.append(ops.convert_to_numpy(ops.cast(value, variable.dtype)))
+            else:
+                values.append(ops.convert_to_numpy(variable))
+        return values
+
+    # ------------------------------------------------------------------ probes
+    def enable_gradient_probe(self):
+        """Add a gradient probe to every masked weight (idempotent).
+
+        The probe ``p`` is a zero trainable variable with
+        ``overwrite_with_gradient=True`` entering the effective weight as
+        ``mask * w + (p - stop_gradient(p))`` (computed as one custom-gradient
+        identity): the forward pass is unchanged,
+        and after each optimizer step ``p`` holds the dense gradient of the
+        loss with respect to the effective weight, pruned entries included
+        (what RigL regrowth and saliency scorers need). The optimizer keeps
+        no slots for it. Call before ``compile``/``fit``, or remake the
+        train function afterwards (``Pruning`` callbacks do this).
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer {self.name!r} must be built before adding a gradient probe."
+            )
+        self._add_state(
+            "_probe",
+            initializer="zeros",
+            trainable=True,
+            dtype=self.latent_weight(self.sparse_weight_names[0]).dtype,
+            overwrite_with_gradient=True,
+        )
+
+    @property
+    def has_gradient_probe(self):
+        """Whether :meth:`enable_gradient_probe` was called."""
+        return all(
+            getattr(self, n + "_probe", None) is not None for n in self.sparse_weight_names
+        )
+
+    def last_gradient(self, name):
+        """The dense gradient of weight ``name`` from the last training step
+        (needs :meth:`enable_gradient_probe`)."""
+        probe = getattr(self, name + "_probe", None)
+        if probe is None:
+            raise ValueError(
+                f"Layer {self.name!r} has no gradient probe; call "
+                "enable_gradient_probe() first."
+            )
+        return ops.convert_to_tensor(probe)
+
+    def auxiliary_variables(self):
+        """Masks, probes and quantizer variables: state the Keras parent
+        layer does not have."""
+        found = []
+        for name in self.sparse_weight_names:
+            for suffix in ("_mask", "_probe"):
+                variable = getattr(self, name + suffix, None)
+                if variable is not None:
+                    found.append(variable)
+        return found + self.quantizer_variables()
+
+    # Keras' Dense/Conv save the *effective* kernel and check variable counts;
+    # the generic Layer methods save every own variable: latent + mask.
+    def _saved_variables(self):
+        # Gradient probes are scratch space of a training run (they hold the
+        # last step's gradient), not model state: a checkpoint written while
+        # a probe exists must load into a layer without one, and vice versa.
+        probes = {
+            id(getattr(self, n + "_probe"))
+            for n in self.sparse_weight_names
+            if getattr(self, n + "_probe", None) is not None
+        }
+        return [
+            v for v in self._trainable_variables + self._non_trainable_variables
+            if id(v) not in probes
+        ]
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store):
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables, but "
+                f"received {len(store.keys())} variables during loading. "
+                f"Expected: {[v.name for v in variables]}"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
+        self._mask_sparsity_cache = {}

@@ -1,0 +1,194 @@
+"""The quantizer side of a sparse layer: its ``kernel_quantizer`` and
+``input_quantizer``, the state they own (LSQ steps, PACT clips, seeds) and
+the transform they apply to the latent weights."""
+
+import keras
+from keras import ops
+
+from keras_sparse import quantizers as quantizers_lib
+
+__all__ = ["QuantizationMixin"]
+
+
+class QuantizationMixin:
+    """Quantizer configuration and state of
+    :class:`~keras_sparse.layers.SparseMixin` (which inherits it; not used
+    on its own)."""
+
+    # ------------------------------------------------------------------ config
+    def configure_quantization(self, kernel_quantizer=None, input_quantizer=None):
+        """Set (or replace) this layer's weight and input quantizers.
+
+        Everything is validated before anything is changed. On a built
+        layer, learnable quantizer state (an LSQ step, a PACT clip) is
+        created now, and the state of replaced quantizers is removed.
+
+        Raises:
+            ValueError: for an unknown quantizer, a ``kernel_quantizer`` on
+                a layer without masked weights, or an ``input_quantizer`` on
+                a layer with integer inputs (``Embedding``).
+        """
+        kernel_quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
+        input_quantizer = quantizers_lib.get(input_quantizer, "input_quantizer")
+        if kernel_quantizer is not None and not self.sparse_weight_layouts:
+            raise ValueError(
+                f"Layer {self.name!r} ({type(self).__name__}) has no kernel to "
+                f"quantize. Received: kernel_quantizer={kernel_quantizer!r}"
+            )
+        if input_quantizer is not None and isinstance(self, keras.layers.Embedding):
+            raise ValueError(
+                f"Layer {self.name!r} takes integer ids; they cannot be quantized. "
+                f"Received: input_quantizer={input_quantizer!r}"
+            )
+        if self.built and (
+            kernel_quantizer != self.kernel_quantizer or input_quantizer != self.input_quantizer
+        ):
+            self._drop_quantizer_state()
+            self.kernel_quantizer = kernel_quantizer
+            self.input_quantizer = input_quantizer
+            self._build_quantizer_state(_built_input_shape(self), from_weights=True)
+        self.kernel_quantizer = kernel_quantizer
+        self.input_quantizer = input_quantizer
+
+    def _reset_quantization(self):
+        self.kernel_quantizer = None
+        self.input_quantizer = None
+        self._quantizer_training = None
+        self._set_quantizer_state({})
+
+    @property
+    def quantized(self):
+        """Whether the layer has a weight or input quantizer."""
+        return self.kernel_quantizer is not None or self.input_quantizer is not None
+
+    # ------------------------------------------------------- quantizer state
+    def _set_quantizer_state(self, state):
+        with self._unlocked():
+            self._quantizer_state = state
+        object.__setattr__(self, "_fused_weights", {})
+
+    def _build_quantizer_state(self, input_shape=None, from_weights=False):
+        """Let each quantizer create its state (variables made with
+        ``add_weight``, so they train and save with the layer).
+        ``from_weights``: the layer already holds trained weights and masks;
+        initialize data-dependent state from the kept weights."""
+        # Tag latent weights with their bit width (Larq's convention) so
+        # optimizers can route them, e.g. CaseOptimizer's "binary" predicate.
+        precision = None if self.kernel_quantizer is None else self.kernel_quantizer.precision
+        for name in self.sparse_weight_names:
+            self.latent_weight(name).precision = precision
+        if self._quantizer_state:
+            return
+        state = {}
+        with self._unlocked():
+            if self.kernel_quantizer is not None:
+                for name in self.sparse_weight_names:
+                    latent = self.latent_weight(name)
+                    mask = getattr(self, name + "_mask", None)
+                    built = self.kernel_quantizer.build(
+                        self, tuple(latent.shape), f"{name}_quantizer", value=latent
+                    )
+                    if built and from_weights and mask is not None:
+                        self.kernel_quantizer.initialize(built, latent, mask)
+                    state[name] = built
+            if self.input_quantizer is not None:
+                shape = _example_shape(input_shape)
+                state["input"] = self.input_quantizer.build(self, shape, "input_quantizer")
+        self._set_quantizer_state(state)
+
+    def _drop_quantizer_state(self):
+        for variable in self.quantizer_variables():
+            self._untrack_variable(variable)
+        self._set_quantizer_state({})
+
+    def quantizer_variables(self):
+        """The variables of this layer's quantizers (LSQ steps, PACT clips)."""
+        found = []
+        for state in self._quantizer_state.values():
+            for value in state.values():
+                if isinstance(value, keras.Variable):
+                    found.append(value)
+        return found
+
+    def quantizer_state(self, name):
+        """The state dict of the quantizer of weight ``name`` (or
+        ``"input"``); empty when the quantizer has none."""
+        return self._quantizer_state.get(name, {})
+
+    def initialize_quantizers(self):
+        """Reset data-dependent quantizer state (the LSQ step) from the
+        current latent weights and masks, e.g. after loading trained float
+        weights into a freshly quantized layer."""
+        if self.kernel_quantizer is None:
+            return
+        for name in self.sparse_weight_names:
+            state = self._quantizer_state.get(name)
+            if state:
+                self.kernel_quantizer.initialize(
+                    state, self.latent_weight(name), self.get_mask(name)
+                )
+
+    # ---------------------------------------------------------------- weights
+    def transform_weight(self, name, value):
+        """Hook applied to the latent weight before masking: the
+        ``kernel_quantizer`` (identity without one). A quantizer that uses
+        statistics of the tensor (a per-channel range or mean) sees
+        ``mask * latent``, so pruned entries, which the optimizer's momentum
+        moves between mask updates, do not change them; an elementwise one
+        sees the latent weight (the mask applied afterwards zeroes them)."""
+        if self.kernel_quantizer is None:
+            return value
+        if self._masks_before_quantizer(name):
+            # `where`, not a product: measured 2-3x cheaper here on TF/CPU.
+            value = ops.convert_to_tensor(value)
+            mask = ops.convert_to_tensor(self.get_mask(name))
+            value = ops.where(mask, value, ops.zeros((), value.dtype))
+        return self.kernel_quantizer(
+            value,
+            state=self._quantizer_state.get(name) or None,
+            output_axes=tuple(self.weight_layout(name).output_axes),
+            training=self._quantizer_training,
+        )
+
+    def _masks_before_quantizer(self, name):
+        """Whether the mask is applied to the latent weight before the
+        quantizer (which then maps the zeros to exact zeros, so no mask is
+        needed after it) rather than to the quantized weight."""
+        quantizer = self.kernel_quantizer
+        return (
+            quantizer is not None
+            and getattr(self, name + "_mask", None) is not None
+            and (quantizer.keeps_zero or not quantizer.elementwise)
+        )
+
+    def _quantized_weight(self, name, raw):
+        """``mask * transform_weight(raw)``: the part of the effective
+        weight that :func:`backend.fuse` compiles."""
+        value = ops.convert_to_tensor(self.transform_weight(name, raw))
+        mask = getattr(self, name + "_mask", None)
+        if mask is None or (
+            self._masks_before_quantizer(name) and self.kernel_quantizer.keeps_zero
+        ):
+            return value
+        if self.kernel_quantizer is not None:
+            # Fused with the quantizer, a select is one pass less than a
+            # cast and a product.
+            return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
+        return ops.multiply(value, ops.cast(mask, value.dtype))
+
+
+def _built_input_shape(layer):
+    """The input shape a built layer was built with, if Keras recorded one."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        return next(iter(shapes.values()))
+    return None
+
+
+def _example_shape(input_shape):
+    """The shape of one example (batch axis dropped) or ``()`` if unknown."""
+    if isinstance(input_shape, (tuple, list)) and input_shape and all(
+        d is None or isinstance(d, int) for d in input_shape
+    ):
+        return tuple(input_shape[1:])
+    return ()

@@ -1,0 +1,242 @@
+"""Binary and ternary quantization functions: ``sign`` with the
+straight-through, Bi-Real and SignSwish gradients, XNOR scaling,
+stochastic binarization, ``{0, 1}`` activations, and ternarization."""
+
+import keras
+from keras import ops
+
+from keras_sparse.ops.quantize.base import _check_clip
+from keras_sparse.ops.quantize.base import _gate
+from keras_sparse.ops.quantize.base import _like
+from keras_sparse.ops.quantize.base import _mean_abs
+from keras_sparse.ops.quantize.base import _to_compute
+from keras_sparse.ops.quantize.base import _within
+from keras_sparse.ops.quantize.base import gated_straight_through
+from keras_sparse.ops.quantize.base import straight_through
+
+__all__ = [
+    "sign",
+    "ste_sign",
+    "approx_sign",
+    "swish_sign",
+    "magnitude_aware_sign",
+    "stochastic_binary",
+    "ste_heaviside",
+    "ste_tern",
+]
+
+
+# ------------------------------------------------------------------- binary
+def sign(x):
+    """Sign with ``sign(0) = +1`` (forward only; no useful gradient).
+
+    .. math::
+        \\mathrm{sign}(x) = \\begin{cases} +1 & x \\ge 0 \\\\ -1 & x < 0 \\end{cases}
+
+    Example:
+    >>> sign([-0.5, 0.0, 2.0])
+    [-1., 1., 1.]
+    """
+    x = ops.convert_to_tensor(x)
+    one = ops.ones((), x.dtype)
+    return ops.where(ops.greater_equal(x, 0), one, ops.negative(one))
+
+
+def ste_sign(x, clip_value=1.0):
+    """Binarize with the straight-through estimator (BinaryNet).
+
+    .. math::
+        q(x) = \\mathrm{sign}(x), \\qquad
+        \\frac{\\partial q}{\\partial x} = 1_{|x| \\le c}
+
+    ``clip_value=None`` passes the gradient everywhere.
+
+    Reference: M. Courbariaux et al., "Binarized Neural Networks", 2016;
+    Y. Bengio et al., "Estimating or propagating gradients through
+    stochastic neurons", 2013.
+
+    Example:
+    >>> ste_sign([-1.5, 0.0, 0.3])
+    [-1., 1., 1.]     # gradient [0., 1., 1.]
+    """
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+    return ops.cast(gated_straight_through(x, sign, _within(clip_value)), dtype)
+
+
+def approx_sign(x):
+    """Binarize with the piecewise-polynomial gradient of Bi-Real Net.
+
+    .. math::
+        q(x) = \\mathrm{sign}(x), \\qquad
+        \\frac{\\partial q}{\\partial x} = (2 - 2|x|)\\,1_{|x| \\le 1}
+
+    (the derivative of ``2x - x|x|`` on ``[-1, 1]``).
+
+    Reference: Z. Liu et al., "Bi-Real Net", ECCV 2018.
+
+    Example:
+    >>> approx_sign([-0.5, 0.0, 2.0])
+    [-1., 1., 1.]     # gradient [1., 2., 0.]
+    """
+    x, dtype = _to_compute(x)
+    return ops.cast(
+        gated_straight_through(
+            x, lambda t: (sign(t), lambda u: 2.0 - 2.0 * ops.abs(u)), _within(1.0)
+        ),
+        dtype,
+    )
+
+
+def swish_sign(x, beta=5.0):
+    """Binarize with the SignSwish gradient of BNN+.
+
+    .. math::
+        q(x) = \\mathrm{sign}(x), \\qquad
+        \\frac{\\partial q}{\\partial x} =
+        \\frac{\\beta\\,(2 - \\beta x \\tanh(\\beta x / 2))}{1 + \\cosh(\\beta x)}
+
+    the derivative of :math:`SS_\\beta(x) = 2\\sigma(\\beta x)(1 + \\beta x
+    (1 - \\sigma(\\beta x))) - 1`.
+
+    Reference: S. Darabi et al., "BNN+: Improved Binary Network Training",
+    2018.
+
+    Example:
+    >>> swish_sign([-0.5, 0.0, 2.0])
+    [-1., 1., 1.]     # gradient at 0: beta
+    """
+    x, dtype = _to_compute(x)
+    beta = float(beta)
+
+    def slope(t):
+        # The derivative in closed form: differentiating SS_beta itself
+        # cancels catastrophically in float32 once |beta x| is large.
+        bx = beta * t
+        return beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
+
+    return ops.cast(gated_straight_through(x, lambda t: (sign(t), slope)), dtype)
+
+
+def magnitude_aware_sign(x, output_axes=None, clip_value=1.0):
+    """Binarize and scale by the mean magnitude per output unit (XNOR-Net
+    / BWN weights).
+
+    .. math::
+        q(W) = \\alpha \\, \\mathrm{sign}(W), \\qquad
+        \\alpha_j = \\mathrm{mean}_{i: W_{ij} \\ne 0} |W_{ij}|, \\qquad
+        \\frac{\\partial q}{\\partial W} = \\alpha \\, 1_{|W| \\le c}
+
+    with ``alpha`` a constant for the gradient (as in Larq) and one ``alpha``
+    per index of ``output_axes``. Zeros (pruned weights) are left out of the
+    mean.
+
+    Reference: M. Rastegari et al., "XNOR-Net", ECCV 2016.
+
+    Example:
+    >>> magnitude_aware_sign([[0.5, -2.0], [-1.5, 1.0]])
+    [[1.0, -1.5], [-1.0, 1.5]]
+    """
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+    def forward(t):
+        alpha = _mean_abs(t, output_axes)
+        return alpha * sign(t), alpha
+
+    return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
+
+
+def stochastic_binary(x, seed=None, clip_value=1.0):
+    """Stochastic binarization: ``+1`` with probability ``hard_sigmoid(x)``.
+
+    .. math::
+        q(x) = \\begin{cases} +1 & u < \\sigma_h(x) \\\\ -1 & \\text{otherwise}
+        \\end{cases}, \\quad u \\sim U[0, 1), \\quad
+        \\sigma_h(x) = \\mathrm{clip}\\left(\\frac{x + 1}{2}, 0, 1\\right),
+        \\quad \\frac{\\partial q}{\\partial x} = 1_{|x| \\le c}
+
+    Args:
+        seed: a ``keras.random.SeedGenerator`` (needed under JAX tracing) or
+            an int.
+
+    Reference: M. Courbariaux et al., "BinaryConnect", NeurIPS 2015.
+
+    Example:
+    >>> stochastic_binary([-3.0, 3.0], seed=keras.random.SeedGenerator(0))
+    [-1., 1.]
+    """
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+    probability = ops.clip((x + 1.0) / 2.0, 0.0, 1.0)
+    noise = keras.random.uniform(ops.shape(x), dtype=x.dtype, seed=seed)
+    value = ops.where(noise < probability, ops.ones_like(x), ops.negative(ops.ones_like(x)))
+    surrogate = x if clip_value is None else x * _gate(ops.abs(x) <= clip_value, x)
+    return ops.cast(straight_through(ops.stop_gradient(value), surrogate), dtype)
+
+
+def ste_heaviside(x, clip_value=1.0):
+    """Binarize to ``{0, 1}`` with the straight-through estimator.
+
+    .. math::
+        q(x) = 1_{x > 0}, \\qquad \\frac{\\partial q}{\\partial x} = 1_{|x| \\le c}
+
+    Example:
+    >>> ste_heaviside([-0.5, 0.0, 2.0])
+    [0., 0., 1.]
+    """
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+    return ops.cast(
+        gated_straight_through(x, lambda t: ops.cast(ops.greater(t, 0), t.dtype),
+                               _within(clip_value)),
+        dtype,
+    )
+
+
+# ------------------------------------------------------------------ ternary
+def ste_tern(
+    x,
+    threshold_value=0.05,
+    ternary_weight_networks=False,
+    scaled=False,
+    clip_value=1.0,
+):
+    """Ternarize to ``{-a, 0, +a}`` with the straight-through estimator.
+
+    .. math::
+        q(x) = \\alpha \\begin{cases} \\mathrm{sign}(x) & |x| > \\Delta \\\\
+        0 & |x| \\le \\Delta \\end{cases}, \\qquad
+        \\frac{\\partial q}{\\partial x} = \\alpha \\, 1_{|x| \\le c}
+
+    The threshold is ``threshold_value``, or with
+    ``ternary_weight_networks=True`` the TWN rule
+    :math:`\\Delta = 0.7 \\cdot \\mathrm{mean}|x|` (per tensor, over non-zero
+    entries). With
+    ``scaled=True`` the scale is the TWN optimum
+    :math:`\\alpha = \\mathrm{mean}_{|x| > \\Delta} |x|` (a constant for the
+    gradient); otherwise ``alpha = 1``.
+
+    Reference: F. Li, B. Zhang, B. Liu, "Ternary Weight Networks", 2016.
+
+    Example:
+    >>> ste_tern([-0.5, 0.01, 0.2])
+    [-1., 0., 1.]
+    """
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+
+    def forward(t):
+        magnitude = ops.abs(t)
+        if ternary_weight_networks:
+            threshold = 0.7 * ops.mean(_mean_abs(t, ()))
+        else:
+            threshold = _like(threshold_value, t)
+        above = ops.greater(magnitude, threshold)
+        value = ops.where(above, sign(t), ops.zeros((), t.dtype))
+        if not scaled:
+            return value
+        kept = ops.cast(above, t.dtype)
+        alpha = ops.sum(magnitude * kept) / ops.maximum(ops.sum(kept), 1.0)
+        return alpha * value, alpha
+
+    return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)

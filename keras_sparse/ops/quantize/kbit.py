@@ -1,0 +1,235 @@
+"""k-bit quantization functions: uniform (symmetric or with a zero point),
+DoReFa, LSQ with its learned step, and PACT with its learned clip."""
+
+import math
+
+from keras import ops
+
+from keras_sparse.ops.quantize.base import _check_clip
+from keras_sparse.ops.quantize.base import _gate
+from keras_sparse.ops.quantize.base import _like
+from keras_sparse.ops.quantize.base import _max_abs
+from keras_sparse.ops.quantize.base import _to_compute
+from keras_sparse.ops.quantize.base import _within
+from keras_sparse.ops.quantize.base import check_bits
+from keras_sparse.ops.quantize.base import gated_straight_through
+from keras_sparse.ops.quantize.base import reduce_axes
+from keras_sparse.ops.quantize.base import straight_through
+
+__all__ = ["uniform", "dorefa", "lsq_levels", "lsq_initial_step", "lsq", "pact"]
+
+
+# -------------------------------------------------------------------- k-bit
+def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
+    """Uniform k-bit quantization with straight-through rounding.
+
+    Symmetric (``n = 2^{b-1} - 1`` levels each side, zero exact):
+
+    .. math::
+        s = \\frac{m}{n}, \\quad q(x) = s\\,\\mathrm{clip}(\\mathrm{round}(x / s), -n, n)
+
+    Asymmetric (``L = 2^b - 1`` steps over ``[lo, hi]``, which always
+    contains 0 so pruned zeros stay exact; ``z`` is the zero point):
+
+    .. math::
+        s = \\frac{hi - lo}{L}, \\quad z = \\mathrm{round}(-lo / s), \\quad
+        q(x) = s\\,(\\mathrm{clip}(\\mathrm{round}(x / s) + z, 0, L) - z)
+
+    The range is the tensor's own when ``clip_value`` is ``None``
+    (:math:`m = \\max|x|`, ``lo = min(min x, 0)``, ``hi = max(max x, 0)``,
+    per index of ``output_axes``; ``()`` = per tensor) and the gradient is 1
+    everywhere. A fixed ``clip_value = c`` gives the range ``[-c, c]``
+    (symmetric) or ``[0, c]`` (asymmetric: a k-bit ReLU for activations)
+    with gradient :math:`1_{x \\in \\text{range}}`. The range is a constant for
+    the gradient.
+
+    Reference: B. Jacob et al., "Quantization and Training of Neural Networks
+    for Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
+
+    Example:
+    >>> uniform([-1.0, 0.1, 0.6], bits=2)   # levels {-1, 0, 1}
+    [-1., 0., 1.]
+    """
+    check_bits(bits)
+    if symmetric and bits < 2:
+        raise ValueError(
+            "Symmetric uniform quantization needs at least 2 bits (1 bit has no "
+            "level besides 0); use `ste_sign` or symmetric=False. Received: bits=1"
+        )
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+    if symmetric:
+        levels = float(2 ** (bits - 1) - 1)
+
+        def forward(t):
+            if clip_value is None:
+                # |t| <= max|t| = levels * scale: no clip needed.
+                scale = _max_abs(t, output_axes) / levels
+                scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
+                return ops.round(t / scale) * scale
+            scale = clip_value / levels
+            return ops.clip(ops.round(t / scale), -levels, levels) * scale
+
+        gate = _within(clip_value)
+    else:
+        steps = float(2**bits - 1)
+
+        def forward(t):
+            if clip_value is None:
+                axes = reduce_axes(len(t.shape), output_axes)
+                low = ops.minimum(ops.min(t, axis=axes, keepdims=True) if axes else t, 0.0)
+                high = ops.maximum(ops.max(t, axis=axes, keepdims=True) if axes else t, 0.0)
+                scale = (high - low) / steps
+                scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
+                zero_point = ops.round(-low / scale)
+                return (ops.clip(ops.round(t / scale) + zero_point, 0.0, steps)
+                        - zero_point) * scale
+            scale = clip_value / steps
+            return ops.clip(ops.round(t / scale), 0.0, steps) * scale
+
+        gate = None if clip_value is None else (
+            lambda t: ops.logical_and(ops.greater_equal(t, 0), ops.less_equal(t, clip_value)))
+    return ops.cast(gated_straight_through(x, forward, gate), dtype)
+
+
+def dorefa(x, bits=2, mode="weights"):
+    """DoReFa-Net k-bit quantization of weights or activations.
+
+    Weights (values in ``[-1, 1]``, gradient through ``tanh`` and the max
+    as in the reference code):
+
+    .. math::
+        q(w) = 2\\,Q_k\\!\\left(\\frac{\\tanh w}{2 \\max|\\tanh w|} + \\frac12\\right) - 1
+
+    Activations (values in ``[0, 1]``, gradient :math:`1_{0 \\le x \\le 1}`):
+
+    .. math::
+        q(x) = Q_k(\\mathrm{clip}(x, 0, 1))
+
+    with :math:`Q_k(r) = \\mathrm{round}((2^k - 1) r) / (2^k - 1)` and a
+    straight-through gradient.
+
+    Reference: S. Zhou et al., "DoReFa-Net", 2016.
+
+    Example:
+    >>> dorefa([0.2, 0.7], bits=1, mode="activations")
+    [0., 1.]
+    """
+    check_bits(bits)
+    if mode not in ("weights", "activations"):
+        raise ValueError(
+            f"`mode` must be 'weights' or 'activations'. Received: mode={mode!r}"
+        )
+    x, dtype = _to_compute(x)
+    if mode == "activations":
+        steps = float(2**bits - 1)
+        return ops.cast(
+            gated_straight_through(
+                x,
+                lambda t: ops.round(ops.clip(t, 0.0, 1.0) * steps) / steps,
+                lambda t: ops.logical_and(ops.greater_equal(t, 0), ops.less_equal(t, 1)),
+            ),
+            dtype,
+        )
+    squashed = ops.tanh(x)
+    peak = ops.maximum(ops.max(ops.abs(squashed)), 1e-12)
+    unit = squashed / (2.0 * peak) + 0.5
+    # 2 Q_k(u) - 1 written as (code - L/2) * (2/L), the affine form a packed
+    # export decodes bit for bit.
+    steps = float(2**bits - 1)
+    value = (ops.round(unit * steps) - steps / 2.0) * (2.0 / steps)
+    return ops.cast(straight_through(value, 2.0 * unit - 1.0), dtype)
+
+
+def lsq_levels(bits, signed=True):
+    """``(Q_N, Q_P)`` of LSQ: ``(2^{b-1}, 2^{b-1} - 1)`` signed,
+    ``(0, 2^b - 1)`` unsigned."""
+    check_bits(bits, low=2 if signed else 1)
+    if signed:
+        return float(2 ** (bits - 1)), float(2 ** (bits - 1) - 1)
+    return 0.0, float(2**bits - 1)
+
+
+def lsq_initial_step(x, bits, signed=True):
+    """LSQ's initial step size :math:`s_0 = 2\\,\\mathrm{mean}|v| / \\sqrt{Q_P}`
+    as a float32 scalar tensor (1.0 when ``x`` is all zeros).
+
+    Example:
+    >>> lsq_initial_step([0.5, -0.5], bits=4)
+    0.37796447
+    """
+    _, q_p = lsq_levels(bits, signed)
+    mean = ops.mean(ops.abs(ops.cast(ops.convert_to_tensor(x), "float32")))
+    step = 2.0 * mean / math.sqrt(q_p)
+    return ops.where(step > 0, step, ops.ones_like(step))
+
+
+def lsq(x, step, bits=4, signed=True, grad_scale=None):
+    """Learned Step Size Quantization.
+
+    .. math::
+        \\hat v = \\mathrm{round}(\\mathrm{clip}(v / s, -Q_N, Q_P)) \\cdot s
+
+    Gradients (straight-through rounding):
+
+    .. math::
+        \\frac{\\partial \\hat v}{\\partial v} = 1_{-Q_N < v/s < Q_P}, \\qquad
+        \\frac{\\partial \\hat v}{\\partial s} = g \\cdot \\begin{cases}
+        -Q_N & v/s \\le -Q_N \\\\
+        \\mathrm{round}(v/s) - v/s & -Q_N < v/s < Q_P \\\\
+        Q_P & v/s \\ge Q_P \\end{cases}
+
+    with the gradient scale :math:`g = 1/\\sqrt{N Q_P}` (``N`` = number of
+    entries of ``x``, or ``grad_scale`` when given: pass the number of
+    features per example for activations). Levels: see :func:`lsq_levels`.
+
+    Reference: S. K. Esser et al., "Learned Step Size Quantization", ICLR
+    2020.
+
+    Example:
+    >>> lsq([0.26, -3.0], step=0.5, bits=3)   # levels -4..3
+    [0.5, -2.0]
+    """
+    q_n, q_p = lsq_levels(bits, signed)
+    x, dtype = _to_compute(x)
+    if grad_scale is None:
+        size = max(1, math.prod(int(d) for d in x.shape))
+        grad_scale = 1.0 / math.sqrt(size * q_p)
+    step = _like(step, x)
+    step = straight_through(step, step * grad_scale)
+    ratio = x / step
+    inside = _gate((ratio > -q_n) & (ratio < q_p), x)
+    clipped = straight_through(ops.clip(ratio, -q_n, q_p), ratio * inside)
+    return ops.cast(straight_through(ops.round(clipped), clipped) * step, dtype)
+
+
+# -------------------------------------------------------------- activations
+def pact(x, clip, bits=4):
+    """PACT: k-bit ReLU with a learnable clipping level ``alpha``.
+
+    .. math::
+        y = \\mathrm{clip}(x, 0, \\alpha), \\quad
+        q(x) = \\mathrm{round}\\!\\left(y \\frac{2^k - 1}{\\alpha}\\right)
+        \\frac{\\alpha}{2^k - 1}
+
+    .. math::
+        \\frac{\\partial q}{\\partial x} = 1_{0 \\le x < \\alpha}, \\qquad
+        \\frac{\\partial q}{\\partial \\alpha} = 1_{x \\ge \\alpha}
+
+    Reference: J. Choi et al., "PACT: Parameterized Clipping Activation for
+    Quantized Neural Networks", 2018.
+
+    Example:
+    >>> pact([-1.0, 0.5, 7.0], clip=6.0, bits=2)   # levels 0, 2, 4, 6
+    [0., 0., 6.]
+    """
+    check_bits(bits)
+    x, dtype = _to_compute(x)
+    alpha = _like(clip, x)
+    inside = _gate((x >= 0) & (x < alpha), x)
+    above = _gate(x >= alpha, x)
+    y = straight_through(ops.clip(x, 0.0, ops.stop_gradient(alpha)), x * inside + alpha * above)
+    steps = float(2**bits - 1)
+    fixed = ops.stop_gradient(alpha)
+    value = ops.round(y * steps / fixed) * (fixed / steps)
+    return ops.cast(straight_through(value, y), dtype)

@@ -1,0 +1,202 @@
+"""Variable predicates: which optimizer of a :class:`CaseOptimizer` trains
+a variable (by its ``precision`` mark or its path), and the helpers that
+find a model's quantized latent weights."""
+
+import re
+
+import keras
+
+from keras_sparse.config import PACKAGE
+
+__all__ = [
+    "IsBinary",
+    "PathMatches",
+    "binary_kernels",
+    "quantized_weights",
+    "get_predicate",
+    "is_binary_variable",
+    "variable_precision",
+]
+
+
+def variable_precision(variable):
+    """Bits per weight the forward pass uses for ``variable``, or ``None``
+    when it is used at full precision.
+
+    A quantized layer of the family marks each latent weight it quantizes
+    with the quantizer's ``precision`` (an attribute of the variable, read
+    here and by the optimizers; ``None`` or absent means float).
+    """
+    precision = getattr(variable, "precision", None)
+    return None if precision is None else int(precision)
+
+
+def is_binary_variable(variable):
+    """Whether ``variable`` is the latent weight of a 1-bit quantizer."""
+    return variable_precision(variable) == 1
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name="IsBinary")
+class IsBinary:
+    """Predicate: the variable is marked as 1-bit (alias ``"binary"``).
+
+    True for a variable with the attribute ``precision == 1`` (Larq's
+    convention: a quantized layer marks its latent kernel with its
+    ``kernel_quantizer``'s precision), false for unmarked variables (biases,
+    BatchNorm, float layers). To select the binary kernels of a model
+    whatever its layers mark, use :func:`binary_kernels`.
+    """
+
+    def __call__(self, variable):
+        return is_binary_variable(variable)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self).__name__)
+
+    def __repr__(self):
+        return "IsBinary()"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name="PathMatches")
+class PathMatches:
+    """Predicate: the variable's ``path`` (e.g. ``"sequential/dense_1/kernel"``)
+    matches a regular expression (``re.search``).
+
+    The path starts with the model's name, which can change when a model is
+    rebuilt or reloaded (``sequential`` -> ``sequential_1``): match on the
+    layer part, e.g. ``r"(^|/)dense_1/kernel$"``, not on ``"^sequential/"``.
+
+    Args:
+        pattern: a regular expression.
+
+    Example:
+    >>> ks.optimizers.PathMatches(r"(^|/)encoder/.*/kernel$")
+    """
+
+    def __init__(self, pattern):
+        if not isinstance(pattern, str):
+            raise ValueError(
+                f"`pattern` must be a regular expression string. Received: pattern={pattern!r}"
+            )
+        try:
+            self._regex = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(
+                f"`pattern` is not a valid regular expression ({error}). "
+                f"Received: pattern={pattern!r}"
+            ) from None
+        self.pattern = pattern
+
+    def __call__(self, variable):
+        path = getattr(variable, "path", None) or getattr(variable, "name", "")
+        return self._regex.search(path) is not None
+
+    def get_config(self):
+        return {"pattern": self.pattern}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.pattern == other.pattern
+
+    def __hash__(self):
+        return hash((type(self).__name__, self.pattern))
+
+    def __repr__(self):
+        return f"PathMatches({self.pattern!r})"
+
+
+_PREDICATES = {"binary": IsBinary}
+
+
+def quantized_weights(model, bits=1):
+    """``(layer, name, variable)`` for every latent weight of ``model`` whose
+    ``kernel_quantizer`` has ``precision == bits``, in a stable order."""
+    from keras_sparse.layers.base import SparseMixin
+    from keras_sparse.utils import walk_layers
+
+    found = []
+    for layer in walk_layers(model):
+        quantizer = getattr(layer, "kernel_quantizer", None)
+        if not isinstance(layer, SparseMixin) or quantizer is None or not layer.built:
+            continue
+        if int(quantizer.precision) != bits:
+            continue
+        for name in layer.sparse_weight_names:
+            found.append((layer, name, layer.latent_weight(name)))
+    return found
+
+
+def binary_kernels(model):
+    """A :class:`PathMatches` predicate accepting exactly the latent weights
+    of ``model``'s layers with a 1-bit ``kernel_quantizer``.
+
+    The expression matches each variable's path without its leading model
+    name, so it keeps working after the model is saved and reloaded (or
+    renamed). Call it once the model is built.
+
+    Example:
+    >>> optimizer = ks.optimizers.CaseOptimizer(
+    ...     (ks.optimizers.binary_kernels(model), ks.optimizers.Bop()),
+    ...     default=keras.optimizers.Adam(1e-3))
+    """
+    tails = []
+    for _, _, variable in quantized_weights(model, bits=1):
+        path = getattr(variable, "path", None) or variable.name
+        tail = path.split("/", 1)[1] if "/" in path else path
+        tails.append(re.escape(tail))
+    if not tails:
+        raise ValueError(
+            "The model has no built layer with a 1-bit kernel_quantizer. "
+            f"Received: model={getattr(model, 'name', model)!r}"
+        )
+    return PathMatches("(^|/)(" + "|".join(tails) + ")$")
+
+
+def get_predicate(identifier):
+    """Resolve a variable predicate: ``"binary"``, a serialized predicate, or
+    any callable ``variable -> bool``.
+
+    A plain function works in memory; to save the model in ``.keras`` it must
+    be registered with ``keras.saving.register_keras_serializable`` (lambdas
+    cannot be saved).
+    """
+    if isinstance(identifier, str):
+        key = identifier.strip().lower()
+        if key in _PREDICATES:
+            return _PREDICATES[key]()
+        raise ValueError(
+            f"Unknown predicate. Expected one of {sorted(_PREDICATES)} or a "
+            f"callable `variable -> bool`. Received: predicate={identifier!r}"
+        )
+    if isinstance(identifier, dict):
+        identifier = keras.saving.deserialize_keras_object(identifier)
+    if callable(identifier):
+        return identifier
+    raise ValueError(
+        "A predicate must be a callable `variable -> bool` or one of "
+        f"{sorted(_PREDICATES)}. Received: predicate={identifier!r}"
+    )
+
+
+def _serialize_predicate(predicate):
+    if getattr(predicate, "__name__", None) == "<lambda>":
+        raise ValueError(
+            "A CaseOptimizer with a lambda predicate cannot be serialized. Use "
+            "'binary', ks.optimizers.PathMatches(...) or a function registered "
+            "with keras.saving.register_keras_serializable. "
+            f"Received: predicate={predicate!r}"
+        )
+    return keras.saving.serialize_keras_object(predicate)
