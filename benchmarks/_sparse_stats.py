@@ -71,7 +71,8 @@ def checks(results, sparsities):
     points.
     """
     out = []
-    for suffix, label in (("", "tuned"), ("_paper", "paper defaults")):
+    for suffix, label in (("", "tuned"), ("_paper", "paper defaults"),
+                          ("_own", "tuned on this MLP")):
         for s in sparsities:
             rigl, set_ = _accs(results, "rigl" + suffix, s), _accs(results, "set" + suffix, s)
             statics = [a for a in (_accs(results, "static_uniform", s),

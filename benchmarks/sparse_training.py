@@ -40,6 +40,9 @@ Every method gains from it (validation, 90 / 95 / 98 %: GMP 97.48 / 96.73 /
 * ``set`` / ``rigl``: the same with ΔT and α chosen per method by
   validation (``sparse_training_tune.py``; the test set is not used to choose): RigL
   ΔT = 100, α = 0.5; SET ΔT = 50, α = 0.5.
+* ``set_own`` / ``rigl_own``: settings chosen the same way on the
+  validation folds of the MLP being run (``TUNED_BY_HIDDEN``; the same as
+  ``set`` / ``rigl`` on the anchor MLP).
 * ``group_lasso``: ``ks.regularizers.GroupLasso(1e-4, "units")`` on the two
   hidden layers for the first 60 % of the epochs, then the units with the
   smallest L1 norm are masked (with the rows of the next layer that read
@@ -126,6 +129,10 @@ PAPER = dict(delta_t=DELTA_T, alpha=ALPHA, end_fraction=END_FRACTION, distributi
 #: Settings per method chosen with ``sparse_training_tune.py`` on validation splits of the
 #: training set (results/sparse_training_tuning.json).
 TUNED = {"rigl": dict(PAPER, delta_t=100, alpha=0.5), "set": dict(PAPER, delta_t=50, alpha=0.5)}
+#: Settings of the ``set_own`` / ``rigl_own`` rows: chosen the same way on the
+#: validation folds of each MLP itself (``sparse_training_tune.py --hidden``).
+#: On the anchor MLP they are ``TUNED``.
+TUNED_BY_HIDDEN = {HIDDEN: TUNED}
 GROUP_LASSO = 1e-4
 GROUP_LASSO_FRACTION = 0.6
 SNIP_EXAMPLES = 256
@@ -227,11 +234,20 @@ def _threshold_units(model, sparsity):
     return sparse
 
 
-def dynamic_recipe(method, **overrides):
-    """The SET/RigL settings of ``method`` (``"rigl"``, ``"set_paper"``, ...)
-    with ``overrides`` applied."""
+def dynamic_recipe(method, hidden=HIDDEN, **overrides):
+    """The SET/RigL settings of ``method`` (``"rigl"``, ``"set_paper"``,
+    ``"rigl_own"``, ...) on the MLP with ``hidden`` widths, with
+    ``overrides`` applied."""
     algorithm = method.split("_")[0]
-    recipe = dict(PAPER) if method.endswith("_paper") else dict(TUNED[algorithm])
+    if method.endswith("_paper"):
+        recipe = dict(PAPER)
+    elif method.endswith("_own"):
+        tuned = TUNED_BY_HIDDEN.get(tuple(hidden))
+        if tuned is None:
+            raise ValueError(f"No settings tuned for this MLP. Received: hidden={hidden!r}")
+        recipe = dict(tuned[algorithm])
+    else:
+        recipe = dict(TUNED[algorithm])
     recipe.update({k: v for k, v in overrides.items() if v is not None})
     return recipe
 
@@ -276,8 +292,8 @@ def train_one(method, sparsity, seed, data, epochs, delta_t=None, alpha=None, op
             model = ks.prune_at_init(model, (x_train[:SNIP_EXAMPLES], y_train[:SNIP_EXAMPLES]),
                                      sparsity, scorer="snip", distribution="global",
                                      loss=_loss())
-        elif method in ("set", "rigl", "set_paper", "rigl_paper"):
-            recipe = dynamic_recipe(method, delta_t=delta_t, alpha=alpha, **overrides)
+        elif method in ("set", "rigl", "set_paper", "rigl_paper", "set_own", "rigl_own"):
+            recipe = dynamic_recipe(method, hidden, delta_t=delta_t, alpha=alpha, **overrides)
             model = ks.prune(model, sparsity, distribution=recipe["distribution"])
             cls = ks.callbacks.RigL if method.startswith("rigl") else ks.callbacks.SET
             callbacks.append(cls(update_freq=recipe["delta_t"], drop_fraction=recipe["alpha"],

@@ -12,6 +12,10 @@ examples are never used. Two searches:
   chosen for.
 * ``--dynamic`` (default): ΔT and α for SET and RigL, per method, with the
   optimizer fixed; criterion the mean over 90 / 95 / 98 %.
+* ``--saturation``: whether the methods can be ordered at 90 % on the
+  anchor MLP at all. Dense, static ERK, SET and RigL (the chosen settings
+  and the neighbouring ΔT / α) at 90 % on 4 folds x 3 shuffles (12 runs
+  per cell), with the standard error of each mean.
 * ``--capacity``: a narrower MLP for a second, harder set-up. On the anchor
   MLP a static random ERK network at 90 % is as accurate as dense, so the
   methods cannot be ordered there. Dense and static ERK only are trained
@@ -68,6 +72,7 @@ Usage::
     python benchmarks/sparse_training_tune.py --optimizer   # ~45 min
     python benchmarks/sparse_training_tune.py               # ΔT and α (~40 min)
     python benchmarks/sparse_training_tune.py --capacity    # a harder MLP (~5 min)
+    python benchmarks/sparse_training_tune.py --saturation  # can 90 % be ordered? (~7 min)
 """
 
 import argparse
@@ -98,6 +103,11 @@ OPTIMIZER_METHODS = ("gmp", "static_erk", "set", "rigl")
 #: Candidates of ``--capacity``: the anchor MLP's hidden widths scaled by 1/2,
 #: 1/3, 1/4 and 1/6, widest first.
 WIDTHS = ((150, 50), (100, 33), (75, 25), (50, 17))
+#: Cells of ``--saturation``: (method, sparsity, overrides).
+SATURATION = (("dense", 0.0, {}), ("static_erk", 0.9, {}), ("set", 0.9, {}),
+              ("set", 0.9, {"delta_t": 100, "alpha": 0.3}), ("rigl", 0.9, {}),
+              ("rigl", 0.9, {"alpha": 0.3}), ("rigl", 0.9, {"alpha": 0.1}),
+              ("rigl", 0.9, {"delta_t": 200, "alpha": 0.3}))
 #: ``--capacity`` keeps the widest candidate whose static random ERK network
 #: at 90 % is at least this far below dense on validation.
 CAPACITY_GAP = 0.01
@@ -125,8 +135,9 @@ def cross_validate(method, sparsity, splits, x, y, epochs, **kwargs):
     return accs
 
 
-def tune_dynamic(sparsities, epochs, log, repeats=1):
-    """ΔT and α for SET and RigL (GMP and static ERK alongside for reference)."""
+def tune_dynamic(sparsities, epochs, log, repeats=1, hidden=st.HIDDEN):
+    """ΔT and α for SET and RigL (GMP and static ERK alongside for reference)
+    on the MLP 64-``hidden``-10."""
     x, y, splits = folds(repeats)
     configs = [("gmp", None, None), ("static_erk", None, None)] + [
         (method, delta_t, alpha)
@@ -135,7 +146,7 @@ def tune_dynamic(sparsities, epochs, log, repeats=1):
     for method, delta_t, alpha in configs:
         for sparsity in sparsities:
             accs = cross_validate(method, sparsity, splits, x, y, epochs,
-                                  delta_t=delta_t, alpha=alpha)
+                                  delta_t=delta_t, alpha=alpha, hidden=hidden)
             rows.append({"method": method, "delta_t": delta_t, "alpha": alpha,
                          "sparsity": sparsity, "accuracy_mean": float(np.mean(accs)),
                          "accuracies": accs})
@@ -147,8 +158,9 @@ def tune_dynamic(sparsities, epochs, log, repeats=1):
                  and r["delta_t"] == delta_t and r["alpha"] == alpha]
         body.append([method, delta_t or "–", alpha or "–"] + [f"{100 * c:.2f}" for c in cells]
                     + [f"{100 * np.mean(cells):.2f}"])
+    widths = "-".join(str(w) for w in (64, *hidden, 10))
     title = (f"Validation accuracy % ({FOLDS}-fold cross-validation x {repeats} of the "
-             f"{len(x)} training examples), {st.OPTIMIZER}, mean over the folds")
+             f"{len(x)} training examples), MLP {widths}, {st.OPTIMIZER}, mean over the folds")
     return rows, _common.format_table(header, body, title=title)
 
 
@@ -177,6 +189,30 @@ def tune_optimizer(sparsities, epochs, log, repeats=2, candidates=OPTIMIZERS):
              f"{st.TUNED['set']['delta_t']}/{st.TUNED['set']['alpha']} and "
              f"{st.TUNED['rigl']['delta_t']}/{st.TUNED['rigl']['alpha']} (ΔT/α)")
     return rows, _common.format_table(header, body, title=title)
+
+
+def saturation(log, repeats=3, cells=SATURATION):
+    """Dense, static ERK, SET and RigL variants at 90 % on the validation
+    folds, with the standard error of each mean: how far apart the methods
+    are on the anchor MLP compared with the noise."""
+    x, y, splits = folds(repeats)
+    rows, body = [], []
+    for method, sparsity, overrides in cells:
+        accs = cross_validate(method, sparsity, splits, x, y, st.EPOCHS, **overrides)
+        sem = float(np.std(accs, ddof=1) / math.sqrt(len(accs)))
+        rows.append({"method": method, "sparsity": sparsity, "overrides": overrides,
+                     "accuracy_mean": float(np.mean(accs)), "sem": sem, "accuracies": accs})
+        recipe = st.dynamic_recipe(method, **overrides) if method in ("set", "rigl") else None
+        setting = f"ΔT={recipe['delta_t']} α={recipe['alpha']}" if recipe else "–"
+        log(f"  {method} {setting} {sparsity:.0%}: {100 * np.mean(accs):.2f} "
+            f"± {100 * sem:.2f} %")
+        body.append([method, setting, f"{sparsity:.0%}", f"{100 * np.mean(accs):.2f}",
+                     f"{100 * sem:.2f}"])
+    title = (f"Validation accuracy % ({FOLDS}-fold cross-validation x {repeats} = "
+             f"{len(splits)} runs per row), mean and standard error")
+    table = _common.format_table(["method", "setting", "sparsity", "mean", "s.e."], body,
+                                 title=title)
+    return rows, table
 
 
 def tune_capacity(log, repeats=1, widths=WIDTHS, sparsity=0.9):
@@ -213,6 +249,10 @@ def main(argv=None):
                         help="compare the optimizers shared by all methods")
     parser.add_argument("--capacity", action="store_true",
                         help="choose a narrower MLP where static sparse < dense at 90 %%")
+    parser.add_argument("--saturation", action="store_true",
+                        help="dense, static ERK, SET and RigL variants at 90 %% with errors")
+    parser.add_argument("--hidden", default=None,
+                        help="hidden widths of the MLP for the ΔT/α search (default 300,100)")
     parser.add_argument("--candidates", default=None,
                         help="comma-separated optimizer specs (default: OPTIMIZERS)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -233,6 +273,10 @@ def main(argv=None):
         repeats = args.repeats or 1
         rows, table = tune_capacity(log, repeats)
         name = "sparse_training_tuning_capacity"
+    elif args.saturation:
+        repeats = args.repeats or 3
+        rows, table = saturation(log, repeats)
+        name = "sparse_training_saturation"
     elif args.optimizer:
         candidates = args.candidates.split(",") if args.candidates else OPTIMIZERS
         repeats = args.repeats or 2
@@ -240,8 +284,12 @@ def main(argv=None):
         name = "sparse_training_tuning_optimizer"
     else:
         repeats = args.repeats or 1
-        rows, table = tune_dynamic(sparsities, args.epochs, log, repeats)
+        hidden = tuple(int(w) for w in args.hidden.split(",")) if args.hidden else st.HIDDEN
+        rows, table = tune_dynamic(sparsities, args.epochs, log, repeats, hidden)
         name = "sparse_training_tuning"
+        if args.hidden:
+            name += "_hidden" + "x".join(str(w) for w in hidden)
+            settings["hidden"] = list(hidden)
     name = args.name or name
     print()
     print(table)

@@ -89,3 +89,28 @@ def test_checks_on_hand_built_results():
     assert out["98% (tuned): RigL >= SET >= static random (best of uniform/ERK)"][0] == "PASS"
     # No paper-default rows were given: no paper-default checks.
     assert not any("paper" in name for name in out)
+
+
+def test_checks_cover_the_settings_tuned_on_each_mlp():
+    rows = [
+        _row("rigl_own", 0.9, [0.975, 0.976, 0.977]),
+        _row("set_own", 0.9, [0.970, 0.971, 0.972]),
+        _row("static_erk", 0.9, [0.95, 0.96, 0.955]),
+        _row("gmp", 0.9, [0.978, 0.979, 0.980]),
+    ]
+    results = {(r["method"], r["sparsity"]): r for r in rows}
+    out = {name: v for name, v, _ in _sparse_stats.checks(results, [0.9])}
+    assert out == {
+        "90% (tuned on this MLP): RigL >= SET >= static random (best of uniform/ERK)": "PASS",
+        "90% (tuned on this MLP): RigL within 0.5 point of GMP": "PASS",
+    }
+
+
+def test_own_settings_are_looked_up_per_mlp():
+    import sparse_training
+
+    assert sparse_training.dynamic_recipe("rigl_own") == sparse_training.TUNED["rigl"]
+    assert sparse_training.dynamic_recipe("set_own", alpha=0.1)["alpha"] == 0.1
+    assert sparse_training.dynamic_recipe("rigl_paper")["alpha"] == sparse_training.ALPHA
+    with pytest.raises(ValueError, match="hidden=\\(7, 3\\)"):
+        sparse_training.dynamic_recipe("rigl_own", hidden=(7, 3))
