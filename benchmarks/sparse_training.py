@@ -132,7 +132,11 @@ TUNED = {"rigl": dict(PAPER, delta_t=100, alpha=0.5), "set": dict(PAPER, delta_t
 #: Settings of the ``set_own`` / ``rigl_own`` rows: chosen the same way on the
 #: validation folds of each MLP itself (``sparse_training_tune.py --hidden``).
 #: On the anchor MLP they are ``TUNED``.
-TUNED_BY_HIDDEN = {HIDDEN: TUNED}
+#: 64-150-50-10: results/sparse_training_tuning_hidden150x50.json.
+TUNED_BY_HIDDEN = {
+    HIDDEN: TUNED,
+    (150, 50): {"rigl": dict(PAPER, delta_t=50, alpha=0.5), "set": dict(PAPER, delta_t=25, alpha=0.5)},
+}
 GROUP_LASSO = 1e-4
 GROUP_LASSO_FRACTION = 0.6
 SNIP_EXAMPLES = 256
