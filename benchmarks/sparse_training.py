@@ -80,6 +80,8 @@ Usage::
     python benchmarks/sparse_training.py --methods rigl,set --sparsities 0.9
     python benchmarks/sparse_training.py --timing-only
     python benchmarks/sparse_training.py --hidden 150,50 --no-timing   # the harder MLP
+    python benchmarks/sparse_training.py --methods rigl,set,static_erk,gmp --sparsities 0.9 \
+        --seeds $(seq -s, 0 49) --no-timing --name sparse_training_90_50seeds  # 90 %, 50 seeds
     python benchmarks/_sparse_stats.py results/sparse_training.json    # re-evaluate the checks
     python benchmarks/sparse_training_tune.py         # ΔT and α for SET/RigL by cross-validation
     python benchmarks/sparse_training_tune.py --optimizer  # the shared optimizer
