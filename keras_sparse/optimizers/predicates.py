@@ -7,6 +7,7 @@ import re
 import keras
 
 from keras_sparse.config import PACKAGE
+from keras_sparse.config import ConfigObject
 
 __all__ = [
     "IsBinary",
@@ -37,7 +38,7 @@ def is_binary_variable(variable):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE, name="IsBinary")
-class IsBinary:
+class IsBinary(ConfigObject):
     """Predicate: the variable is marked as 1-bit (alias ``"binary"``).
 
     True for a variable with the attribute ``precision == 1`` (Larq's
@@ -50,25 +51,9 @@ class IsBinary:
     def __call__(self, variable):
         return is_binary_variable(variable)
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self).__name__)
-
-    def __repr__(self):
-        return "IsBinary()"
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE, name="PathMatches")
-class PathMatches:
+class PathMatches(ConfigObject):
     """Predicate: the variable's ``path`` (e.g. ``"sequential/dense_1/kernel"``)
     matches a regular expression (``re.search``).
 
@@ -103,16 +88,6 @@ class PathMatches:
 
     def get_config(self):
         return {"pattern": self.pattern}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.pattern == other.pattern
-
-    def __hash__(self):
-        return hash((type(self).__name__, self.pattern))
 
     def __repr__(self):
         return f"PathMatches({self.pattern!r})"
