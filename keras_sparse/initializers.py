@@ -50,8 +50,14 @@ class SparseInitializer(keras.initializers.Initializer):
     def __init__(self, base="glorot_uniform", sparsity=0.9, seed=None, rescale=True):
         self.base = keras.initializers.get(base)
         self.sparsity = check_sparsity(sparsity)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(
+                f"`seed` must be a non-negative integer or None. Received: seed={seed!r}"
+            )
+        if not isinstance(rescale, bool):
+            raise ValueError(f"`rescale` must be a bool. Received: rescale={rescale!r}")
         self.seed = seed
-        self.rescale = bool(rescale)
+        self.rescale = rescale
 
     def __call__(self, shape, dtype=None):
         value = self.base(shape, dtype=dtype)

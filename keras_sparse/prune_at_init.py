@@ -126,14 +126,45 @@ def _grasp_scores(model, entries, batches, loss_fn):
     return [w * h / len(batches) for w, h in zip(weights, total)]
 
 
-def _linearized(model):
-    """Layers whose activation is replaced by the identity during SynFlow."""
-    found = []
+# Stand-alone activation layers (no ``activation`` attribute) that SynFlow
+# bypasses; a Softmax at the output would otherwise make the summed output
+# constant and every score 0.
+_ACTIVATION_LAYERS = (
+    keras.layers.ReLU,
+    keras.layers.Softmax,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+)
+
+
+def _identity_call(inputs, *args, **kwargs):
+    return inputs
+
+
+def _linearize(model):
+    """Replace each nonlinearity by the identity for SynFlow: ``activation``
+    arguments and stand-alone activation layers (their ``call``). Returns
+    ``(layer, attribute, saved)`` entries for :func:`_restore`; ``saved`` is
+    ``None`` for a ``call`` that came from the class."""
+    swapped = []
     for layer in [model] + walk_layers(model):
         activation = getattr(layer, "activation", None)
         if callable(activation) and activation is not keras.activations.linear:
-            found.append((layer, activation))
-    return found
+            swapped.append((layer, "activation", activation))
+            layer.activation = keras.activations.linear
+        elif isinstance(layer, _ACTIVATION_LAYERS):
+            swapped.append((layer, "call", vars(layer).get("call")))
+            layer.call = _identity_call
+    return swapped
+
+
+def _restore(swapped):
+    for layer, attribute, saved in swapped:
+        if saved is None:
+            delattr(layer, attribute)
+        else:
+            setattr(layer, attribute, saved)
 
 
 def _synflow_input(model, input_shape):
@@ -332,17 +363,14 @@ def prune_at_init(
 
     if criterion == "synflow":
         scores_for_masks = _synflow_gradient(sparse, entries, input_shape)
-        swapped = _linearized(sparse)
-        for layer, _ in swapped:
-            layer.activation = keras.activations.linear
+        swapped = _linearize(sparse)
         try:
             for k in range(1, rounds + 1):
                 round_targets = [1.0 - (1.0 - t) ** (k / rounds) for t in targets]
                 _set_masks(entries, scores_for_masks(), round_targets, global_pruning,
                            rescale=False)
         finally:
-            for layer, activation in swapped:
-                layer.activation = activation
+            _restore(swapped)
     else:
         if criterion == "grasp":
             scores = _grasp_scores(sparse, entries, batch_list, loss_fn)

@@ -7,6 +7,7 @@ structured ``ks.shrink`` can remove them.
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -75,10 +76,17 @@ class GroupLasso(keras.regularizers.Regularizer):
     """
 
     def __init__(self, l=1e-3, groups="units", epsilon=1e-12):
-        if isinstance(l, bool) or not isinstance(l, (int, float)) or l < 0 or math.isnan(l):
+        if isinstance(l, bool) or not isinstance(l, numbers.Real) or not float(l) >= 0:
             raise ValueError(f"`l` must be a number >= 0. Received: l={l!r}")
         self.l = float(l)
         self.groups = _check_groups(groups)
+        # A negative epsilon makes the norm of an all-zero group NaN.
+        if (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, numbers.Real)
+            or not float(epsilon) >= 0
+        ):
+            raise ValueError(f"`epsilon` must be a number >= 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
 
     def __call__(self, x):
@@ -123,7 +131,7 @@ def slimming(model, l=1e-4):
     >>> ks.regularizers.slimming(model, 1e-4)
     >>> model.compile(...)
     """
-    if isinstance(l, bool) or not isinstance(l, (int, float)) or l < 0:
+    if isinstance(l, bool) or not isinstance(l, numbers.Real) or not float(l) >= 0:
         raise ValueError(f"`l` must be a number >= 0. Received: l={l!r}")
     regularized = []
     for layer in walk_layers(model):

@@ -52,3 +52,7 @@ def test_config_round_trip_and_bad_sparsity():
     np.testing.assert_array_equal(np.asarray(back((5, 5)) != 0), np.asarray(init((5, 5)) != 0))
     with pytest.raises(ValueError, match="sparsity"):
         SparseInitializer("ones", 1.0)
+    with pytest.raises(ValueError, match="seed='a'"):
+        SparseInitializer("ones", 0.5, seed="a")
+    with pytest.raises(ValueError, match="rescale='no'"):
+        SparseInitializer("ones", 0.5, rescale="no")

@@ -223,6 +223,25 @@ def test_synflow_is_data_free_and_avoids_layer_collapse(output_activation):
     assert model.layers[-1].activation is keras.activations.get(output_activation)
 
 
+def test_synflow_bypasses_stand_alone_activation_layers():
+    # A trailing Softmax layer makes the summed output constant: without the
+    # bypass every SynFlow score is 0. With it the masks are those of the same
+    # network without the layer (the closed form), and the layer works after.
+    dense = _mlp(use_bias=False, activation="relu")
+    kernels = [_np(l.kernel) for l in dense.layers]
+    with_layer = keras.Sequential([keras.Input((16,))] + dense.layers + [keras.layers.Softmax()])
+    model = ks.prune_at_init(with_layer, None, 0.6, scorer="synflow", rounds=1,
+                             distribution="global")
+    masks = _masks(model)
+    assert _separated(np.concatenate([m.ravel() for m in masks]),
+                      np.concatenate([s.ravel() for s in _synflow_reference(kernels)]))
+    x = np.random.RandomState(0).randn(8, 16).astype("float32")
+    out = _np(model(x))
+    hidden = _np(keras.Sequential(model.layers[:-1])(x))
+    np.testing.assert_allclose(out, _np(keras.ops.softmax(hidden)), rtol=1e-5, atol=1e-6)
+    assert "call" not in vars(model.layers[-1])
+
+
 def test_global_magnitude_collapses_where_synflow_does_not():
     # The contrast that makes the test above meaningful.
     model = ks.prune_at_init(_deep_narrow(), None, 0.99, scorer="magnitude",

@@ -75,7 +75,10 @@ def test_group_lasso_config_round_trip_and_aliases():
     assert R.L1 is keras.regularizers.L1
 
 
-@pytest.mark.parametrize("kwargs, arg", [({"l": -1.0}, "l="), ({"groups": "rows"}, "groups=")])
+@pytest.mark.parametrize("kwargs, arg", [
+    ({"l": -1.0}, "l="), ({"groups": "rows"}, "groups="),
+    ({"epsilon": -1e-3}, "epsilon=-0.001"), ({"epsilon": "tiny"}, "epsilon='tiny'"),
+])
 def test_bad_arguments_raise(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         R.GroupLasso(**kwargs)
@@ -89,6 +92,21 @@ def test_group_lasso_is_nonnegative_and_homogeneous(rows, cols, scale):
     value = float(reg(w))
     assert value >= 0
     np.testing.assert_allclose(float(reg(w * scale)), scale * value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("l", [-1.0, float("nan"), "1e-4"])
+def test_slimming_rejects_bad_coefficient(l):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match="l="):
+        R.slimming(model, l)
+
+
+def test_numpy_scalar_coefficients_are_accepted():
+    reg = R.GroupLasso(np.float32(1e-3), "units")
+    assert reg.l == pytest.approx(1e-3) and type(reg.l) is float
+    model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()])
+    (bn,) = R.slimming(model, np.float64(1e-4))
+    assert float(bn.gamma_regularizer.l1) == pytest.approx(1e-4)
 
 
 def test_threshold_groups_masks_small_units_exactly():

@@ -408,6 +408,9 @@ def test_config_round_trip(cls):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(update_freq=0), "update_freq=0"),
     (dict(drop_fraction=1.2), "drop_fraction=1.2"),
+    (dict(drop_fraction=0.0), "drop_fraction=0.0"),
+    (dict(drop_fraction="0.3"), "drop_fraction='0.3'"),
+    (dict(drop_fraction=None), "drop_fraction=None"),
     (dict(end_step=5, begin_step=5), "end_step=5"),
     (dict(decay="exp"), "decay='exp'"),
     (dict(seed="a"), "seed='a'"),

@@ -1,4 +1,5 @@
-"""Dynamic sparse training: SET and RigL, built on the ``Pruning`` callback.
+"""Dynamic sparse training: SET, built on the ``Pruning`` callback (RigL,
+its gradient-grown variant, is in ``rigl.py``).
 
 Both keep every layer at a fixed sparsity (the target ``ks.prune`` gave it,
 e.g. from an ERK or uniform distribution) and periodically move a fraction of
@@ -10,6 +11,7 @@ only override how a layer is updated and when.
 """
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -27,7 +29,7 @@ from keras_sparse.ops.drop_grow import drop_and_grow_arrays
 from keras_sparse.ops.drop_grow import drop_fraction
 from keras_sparse.ops.masks import global_topk_masks
 
-__all__ = ["SET", "RigL"]
+__all__ = ["SET"]
 
 #: Fraction of training after which updates stop when ``end_step`` is not
 #: given (RigL's default).
@@ -49,7 +51,8 @@ class SET(Pruning):
     the sparsity ``ks.prune`` assigned it (``distribution="erk"`` for the
     papers' set-up, or ``"uniform"``) and only its connectivity changes.
     The layers' schedules give the target sparsity; their timing is not
-    used.
+    used. Unstructured layers whose masks ``ks.prune_at_init`` fixed (no
+    schedule) keep the sparsity of their mask.
 
     * **Start.** When training begins, a layer whose mask is not yet at its
       target is pruned to it with ``init_scorer`` (default ``"random"``: a
@@ -126,12 +129,13 @@ class SET(Pruning):
             )
         self.regrow_dropped = regrow_dropped
         self.update_freq = _check_positive_int(update_freq, "update_freq")
-        fraction = float(drop_fraction)
-        if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
+        if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, numbers.Real) or not (
+            0.0 < float(drop_fraction) <= 1.0
+        ):
             raise ValueError(
-                f"`drop_fraction` must be in [0, 1]. Received: drop_fraction={drop_fraction!r}"
+                f"`drop_fraction` must be in (0, 1]. Received: drop_fraction={drop_fraction!r}"
             )
-        self.drop_fraction = fraction
+        self.drop_fraction = float(drop_fraction)
         if isinstance(begin_step, bool) or not isinstance(begin_step, int) or begin_step < 0:
             raise ValueError(
                 f"`begin_step` must be a non-negative integer. Received: begin_step={begin_step!r}"
@@ -200,12 +204,6 @@ class SET(Pruning):
             and (step - self.begin_step) % self.update_freq == 0
         )
 
-    def due_step(self, layer, steps):
-        for step in steps:
-            if self.is_update_step(step):
-                return step
-        return None
-
     def _current_step(self):
         return backend.read_int(self.model.optimizer.iterations)
 
@@ -239,17 +237,43 @@ class SET(Pruning):
         pass
 
     def managed_layers(self):
-        """The layers whose connectivity this callback moves."""
-        return [layer for layer in self._layers if layer.schedule is not None]
+        """The layers whose connectivity this callback moves: those with a
+        schedule, and the sparse unstructured ones without (masks fixed by
+        ``ks.prune_at_init``)."""
+        return [
+            layer for layer in self._layers
+            if layer.schedule is not None
+            or (type(layer.pattern) is patterns_lib.Unstructured and layer.sparsity > 0)
+        ]
+
+    @staticmethod
+    def _target(layer):
+        if layer.schedule is None:
+            return layer.sparsity
+        return layer.schedule.target_sparsity
+
+    def update_masks(self, steps):
+        """Drop and grow in every managed layer at the first update step of
+        ``steps``. Returns the layers updated."""
+        steps = (steps,) if isinstance(steps, int) else tuple(steps)
+        step = next((t for t in steps if self.is_update_step(t)), None)
+        if step is None:
+            return []
+        backend.sync_model_state(self.model)
+        layers = self.managed_layers()
+        for layer in layers:
+            self.update_layer(layer, step)
+        return layers
 
     def on_train_batch_begin(self, batch, logs=None):
         # Updates run after the previous step (on_train_batch_end).
         pass
 
     def on_train_batch_end(self, batch, logs=None):
-        done = self._epoch_start_step + batch + 1
-        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        steps = range(done - per_call + 1, done + 1)
+        # ``batch`` is the call's last index; an update for step t runs once
+        # t steps are done.
+        begin = self._epoch_start_step + batch - self._steps_per_call() + 1
+        steps = [step + 1 for step in self._steps_in_call(begin)]
         if any(self.is_update_step(step) for step in steps):
             self.update_masks(steps)
         if logs is not None and self._layers:
@@ -268,12 +292,13 @@ class SET(Pruning):
     def initialize_masks(self, layers):
         """Prune layers not yet at their target with ``init_scorer``."""
         backend.sync_model_state(self.model)
-        independent, global_layers = [], []
-        for layer in layers:
-            if not self._at_target(layer):
-                (global_layers if layer.global_pruning else independent).append(layer)
+        independent = [l for l in layers if not l.global_pruning and not self._at_target(l)]
+        # Layers sharing one global budget are at target together, not one by one.
+        global_layers = [l for l in layers if l.global_pruning]
+        if global_layers and self._global_at_target(global_layers):
+            global_layers = []
         for layer in independent:
-            sparsity = layer.schedule.target_sparsity
+            sparsity = self._target(layer)
             for name in layer.sparse_weight_names:
                 scores = self.init_scorer.score(layer.masked_latent(name))
                 mask = layer.compute_mask_for(name, sparsity, scores)
@@ -281,25 +306,28 @@ class SET(Pruning):
         if global_layers:
             entries = [(l, n) for l in global_layers for n in l.sparse_weight_names]
             scores = [self.init_scorer.score(l.masked_latent(n)) for l, n in entries]
-            sparsity = global_layers[0].schedule.target_sparsity
+            sparsity = self._target(global_layers[0])
             for (layer, name), mask in zip(entries, global_topk_masks(scores, sparsity)):
                 self._apply_init_mask(layer, name, mask)
 
     def _apply_init_mask(self, layer, name, mask):
         self.apply_mask(layer, name, mask, rescale=self.init_scorer.rescale_survivors)
 
-    @staticmethod
-    def _at_target(layer):
-        target = layer.schedule.target_sparsity
+    @classmethod
+    def _at_target(cls, layer):
+        target = cls._target(layer)
         for name in layer.sparse_weight_names:
             size = math.prod(layer.get_mask(name).shape)
             if abs(layer.weight_sparsity(name) - target) * size > 1.0:
                 return False
         return True
 
-    def update_global(self, layers, step):
-        for layer in layers:
-            self.update_layer(layer, step)
+    @classmethod
+    def _global_at_target(cls, layers):
+        entries = [(l, n) for l in layers for n in l.sparse_weight_names]
+        sizes = [math.prod(l.get_mask(n).shape) for l, n in entries]
+        zeros = sum(l.weight_sparsity(n) * size for (l, n), size in zip(entries, sizes))
+        return abs(zeros - cls._target(layers[0]) * sum(sizes)) <= len(entries)
 
     def update_layer(self, layer, step):
         """Drop and grow in every masked weight of ``layer`` for ``step``."""
@@ -353,58 +381,3 @@ class SET(Pruning):
         rng = np.random.default_rng([self._seed, int(step), *key])
         shape = tuple(layer.get_mask(name).shape)
         return rng.random(shape, dtype=np.float32)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class RigL(SET):
-    """Rigged Lottery: drop the smallest weights, regrow where the dense
-    gradient is largest, at constant sparsity.
-
-    Identical to :class:`SET` except for regrowth: the inactive entries
-    with the largest ``|∂L/∂w|`` are grown, where the gradient is the dense
-    gradient of the last training step's batch with respect to the effective
-    weight (pruned entries included). It comes from a gradient probe
-    (``SparseMixin.enable_gradient_probe``) added to the layers while
-    updates remain and removed when training ends; adding it rebuilds the
-    optimizer with its state and remakes the train function. Put ``RigL``
-    before ``BackupAndRestore`` in the callback list (the checkpoint
-    contains the probes).
-
-    Defaults follow the paper: ``update_freq=100``, ``drop_fraction=0.3``
-    with cosine decay, updates stopping at 75 % of training, ERK
-    distribution (pass ``distribution="erk"`` to ``ks.prune``), random
-    initial mask, regrown weights and their optimizer moments set to 0.
-
-    Reference: U. Evci, T. Gale, J. Menick, P. S. Castro, E. Elsen,
-    "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
-
-    Args: as :class:`SET`.
-
-    Example:
-    >>> model = ks.prune(model, 0.9, distribution="erk")
-    >>> model.compile("adam", "sparse_categorical_crossentropy")
-    >>> model.fit(x, y, epochs=20, callbacks=[
-    ...     ks.callbacks.RigL(update_freq=100, drop_fraction=0.3)])
-    """
-
-    def layers_needing_gradient(self):
-        if self._current_step() >= self._end_step:
-            return []
-        return self.managed_layers()
-
-    def grow_scores(self, layer, name, step, key):
-        """RigL: ``|∂L/∂w|`` of the last step.
-
-        Entries whose gradient is exactly 0 (inputs that are always 0, units
-        that did not fire on the batch) are tied; they get distinct negative
-        scores drawn from the ``(seed, step, layer)`` generator, so when more
-        weights must grow than have a non-zero gradient, the rest are chosen
-        at random, as in RigL's reference code, instead of in index order
-        (which would always fill the first rows).
-        """
-        scores = np.abs(np.asarray(ops.convert_to_numpy(layer.last_gradient(name))))
-        if np.count_nonzero(scores) < scores.size:
-            zero = np.flatnonzero(scores == 0)
-            rng = np.random.default_rng([self._seed, int(step), *key])
-            scores.flat[zero] = -1.0 - rng.random(zero.size, dtype=np.float32)
-        return scores

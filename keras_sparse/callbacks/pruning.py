@@ -190,9 +190,19 @@ class Pruning(keras.callbacks.Callback):
                 logs[f"{layer.name}/sparsity"] = layer.sparsity
 
     # ----------------------------------------------------------------- logic
+    def _steps_per_call(self):
+        return int(getattr(self.model, "steps_per_execution", 1) or 1)
+
     def _steps_in_call(self, first):
-        per_call = getattr(self.model, "steps_per_execution", 1) or 1
-        return range(first, first + int(per_call))
+        """The optimizer steps (iteration counts before each step) of the
+        call that starts at ``first``. The last call of an epoch can run
+        fewer than ``steps_per_execution`` steps (Keras still reports the full
+        range), so the range stops at the epoch's end."""
+        last = first + self._steps_per_call()
+        epoch_steps = (self.params or {}).get("steps")
+        if epoch_steps:
+            last = min(last, self._epoch_start_step + int(epoch_steps))
+        return range(first, last)
 
     def update_masks(self, steps):
         """Update the masks of every layer that has an update step in
