@@ -8,41 +8,12 @@ import pytest
 
 import keras_sparse as ks
 from keras_sparse.utils import sparse_layers
-
-BATCH = 16
-N = 96  # 6 steps per epoch
-
-
-def _np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def _step(model):
-    return int(_np(model.optimizer.iterations))
-
-
-def _data(seed=0, features=16, classes=4):
-    rng = np.random.RandomState(seed)
-    x = rng.randn(N, features).astype("float32")
-    y = rng.randint(0, classes, size=N).astype("int32")
-    return x, y
-
-
-def _model(seed=0, sparsity=0.7, distribution="uniform"):
-    keras.utils.set_random_seed(seed)
-    dense = keras.Sequential([
-        keras.Input((16,)),
-        keras.layers.Dense(24, activation="relu", name="d1"),
-        keras.layers.Dense(4, name="d2"),
-    ])
-    model = ks.prune(dense, sparsity, distribution=distribution)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
-def _mask(layer):
-    return _np(layer.get_mask("kernel")).astype(bool)
+# The set-up of the main SET / RigL tests (6 steps per epoch).
+from test_rigl_set import BATCH
+from test_rigl_set import _data
+from test_rigl_set import _mask
+from test_rigl_set import _model
+from test_rigl_set import _step
 
 
 @pytest.mark.slow
