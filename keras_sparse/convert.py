@@ -12,7 +12,6 @@ each validate their arguments into a *plan* (layer -> settings) and hand it
 over, so the two compose in either order.
 """
 
-import re
 import warnings
 
 import keras
@@ -26,79 +25,13 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
 from keras_sparse.ops.masks import check_sparsity
-from keras_sparse.utils import is_container
+from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import leaf_layers
+from keras_sparse.selection import select_layers
+from keras_sparse.selection import split_convertible
 from keras_sparse.utils import sparse_layers
-from keras_sparse.utils import walk_layers
 
 __all__ = ["convert", "prune", "strip", "select_layers", "is_graph_model"]
-
-
-def is_graph_model(model):
-    """Whether ``model`` is a Sequential or plain functional model (cloneable)."""
-    return type(model) is keras.Sequential or type(model).__name__ == "Functional"
-
-
-def _leaf_layers(model):
-    return [layer for layer in walk_layers(model) if not is_container(layer)]
-
-
-def select_layers(model, layers):
-    """Resolve a layer selector against ``model``'s (nested) layers.
-
-    Args:
-        layers: ``None`` (all), a name or regular expression (full match), a
-            list of names, a dict whose keys are names, or a callable
-            ``layer -> bool``.
-
-    Returns:
-        The selected layers, in model order.
-
-    Raises:
-        ValueError: if a name matches no layer.
-    """
-    candidates = _leaf_layers(model)
-    names = [layer.name for layer in candidates]
-    if layers is None:
-        return candidates
-    if callable(layers) and not isinstance(layers, (str, dict)):
-        return [layer for layer in candidates if layers(layer)]
-    if isinstance(layers, str):
-        if layers in names:
-            return [layer for layer in candidates if layer.name == layers]
-        try:
-            pattern = re.compile(layers)
-        except re.error:
-            pattern = None
-        chosen = [
-            layer for layer in candidates if pattern and pattern.fullmatch(layer.name)
-        ]
-        if not chosen:
-            raise ValueError(
-                f"`layers` matches no layer of the model (layers: {names}). "
-                f"Received: layers={layers!r}"
-            )
-        return chosen
-    if isinstance(layers, (list, tuple, set, dict)):
-        wanted = list(layers)
-        missing = [n for n in wanted if n not in names]
-        if missing or not all(isinstance(n, str) for n in wanted):
-            raise ValueError(
-                f"`layers` names layers the model does not have: {missing} "
-                f"(layers: {names}). Received: layers={layers!r}"
-            )
-        return [layer for layer in candidates if layer.name in set(wanted)]
-    raise ValueError(
-        "`layers` must be None, a name, a regular expression, a list of names, "
-        f"a dict or a callable. Received: layers={layers!r}"
-    )
-
-
-def _supports(layer):
-    return isinstance(layer, SparseMixin) or type(layer) in SPARSE_CLASS_FOR
-
-
-def _has_kernel_like_weights(layer):
-    return any(len(w.shape) >= 2 for w in layer.weights)
 
 
 def _weight_shapes(layer):
@@ -165,12 +98,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             f"pattern={pattern!r} fixes the sparsity at {fixed}; pass sparsity={fixed} "
             f"or None. Received: sparsity={sparsity}"
         )
-    selected = select_layers(model, layers)
-    convertible = [layer for layer in selected if _supports(layer)]
-    unsupported = [
-        layer for layer in selected
-        if not _supports(layer) and _has_kernel_like_weights(layer)
-    ]
+    convertible, unsupported = split_convertible(model, select_layers(model, layers))
     _warn_or_raise_unsupported(unsupported, strict)
     shapes = {layer.name: _weight_shapes(layer) for layer in convertible}
     if type(distribution) not in (distributions_lib.Uniform, distributions_lib.PerLayer):
@@ -324,7 +252,7 @@ def convert(model, plan, configure):
 
         return _clone(model, make_layer, _copy_weights)
 
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         settings = plan.get(id(layer))
         if settings is None:
             continue
@@ -426,7 +354,7 @@ def strip(model):
     >>> plain.save("model.keras")
     """
     dropped = [
-        layer.name for layer in _leaf_layers(model)
+        layer.name for layer in leaf_layers(model)
         if isinstance(layer, SparseMixin) and layer.input_quantizer is not None
     ]
     if dropped:
@@ -458,7 +386,7 @@ def strip(model):
         fresh.set_weights(stripped.get_weights())
         return fresh
 
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if isinstance(layer, SparseMixin):
             _strip_in_place(layer)
     _reset_compiled_functions(model)

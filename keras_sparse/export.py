@@ -36,15 +36,14 @@ import numpy as np
 from keras import ops
 
 from keras_sparse import quantizers as q
-from keras_sparse.convert import is_graph_model
 from keras_sparse.convert import strip
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.ops.packing import pack_bits
 from keras_sparse.ops.packing import unpack_bits
 from keras_sparse.ops.quantize import lsq_levels
 from keras_sparse.ops.quantize import reduce_axes
-from keras_sparse.utils import is_container
-from keras_sparse.utils import walk_layers
+from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import leaf_layers
 
 __all__ = ["export", "load_exported"]
 
@@ -228,10 +227,6 @@ def _decode(meta, arrays, key):
 
 
 # -------------------------------------------------------------- public API
-def _leaf_layers(model):
-    return [layer for layer in walk_layers(model) if not is_container(layer)]
-
-
 def _sparse_infos(layer):
     """For a sparse layer: one entry per weight of its Keras parent, with
     what the encoder needs for the quantized ones."""
@@ -284,7 +279,7 @@ def export(model, path):
     if not model.built:
         raise ValueError("Build the model before exporting it. Received: an unbuilt model")
     arrays, layers_meta, summary = {}, [], []
-    for index, layer in enumerate(_leaf_layers(model)):
+    for index, layer in enumerate(leaf_layers(model)):
         variables = layer.weights
         if isinstance(layer, SparseMixin):
             values, infos = layer.stripped_weights(), _sparse_infos(layer)
@@ -363,7 +358,7 @@ def load_exported(path, model=None):
     elif not model.built:
         raise ValueError("`model` must be built before loading weights into it. "
                          "Received: an unbuilt model")
-    layers = _leaf_layers(model)
+    layers = leaf_layers(model)
     if len(layers) != len(header["layers"]):
         raise ValueError(
             f"{path!r} holds {len(header['layers'])} layers; the model has {len(layers)}. "

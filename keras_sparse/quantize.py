@@ -15,11 +15,12 @@ import keras
 import numpy as np
 
 from keras_sparse import quantizers as quantizers_lib
-from keras_sparse.convert import _has_kernel_like_weights
-from keras_sparse.convert import _leaf_layers
-from keras_sparse.convert import _supports
 from keras_sparse.convert import convert
-from keras_sparse.convert import select_layers
+from keras_sparse.selection import has_kernel_like_weights
+from keras_sparse.selection import leaf_layers
+from keras_sparse.selection import select_layers
+from keras_sparse.selection import split_convertible
+from keras_sparse.selection import supports
 
 __all__ = ["quantize", "calibrate"]
 
@@ -34,7 +35,7 @@ def _explicit_names(model, layers):
     """Names the user listed explicitly (not a pattern or a callable)."""
     if isinstance(layers, (list, tuple, set, dict)):
         return set(layers)
-    if isinstance(layers, str) and layers in {layer.name for layer in _leaf_layers(model)}:
+    if isinstance(layers, str) and layers in {layer.name for layer in leaf_layers(model)}:
         return {layers}
     return set()
 
@@ -106,17 +107,14 @@ def quantize(
     explicit = _explicit_names(model, layers)
     without_kernel = [
         layer.name for layer in selected
-        if layer.name in explicit and not _supports(layer) and not _has_kernel_like_weights(layer)
+        if layer.name in explicit and not supports(layer) and not has_kernel_like_weights(layer)
     ]
     if without_kernel:
         raise ValueError(
             f"Layers {without_kernel} have no kernel to quantize. "
             f"Received: layers={layers!r}"
         )
-    unsupported = [
-        layer for layer in selected
-        if not _supports(layer) and _has_kernel_like_weights(layer)
-    ]
+    convertible, unsupported = split_convertible(model, selected)
     if unsupported:
         names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
         if strict:
@@ -126,7 +124,6 @@ def quantize(
             )
         warnings.warn(f"keras_sparse skipped layers it cannot quantize: {names}.", stacklevel=2)
 
-    convertible = [layer for layer in selected if _supports(layer)]
     if skip_first:
         convertible = convertible[1:]
     if skip_last:

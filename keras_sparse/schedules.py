@@ -30,20 +30,26 @@ __all__ = [
 ]
 
 
+def _is_integer(value):
+    # numpy integers (e.g. a step count from np.ceil(...).astype(int)) too.
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_step(value, name, allow_negative_one=False):
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _is_integer(value):
         raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}")
+    value = int(value)
     if value < 0 and not (allow_negative_one and value == -1):
         raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
     return value
 
 
 def _check_frequency(frequency):
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+    if not _is_integer(frequency) or frequency < 1:
         raise ValueError(
             f"`frequency` must be a positive integer. Received: frequency={frequency!r}"
         )
-    return frequency
+    return int(frequency)
 
 
 class PruningSchedule(config_lib.ConfigObject):
@@ -101,7 +107,7 @@ class ConstantSparsity(PruningSchedule):
         self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
         self.begin_step = _check_step(begin_step, "begin_step")
         self.end_step = _check_step(end_step, "end_step", allow_negative_one=True)
-        if end_step != -1 and end_step < begin_step:
+        if self.end_step != -1 and self.end_step < self.begin_step:
             raise ValueError(
                 "`end_step` must be >= `begin_step` or -1. "
                 f"Received: end_step={end_step}, begin_step={begin_step}"
@@ -119,7 +125,10 @@ class ConstantSparsity(PruningSchedule):
         return self.target_sparsity if step >= self.begin_step else 0.0
 
     def last_update_step(self):
-        return None if self.end_step == -1 else self.end_step
+        if self.end_step == -1:
+            return None
+        updates = (self.end_step - self.begin_step) // self.frequency
+        return self.begin_step + updates * self.frequency
 
     def get_config(self):
         return {
@@ -174,7 +183,7 @@ class PolynomialDecay(PruningSchedule):
             )
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
             raise ValueError(f"`power` must be positive. Received: power={power!r}")
-        self.power = power
+        self.power = int(power) if isinstance(power, numbers.Integral) else float(power)
         self.frequency = _check_frequency(frequency)
 
     @property
@@ -198,6 +207,14 @@ class PolynomialDecay(PruningSchedule):
 
     def last_update_step(self):
         return self.end_step
+
+    def with_target(self, sparsity):
+        """A copy ending at ``sparsity``; its initial sparsity is capped at
+        that target, so a layer is never pruned beyond its own share (a
+        layer a distribution keeps dense stays dense)."""
+        clone = super().with_target(sparsity)
+        clone.initial_sparsity = min(self.initial_sparsity, clone.target_sparsity)
+        return clone
 
     def get_config(self):
         return {

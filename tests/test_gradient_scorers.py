@@ -286,3 +286,58 @@ def test_gradient_scorer_cannot_prune_at_step_zero():
     with pytest.raises(ValueError, match="prune_at_init"):
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
                   callbacks=[ks.callbacks.Pruning()])
+
+
+class _ExpectAt(keras.callbacks.Callback):
+    """Before ``Pruning``: at batch ``batch`` of the run, predict the
+    saliency mask from the gradient the probes hold."""
+
+    def __init__(self, batch, sparsity):
+        super().__init__()
+        self.batch, self.sparsity = batch, sparsity
+        self.expected = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch != self.batch:
+            return
+        _sync(self.model)
+        self.expected = {}
+        for layer in sparse_layers(self.model):
+            g = _np(layer.last_gradient("kernel"))
+            assert np.abs(g).sum() > 0
+            w = _np(layer.masked_latent("kernel"))
+            self.expected[layer.name] = _topk_numpy(np.abs(g * w), self.sparsity)
+
+
+class _MasksAt(keras.callbacks.Callback):
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+        self.masks = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.batch:
+            _sync(self.model)
+            self.masks = {
+                layer.name: _np(layer.get_mask("kernel")).astype(bool)
+                for layer in sparse_layers(self.model)
+            }
+
+
+@pytest.mark.slow
+def test_update_due_at_the_first_step_of_a_second_fit_uses_a_real_gradient():
+    x, y = _data()
+    # Update steps 2 (sparsity 0) and 6 (0.5); the second fit starts at 6.
+    schedule = ks.schedules.PolynomialDecay(0.0, 0.5, begin_step=2, end_step=6, frequency=4)
+    model = _model("saliency", schedule)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[ks.callbacks.Pruning()])
+    assert _step(model) == 6
+    # The probes are empty at step 6: no mask may be chosen from them.
+    expect, first, after = _ExpectAt(batch=1, sparsity=0.5), _MasksAt(batch=0), _MasksAt(batch=1)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[expect, ks.callbacks.Pruning(), first, after])
+    assert all(mask.all() for mask in first.masks.values())
+    assert set(after.masks) == set(expect.expected) == {"d1", "d2"}
+    for name, mask in after.masks.items():
+        np.testing.assert_array_equal(mask, expect.expected[name], err_msg=name)

@@ -440,3 +440,63 @@ def test_real_tfmot_schedules_are_converted():
         assert our_value == pytest.approx(their_value, abs=1e-6), step
         # Same update steps, except that ours also updates at end_step.
         assert our_update == (their_update or step == 105), step
+
+
+# ---------------------------------------------------------------------------
+# boundaries, numpy integers, per-layer targets
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        schedules.ConstantSparsity(0.5, begin_step=0, end_step=250, frequency=100),
+        schedules.ConstantSparsity(0.5, begin_step=7, end_step=30, frequency=4),
+        schedules.ConstantSparsity(0.5, begin_step=5, end_step=5, frequency=3),
+        schedules.PolynomialDecay(0.0, 0.5, begin_step=3, end_step=20, frequency=6),
+        schedules.OneShot(4, 0.5),
+    ],
+    ids=repr,
+)
+def test_last_update_step_is_the_last_step_that_updates(schedule):
+    updates = [t for t in range(1000) if schedule.should_update(t)]
+    assert schedule.last_update_step() == updates[-1]
+
+
+def test_numpy_integer_steps_are_accepted_as_python_ints():
+    steps = np.ceil(np.float64(95) / 16).astype(int) * 3  # np.int64(18)
+    constant = schedules.ConstantSparsity(0.5, np.int64(2), steps, np.int32(4))
+    assert constant == schedules.ConstantSparsity(0.5, 2, 18, 4)
+    polynomial = schedules.PolynomialDecay(0.0, 0.5, np.int64(0), steps, np.int64(2), np.int64(3))
+    assert polynomial == schedules.PolynomialDecay(0.0, 0.5, 0, 18, 2, 3)
+    assert schedules.OneShot(np.int64(3), 0.5) == schedules.OneShot(3, 0.5)
+    for schedule in (constant, polynomial):
+        json.dumps(schedule.get_config())
+        assert all(type(v) in (int, float) for v in schedule.get_config().values())
+    json.dumps(schedules.PolynomialDecay(power=np.float32(1.5)).get_config())
+    with pytest.raises(ValueError, match="begin_step=np.False_|begin_step=False"):
+        schedules.ConstantSparsity(0.5, begin_step=np.bool_(False))
+
+
+def test_with_target_below_the_initial_sparsity_never_prunes_past_the_target():
+    schedule = schedules.PolynomialDecay(0.5, 0.9, begin_step=0, end_step=100, frequency=10)
+    for target in (0.0, 0.3):
+        clone = schedule.with_target(target)
+        assert max(clone.sparsity(t) for t in range(0, 200)) == pytest.approx(target)
+        assert type(clone).from_config(clone.get_config()) == clone
+    assert schedule.with_target(0.95).initial_sparsity == 0.5
+    assert schedule.initial_sparsity == 0.5
+
+
+def test_erk_layer_kept_dense_stays_dense_under_polynomial_decay():
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(64, name="a"),
+        keras.layers.Dense(64, name="b"),
+        keras.layers.Dense(2, name="c"),
+    ])
+    schedule = schedules.PolynomialDecay(0.5, 0.6, begin_step=0, end_step=100, frequency=10)
+    pruned = ks.prune(model, 0.6, schedule=schedule, distribution="erk")
+    for layer in ks.utils.sparse_layers(pruned):
+        target = layer.schedule.target_sparsity
+        assert max(layer.schedule.sparsity(t) for t in range(0, 101, 10)) == pytest.approx(target)
+    assert min(l.schedule.target_sparsity for l in ks.utils.sparse_layers(pruned)) == 0.0

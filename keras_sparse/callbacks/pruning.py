@@ -37,8 +37,11 @@ class Pruning(keras.callbacks.Callback):
     the callback adds to their layers when training begins (the optimizer is
     rebuilt with the probes, keeping its state, and the train function
     remade); they are removed again when training ends, so the trained model
-    saves and reloads like any other. Accumulating scorers (Taylor, movement) are summed after every
-    step, on the weights after the step; the sums live in the callback, so a
+    saves and reloads like any other. The probes are empty until the first
+    step of each ``fit``: an update due at that step (a resumed run, a second
+    ``fit``) happens one step later, with a real gradient. Accumulating
+    scorers (Taylor, movement) are summed after every step, on the weights
+    after the step; the sums live in the callback, so a
     resumed run restarts them. A scorer with ``rescale_survivors`` (random)
     rescales the kept weights of each unit when a mask is applied.
 
@@ -68,6 +71,8 @@ class Pruning(keras.callbacks.Callback):
         self._waiting_for_build = False
         self._accumulated = {}
         self._probed = False
+        self._gradient_ready = True
+        self._deferred = {}
 
     def get_config(self):
         return {"log_per_layer": self.log_per_layer}
@@ -90,6 +95,9 @@ class Pruning(keras.callbacks.Callback):
         backend.sync_model_state(self.model)
         self.overall_sparsity()
         self._accumulated = {}
+        # Gradient probes hold zeros until this run's first step fills them.
+        self._gradient_ready = False
+        self._deferred = {}
         self._check_gradient_at_step_zero()
         probed = self.layers_needing_gradient()
         self._probed = bool(probed)
@@ -122,6 +130,8 @@ class Pruning(keras.callbacks.Callback):
         ]
 
     def on_train_end(self, logs=None):
+        if self._deferred and self._gradient_ready:
+            self.update_masks(())
         self._reapply_masks()
         for layer in self._layers:
             layer._pruning_callback_attached = False
@@ -160,6 +170,7 @@ class Pruning(keras.callbacks.Callback):
             self._pending_steps = []
             return
         self._accumulate_scores()
+        self._gradient_ready = True
         if logs is not None and self._layers:
             logs["sparsity"] = self.overall_sparsity()
 
@@ -216,22 +227,32 @@ class Pruning(keras.callbacks.Callback):
             if layer.schedule is None:
                 continue
             (global_layers if layer.global_pruning else independent).append(layer)
-        due = [
-            (layer, step)
-            for layer in independent
-            for step in [self.due_step(layer, steps)]
-            if step is not None
-        ]
-        global_step = self.due_step(global_layers[0], steps) if global_layers else None
-        if not due and global_step is None:
+        pending = dict(self._deferred)
+        for layer in independent:
+            step = self.due_step(layer, steps)
+            if step is not None:
+                pending[id(layer)] = ([layer], step)
+        if global_layers:
+            step = self.due_step(global_layers[0], steps)
+            if step is not None:
+                pending["global"] = (global_layers, step)
+        self._deferred = {}
+        if not self._gradient_ready:
+            # Ranking by a gradient waits for the first step of this run
+            # (after a resume or in a second ``fit`` the probes start at 0).
+            for key, (layers, step) in list(pending.items()):
+                if any(layer.scorer.needs_gradient for layer in layers):
+                    self._deferred[key] = pending.pop(key)
+        if not pending:
             return []
         backend.sync_model_state(self.model)
-        for layer, step in due:
-            self.update_layer(layer, step)
-        updated = [layer for layer, _ in due]
-        if global_step is not None:
-            self.update_global(global_layers, global_step)
-            updated += global_layers
+        updated = []
+        for key, (layers, step) in pending.items():
+            if key == "global":
+                self.update_global(layers, step)
+            else:
+                self.update_layer(layers[0], step)
+            updated += layers
         return updated
 
     def due_step(self, layer, steps):

@@ -1,0 +1,119 @@
+"""Which layers of a model ``ks.prune`` and ``ks.quantize`` convert: the
+layer selector, and the split of the selection into convertible layers and
+layers reported as unsupported."""
+
+import re
+
+import keras
+
+from keras_sparse.layers.base import SparseMixin
+from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.utils import is_container
+from keras_sparse.utils import walk_layers
+
+__all__ = ["is_graph_model", "select_layers", "split_convertible"]
+
+
+def is_graph_model(model):
+    """Whether ``model`` is a Sequential or plain functional model (cloneable)."""
+    return type(model) is keras.Sequential or type(model).__name__ == "Functional"
+
+
+def leaf_layers(model):
+    return [layer for layer in walk_layers(model) if not is_container(layer)]
+
+
+def select_layers(model, layers):
+    """Resolve a layer selector against ``model``'s (nested) layers.
+
+    Args:
+        layers: ``None`` (all), a name or regular expression (full match), a
+            list of names, a dict whose keys are names, or a callable
+            ``layer -> bool``.
+
+    Returns:
+        The selected layers, in model order.
+
+    Raises:
+        ValueError: if a name matches no layer.
+    """
+    candidates = leaf_layers(model)
+    names = [layer.name for layer in candidates]
+    if layers is None:
+        return candidates
+    if callable(layers) and not isinstance(layers, (str, dict)):
+        return [layer for layer in candidates if layers(layer)]
+    if isinstance(layers, str):
+        if layers in names:
+            return [layer for layer in candidates if layer.name == layers]
+        try:
+            pattern = re.compile(layers)
+        except re.error:
+            pattern = None
+        chosen = [
+            layer for layer in candidates if pattern and pattern.fullmatch(layer.name)
+        ]
+        if not chosen:
+            raise ValueError(
+                f"`layers` matches no layer of the model (layers: {names}). "
+                f"Received: layers={layers!r}"
+            )
+        return chosen
+    if isinstance(layers, (list, tuple, set, dict)):
+        wanted = list(layers)
+        missing = [n for n in wanted if n not in names]
+        if missing or not all(isinstance(n, str) for n in wanted):
+            raise ValueError(
+                f"`layers` names layers the model does not have: {missing} "
+                f"(layers: {names}). Received: layers={layers!r}"
+            )
+        return [layer for layer in candidates if layer.name in set(wanted)]
+    raise ValueError(
+        "`layers` must be None, a name, a regular expression, a list of names, "
+        f"a dict or a callable. Received: layers={layers!r}"
+    )
+
+
+def _rebuilt_owners(model):
+    """For a Sequential/functional model: ``id(layer) -> owner`` for every
+    layer nested inside another layer or a subclassed model. ``clone_model``
+    recreates the owner from its config, with fresh sublayers, so those
+    layers cannot be converted."""
+    owners = {}
+
+    def visit(container):
+        for layer in container.layers:
+            if isinstance(layer, keras.Sequential) or any(
+                cls.__name__ == "Functional" for cls in type(layer).__mro__
+            ):
+                visit(layer)
+            else:
+                for inner in walk_layers(layer):
+                    owners.setdefault(id(inner), layer)
+
+    visit(model)
+    return owners
+
+
+def supports(layer):
+    return isinstance(layer, SparseMixin) or type(layer) in SPARSE_CLASS_FOR
+
+
+def has_kernel_like_weights(layer):
+    return any(len(w.shape) >= 2 for w in layer.weights)
+
+
+def split_convertible(model, selected):
+    """``(convertible, unsupported)`` for the ``selected`` layers of
+    ``model``: the layers with a sparse/quantized counterpart that the
+    conversion can reach, and the layers to report (kernel-like weights and
+    no counterpart, or the owner of a layer the clone would recreate)."""
+    owners = _rebuilt_owners(model) if is_graph_model(model) else {}
+    convertible = [layer for layer in selected if supports(layer) and id(layer) not in owners]
+    unsupported = []
+    for layer in selected:
+        if supports(layer) or has_kernel_like_weights(layer):
+            layer = owners.get(id(layer), layer)
+            if not supports(layer) and all(layer is not u for u in unsupported):
+                unsupported.append(layer)
+    return convertible, unsupported
