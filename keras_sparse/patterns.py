@@ -173,7 +173,12 @@ def _parse(text):
     if ":" in text:
         left, _, right = text.partition(":")
         if left.strip().isdigit() and right.strip().isdigit():
-            return NByM(int(left), int(right))
+            n, m = int(left), int(right)
+            if not 0 < n < m:
+                raise ValueError(
+                    f"N:M sparsity needs 0 < n < m. Received: pattern={text!r} (n={n}, m={m})"
+                )
+            return NByM(n, m)
     return None
 
 

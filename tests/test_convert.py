@@ -303,7 +303,7 @@ def test_unsupported_layer_warns_once_or_raises_in_strict_mode(builder, name):
 BAD_ARGUMENTS = [
     (dict(sparsity=1.0), r"sparsity=1\.0"),
     (dict(sparsity=-0.1), r"sparsity=-0\.1"),
-    (dict(sparsity=0.5, pattern="3:2"), r"n=3, m=2"),
+    (dict(sparsity=0.5, pattern="3:2"), r"pattern=.3:2. \(n=3, m=2\)"),
     # d1 (8, 16) is fine; d2 (16, 6) is not: validation must finish first.
     (dict(sparsity=0.5, pattern=ks.patterns.Block((4, 4))), r"block_shape=\(4, 4\)"),
     # d1 and d2 take 8 and 16 inputs; d3 takes 6, which 4 does not divide.

@@ -204,9 +204,6 @@ class SET(Pruning):
             and (step - self.begin_step) % self.update_freq == 0
         )
 
-    def _current_step(self):
-        return backend.read_int(self.model.optimizer.iterations)
-
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, logs=None):
         self._slot_cache = {}
@@ -286,7 +283,7 @@ class SET(Pruning):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if logs is not None:
-            logs["drop_fraction"] = self.fraction_at(self._current_step())
+            logs["drop_fraction"] = self.fraction_at(self.current_step())
 
     # ------------------------------------------------------------------ logic
     def initialize_masks(self, layers):

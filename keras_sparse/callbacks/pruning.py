@@ -23,7 +23,10 @@ class Pruning(keras.callbacks.Callback):
     The training step is ``optimizer.iterations`` read at the start of each
     epoch plus the batch index, so a run resumed from a checkpoint (for
     example with ``BackupAndRestore``) continues with the same step and the
-    same masks. Masks change only on update steps, before the batch is
+    same masks. Within one ``fit`` the step never goes back: a step the
+    optimizer skipped (``LossScaleOptimizer`` on a non-finite gradient) does
+    not advance ``iterations``, and the next epoch starts after the last
+    batch seen, so no update step runs twice. Masks change only on update steps, before the batch is
     trained. Layers created with ``global_pruning=True`` share one magnitude
     threshold; their sparsity follows the first such layer's schedule.
 
@@ -67,6 +70,7 @@ class Pruning(keras.callbacks.Callback):
         self.log_per_layer = log_per_layer
         self._layers = []
         self._epoch_start_step = 0
+        self._next_step = None
         self._pending_steps = []
         self._waiting_for_build = False
         self._accumulated = {}
@@ -83,6 +87,7 @@ class Pruning(keras.callbacks.Callback):
         for layer in self._layers:
             layer._pruning_callback_attached = True
         self._pending_steps = []
+        self._next_step = None
         # An unbuilt subclassed model is built by the first traced step (on
         # TF after this hook): wait for it, then start.
         self._waiting_for_build = not all(layer.built for layer in self._layers)
@@ -150,10 +155,14 @@ class Pruning(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         backend.sync_model_state(self.model)
-        self._epoch_start_step = backend.read_int(self.model.optimizer.iterations)
+        start = backend.read_int(self.model.optimizer.iterations)
+        if self._next_step is not None:
+            start = max(start, self._next_step)
+        self._epoch_start_step = start
 
     def on_train_batch_begin(self, batch, logs=None):
         steps = self._steps_in_call(self._epoch_start_step + batch)
+        self._next_step = steps.stop
         if self._waiting_for_build:
             self._pending_steps.extend(steps)
             return
@@ -201,6 +210,13 @@ class Pruning(keras.callbacks.Callback):
                 logs[f"{layer.name}/sparsity"] = layer.sparsity
 
     # ----------------------------------------------------------------- logic
+    def current_step(self):
+        """The next training step as this callback counts it (the optimizer's
+        ``iterations`` before the first batch of a ``fit``)."""
+        if self._next_step is not None:
+            return self._next_step
+        return backend.read_int(self.model.optimizer.iterations)
+
     def _steps_per_call(self):
         return int(getattr(self.model, "steps_per_execution", 1) or 1)
 

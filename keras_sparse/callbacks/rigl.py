@@ -44,7 +44,7 @@ class RigL(SET):
     """
 
     def layers_needing_gradient(self):
-        if self._current_step() >= self._end_step:
+        if self.current_step() >= self._end_step:
             return []
         return self.managed_layers()
 
