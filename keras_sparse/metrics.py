@@ -19,7 +19,7 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.optimizers import get_predicate
 from keras_sparse.optimizers import is_binary_variable
 from keras_sparse.optimizers import quantized_weights
-from keras_sparse.utils import walk_layers
+from keras_sparse.utils import is_container, layer_labels, walk_layers
 
 __all__ = ["FlipRatio", "flip_ratio", "signs"]
 
@@ -140,14 +140,19 @@ class FlipRatio(keras.callbacks.Callback):
     # ---------------------------------------------------------------- state
     def watched(self, model=None):
         """``(label, variable, mask or None)`` for every watched weight;
-        ``label`` is the owning layer's name."""
+        ``label`` is the owning layer's name (its path through nested models
+        where two share a name, see :func:`~keras_sparse.utils.layer_labels`)."""
         model = model if model is not None else self.model
-        owners = {}
+        masks, owner = {}, {}
         for layer in walk_layers(model):
+            if is_container(layer):
+                continue
             if isinstance(layer, SparseMixin) and layer.built:
                 for name in layer.sparse_weight_names:
-                    latent = layer.latent_weight(name)
-                    owners[id(latent)] = (layer.name, getattr(layer, name + "_mask", None))
+                    masks[id(layer.latent_weight(name))] = getattr(layer, name + "_mask", None)
+            # Layers are visited parents first: the innermost owner wins.
+            for variable in layer.trainable_variables:
+                owner[id(variable)] = layer
         if self.predicate is None:
             binary = {id(v) for _, _, v in quantized_weights(model, bits=1)}
 
@@ -155,16 +160,19 @@ class FlipRatio(keras.callbacks.Callback):
                 return id(variable) in binary or is_binary_variable(variable)
         else:
             accept = self.predicate
+        variables = [v for v in model.trainable_variables if accept(v)]
+        owning = list({id(owner[id(v)]): owner[id(v)] for v in variables if id(v) in owner}.values())
+        labels = dict(zip(map(id, owning), layer_labels(model, owning)))
         entries = []
-        for variable in model.trainable_variables:
-            if not accept(variable):
-                continue
-            label, mask = owners.get(id(variable), (None, None))
-            if label is None:
+        for variable in variables:
+            layer = owner.get(id(variable))
+            if layer is not None:
+                label = labels[id(layer)]
+            else:
                 # "model/inner/layer/kernel" -> "inner/layer"
                 parts = (getattr(variable, "path", None) or variable.name).split("/")
                 label = "/".join(parts[1:-1]) or "/".join(parts[:-1]) or parts[0]
-            entries.append((label, variable, mask))
+            entries.append((label, variable, masks.get(id(variable))))
         return entries
 
     def _snapshot(self):

@@ -30,6 +30,37 @@ def _children(layer):
     return list(getattr(layer, "layers", []))
 
 
+def layer_labels(model, layers):
+    """A distinct label for each of ``layers`` (inside ``model``), for logs
+    and per-layer tables: the layer's name, or, where two of ``layers``
+    share a name (same-named layers in different nested models), the names
+    of the models enclosing it and its own joined by ``"/"``
+    (``"encoder/proj"``), with ``"#2"``, ``"#3"`` appended if even those
+    agree. Returns a list in the order of ``layers``."""
+    paths = {}
+
+    def visit(layer, prefix):
+        for child in _children(layer):
+            if id(child) in paths:
+                continue
+            paths[id(child)] = prefix + (child.name,)
+            visit(child, prefix + (child.name,))
+
+    visit(model, ())
+    names = [layer.name for layer in layers]
+    labels = [
+        "/".join(paths.get(id(layer), (layer.name,))) if names.count(layer.name) > 1
+        else layer.name
+        for layer in layers
+    ]
+    seen = {}
+    for index, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if labels.count(label) > 1 and seen[label] > 1:
+            labels[index] = f"{label}#{seen[label]}"
+    return labels
+
+
 def sparse_layers(model):
     """The sparse layers inside ``model``, in a stable order."""
     return [layer for layer in walk_layers(model) if isinstance(layer, SparseMixin)]

@@ -159,7 +159,8 @@ class SET(Pruning):
         self.seed = seed
         self._seed = seed if seed is not None else int(np.random.randint(2**31 - 1))
         self._end_step = end_step
-        #: dict layer name -> (dropped, grown) of the last update.
+        #: dict layer label (its name, see ``layer_labels``) -> (dropped, grown)
+        #: of the last update.
         self.last_update = {}
         self._slot_cache = {}
 
@@ -356,7 +357,7 @@ class SET(Pruning):
                                   slots=self._slots_of(latent))
             dropped_total += int(np.count_nonzero(dropped))
             grown_total += int(np.count_nonzero(grown))
-        self.last_update[layer.name] = (dropped_total, grown_total)
+        self.last_update[self.layer_labels()[index]] = (dropped_total, grown_total)
 
     def _slots_of(self, variable):
         """``optimizer_slots`` of ``variable``, looked up once per optimizer

@@ -12,7 +12,7 @@ from keras_sparse.callbacks.optimizer_state import remove_gradient_probes
 from keras_sparse.config import PACKAGE
 from keras_sparse.ops.drop_grow import variance_rescale
 from keras_sparse.ops.masks import global_topk_masks
-from keras_sparse.utils import sparse_layers
+from keras_sparse.utils import layer_labels, sparse_layers
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -32,8 +32,9 @@ class Pruning(keras.callbacks.Callback):
 
     Sparsity is written into ``logs``: ``"sparsity"`` (all masked weights)
     after every batch and epoch, and ``"<layer name>/sparsity"`` per layer at
-    the end of each epoch, so the progress bar, ``CSVLogger`` and
-    ``TensorBoard`` show them with no extra code.
+    the end of each epoch (where layers of nested models share a name, the
+    label is their path, ``"<model>/<layer>/sparsity"``), so the progress
+    bar, ``CSVLogger`` and ``TensorBoard`` show them with no extra code.
 
     Gradient-based scorers (``"saliency"``, ``"taylor"``, ``"movement"``)
     read the dense gradient of the last training step from a gradient probe
@@ -71,6 +72,7 @@ class Pruning(keras.callbacks.Callback):
         self._layers = []
         self._epoch_start_step = 0
         self._next_step = None
+        self._labels = None
         self._pending_steps = []
         self._waiting_for_build = False
         self._accumulated = {}
@@ -88,6 +90,7 @@ class Pruning(keras.callbacks.Callback):
             layer._pruning_callback_attached = True
         self._pending_steps = []
         self._next_step = None
+        self._labels = None
         # An unbuilt subclassed model is built by the first traced step (on
         # TF after this hook): wait for it, then start.
         self._waiting_for_build = not all(layer.built for layer in self._layers)
@@ -206,10 +209,17 @@ class Pruning(keras.callbacks.Callback):
             return
         logs["sparsity"] = self.overall_sparsity()
         if self.log_per_layer:
-            for layer in self._layers:
-                logs[f"{layer.name}/sparsity"] = layer.sparsity
+            for layer, label in zip(self._layers, self.layer_labels()):
+                logs[f"{label}/sparsity"] = layer.sparsity
 
     # ----------------------------------------------------------------- logic
+    def layer_labels(self):
+        """The log label of each managed layer (in ``logs``): its name, or
+        its path through the nested models where two share a name."""
+        if self._labels is None:
+            self._labels = layer_labels(self.model, self._layers)
+        return self._labels
+
     def current_step(self):
         """The next training step as this callback counts it (the optimizer's
         ``iterations`` before the first batch of a ``fit``)."""
