@@ -341,3 +341,26 @@ def test_update_due_at_the_first_step_of_a_second_fit_uses_a_real_gradient():
     assert set(after.masks) == set(expect.expected) == {"d1", "d2"}
     for name, mask in after.masks.items():
         np.testing.assert_array_equal(mask, expect.expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["taylor", "movement"])
+def test_scores_stop_accumulating_after_the_last_update(kind):
+    x, y = _data()  # 6 steps per epoch, 18 in all
+    schedule = ks.schedules.PolynomialDecay(0.0, 0.5, begin_step=2, end_step=6, frequency=2)
+    model = _model(kind, schedule)
+    callback = ks.callbacks.Pruning()
+    scored = []
+    for layer in sparse_layers(model):
+        original = layer.score_weight
+
+        def record(name, *args, _original=original, **kwargs):
+            scored.append(callback.current_step())
+            return _original(name, *args, **kwargs)
+
+        layer.score_weight = record
+    model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
+              callbacks=[callback])
+    # Summed after each of steps 0..5 (the callback's step is then 1..6),
+    # for both layers; the sum after step 5 feeds the last update, at step 6,
+    # and no step after it is scored.
+    assert sorted(scored) == sorted(list(range(1, 7)) * 2)

@@ -45,8 +45,8 @@ class Pruning(keras.callbacks.Callback):
     step of each ``fit``: an update due at that step (a resumed run, a second
     ``fit``) happens one step later, with a real gradient. Accumulating
     scorers (Taylor, movement) are summed after every step, on the weights
-    after the step; the sums live in the callback, so a
-    resumed run restarts them. A scorer with ``rescale_survivors`` (random)
+    after the step, until the schedule's last update; the sums live in the
+    callback, so a resumed run restarts them. A scorer with ``rescale_survivors`` (random)
     rescales the kept weights of each unit when a mask is applied.
 
     Subclasses change *how* a layer's masks are updated by overriding
@@ -187,9 +187,13 @@ class Pruning(keras.callbacks.Callback):
             logs["sparsity"] = self.overall_sparsity()
 
     def _accumulate_scores(self):
+        # The step just trained counts only towards a later update.
+        trained = (self._next_step or 0) - 1
         layers = [
             layer for layer in self._layers
             if layer.schedule is not None and layer.scorer.accumulate
+            and (self._deferred or layer.schedule.last_update_step() is None
+                 or trained < layer.schedule.last_update_step())
         ] if self._layers else []
         if not layers:
             return
