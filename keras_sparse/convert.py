@@ -5,7 +5,10 @@ Sequential and functional models (also nested) are cloned with
 input model is left untouched. Subclassed models cannot be cloned, so their
 layers are converted in place (class swap plus new mask variables) and the
 model's cached train/test/predict functions are reset so the next ``fit``
-traces the masked forward pass.
+traces the masked forward pass. A subclassed model nested in a cloned one is
+rebuilt from its config; sublayers it had made sparse in place are made
+sparse again in the copy, with their settings, masks and weights (plain in
+``ks.strip``).
 
 :func:`convert` is the shared machinery: ``ks.prune`` and ``ks.quantize``
 each validate their arguments into a *plan* (layer -> settings) and hand it
@@ -203,7 +206,49 @@ def _rebuild(layer):
         return layer
 
 
-def _clone(model, make_layer, copy):
+def _holds_sparse_layers(layer):
+    """A layer ``clone_model`` rebuilds from its config as a whole (a nested
+    subclassed model) whose sublayers were made sparse in place."""
+    return (
+        not isinstance(layer, SparseMixin)
+        and not is_graph_model(layer)
+        and any(isinstance(leaf, SparseMixin) for leaf in leaf_layers(layer))
+    )
+
+
+def _mirror_sparse(source, target):
+    """Class-swap the plain ``target`` (rebuilt from config) into
+    ``source``'s sparse class with the same settings."""
+    config = source.get_config()
+    target.__class__ = type(source)
+    target._adopt(config["schedule"], config["pattern"], config["scorer"],
+                  config["global_pruning"])
+    target.configure_quantization(config["kernel_quantizer"], config["input_quantizer"])
+
+
+def _copy_holder(old, new, copy, mirror):
+    """Copy a rebuilt layer that holds sparse layers leaf by leaf; with
+    ``mirror``, its sparse leaves become sparse again first (same settings,
+    masks copied), otherwise (``ks.strip``) they stay plain."""
+    olds, news = leaf_layers(old), leaf_layers(new)
+    same = len(olds) == len(news) and all(
+        type(n) in (type(o), getattr(o, "_keras_parent", None)) for o, n in zip(olds, news)
+    )
+    if not same:
+        raise ValueError(
+            f"Layer {old.name!r} ({type(old).__name__}) holds keras_sparse layers, and "
+            "its from_config() rebuilds different sublayers, so they cannot be copied "
+            "into the new model. Received: sublayers "
+            f"{[type(o).__name__ for o in olds]} rebuilt as {[type(n).__name__ for n in news]}"
+        )
+    for source, target in zip(olds, news):
+        if mirror and isinstance(source, SparseMixin) and not isinstance(target, SparseMixin):
+            _mirror_sparse(source, target)
+        if source.built:
+            copy(source, target)
+
+
+def _clone(model, make_layer, copy, mirror=True):
     pairs = []
 
     def clone_function(layer):
@@ -213,7 +258,11 @@ def _clone(model, make_layer, copy):
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     for old, new in pairs:
-        if old.built:
+        if not old.built:
+            continue
+        if _holds_sparse_layers(old):
+            _copy_holder(old, new, copy, mirror)
+        else:
             copy(old, new)
     return clone
 
@@ -377,7 +426,7 @@ def strip(model):
             else:
                 _copy_weights(old, new)
 
-        stripped = _clone(model, make_layer, copy)
+        stripped = _clone(model, make_layer, copy, mirror=False)
         if not stripped.compiled:
             return stripped
         # clone_model re-compiles a compiled input; a model to ship should not
