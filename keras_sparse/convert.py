@@ -27,6 +27,10 @@ from keras_sparse import scorers as scorers_lib
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.cloning import clone
+from keras_sparse.cloning import copy_weights
+from keras_sparse.cloning import rebuild
+from keras_sparse.cloning import reset_compiled_functions
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.selection import is_graph_model
 from keras_sparse.selection import leaf_layers
@@ -128,62 +132,6 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
     return plan
 
 
-def _auxiliary(layer):
-    return layer.auxiliary_variables() if isinstance(layer, SparseMixin) else []
-
-
-def _assign(dst, src):
-    # A host copy: on JAX, assigning one variable to another shares the
-    # buffer, which the new model's first step then donates.
-    dst.assign(np.array(keras.ops.convert_to_numpy(src)))
-
-
-def _copy_weights(source, target):
-    """Copy ``source``'s weights into ``target`` (same Keras parent).
-
-    The Keras parent's weights are copied in order; masks and probes by
-    name; quantizer state only when both layers use the same quantizer (it
-    is initialized from the copied weights otherwise).
-    """
-    skip_source = {id(v) for v in _auxiliary(source)}
-    skip_target = {id(v) for v in _auxiliary(target)}
-    sources = [v for v in source.weights if id(v) not in skip_source]
-    targets = [v for v in target.weights if id(v) not in skip_target]
-    if len(sources) != len(targets):
-        raise RuntimeError(
-            f"Cannot copy weights of layer {source.name!r}: {len(sources)} source "
-            f"variables for {len(targets)} target variables."
-        )
-    for src, dst in zip(sources, targets):
-        _assign(dst, src)
-    if not isinstance(target, SparseMixin):
-        return
-    if isinstance(source, SparseMixin):
-        for name in target.sparse_weight_names:
-            for suffix in ("_mask", "_probe"):
-                src = getattr(source, name + suffix, None)
-                dst = getattr(target, name + suffix, None)
-                if src is not None and dst is not None:
-                    _assign(dst, src)
-        target._mask_sparsity_cache = {}
-    initialize = False
-    for key in target._quantizer_state:
-        quantizer = target.input_quantizer if key == "input" else target.kernel_quantizer
-        same = isinstance(source, SparseMixin) and quantizer == (
-            source.input_quantizer if key == "input" else source.kernel_quantizer
-        )
-        source_state = source.quantizer_state(key) if same else {}
-        for item, dst in target.quantizer_state(key).items():
-            if not isinstance(dst, keras.Variable):
-                continue
-            if item in source_state:
-                _assign(dst, source_state[item])
-            elif key != "input":
-                initialize = True
-    if initialize:
-        target.initialize_quantizers()
-
-
 def _sparse_from(layer, settings):
     # An already-sparse layer keeps its other settings (a quantized layer
     # keeps its quantizers when pruned, and the other way round).
@@ -191,86 +139,6 @@ def _sparse_from(layer, settings):
     config = layer.get_config()
     config.update(settings)
     return cls.from_config(config)
-
-
-def _rebuild(layer):
-    """A fresh copy of a layer that is not converted. A weightless layer
-    Keras will not rebuild from its config (a ``Lambda`` wrapping a Python
-    lambda is refused in safe mode) is reused as it is: it holds no state
-    the two models could share."""
-    try:
-        return layer.__class__.from_config(layer.get_config())
-    except (ValueError, TypeError):
-        if layer.weights:
-            raise
-        return layer
-
-
-def _holds_sparse_layers(layer):
-    """A layer ``clone_model`` rebuilds from its config as a whole (a nested
-    subclassed model) whose sublayers were made sparse in place."""
-    return (
-        not isinstance(layer, SparseMixin)
-        and not is_graph_model(layer)
-        and any(isinstance(leaf, SparseMixin) for leaf in leaf_layers(layer))
-    )
-
-
-def _mirror_sparse(source, target):
-    """Class-swap the plain ``target`` (rebuilt from config) into
-    ``source``'s sparse class with the same settings."""
-    config = source.get_config()
-    target.__class__ = type(source)
-    target._adopt(config["schedule"], config["pattern"], config["scorer"],
-                  config["global_pruning"])
-    target.configure_quantization(config["kernel_quantizer"], config["input_quantizer"])
-
-
-def _copy_holder(old, new, copy, mirror):
-    """Copy a rebuilt layer that holds sparse layers leaf by leaf; with
-    ``mirror``, its sparse leaves become sparse again first (same settings,
-    masks copied), otherwise (``ks.strip``) they stay plain."""
-    olds, news = leaf_layers(old), leaf_layers(new)
-    same = len(olds) == len(news) and all(
-        type(n) in (type(o), getattr(o, "_keras_parent", None)) for o, n in zip(olds, news)
-    )
-    if not same:
-        raise ValueError(
-            f"Layer {old.name!r} ({type(old).__name__}) holds keras_sparse layers, and "
-            "its from_config() rebuilds different sublayers, so they cannot be copied "
-            "into the new model. Received: sublayers "
-            f"{[type(o).__name__ for o in olds]} rebuilt as {[type(n).__name__ for n in news]}"
-        )
-    for source, target in zip(olds, news):
-        if mirror and isinstance(source, SparseMixin) and not isinstance(target, SparseMixin):
-            _mirror_sparse(source, target)
-        if source.built:
-            copy(source, target)
-
-
-def _clone(model, make_layer, copy, mirror=True):
-    pairs = []
-
-    def clone_function(layer):
-        new = make_layer(layer)
-        pairs.append((layer, new))
-        return new
-
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    for old, new in pairs:
-        if not old.built:
-            continue
-        if _holds_sparse_layers(old):
-            _copy_holder(old, new, copy, mirror)
-        else:
-            copy(old, new)
-    return clone
-
-
-def _reset_compiled_functions(model):
-    for attr in ("train_function", "test_function", "predict_function"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)
 
 
 def convert(model, plan, configure):
@@ -297,9 +165,9 @@ def convert(model, plan, configure):
         def make_layer(layer):
             if id(layer) in plan:
                 return _sparse_from(layer, plan[id(layer)])
-            return _rebuild(layer)
+            return rebuild(layer)
 
-        return _clone(model, make_layer, _copy_weights)
+        return clone(model, make_layer, copy_weights)
 
     for layer in leaf_layers(model):
         settings = plan.get(id(layer))
@@ -309,7 +177,7 @@ def convert(model, plan, configure):
             layer.__class__ = SPARSE_CLASS_FOR[type(layer)]
             layer._adopt()
         getattr(layer, configure)(**settings)
-    _reset_compiled_functions(model)
+    reset_compiled_functions(model)
     return model
 
 
@@ -418,15 +286,15 @@ def strip(model):
         def make_layer(layer):
             if isinstance(layer, SparseMixin):
                 return layer._keras_parent.from_config(layer.plain_config())
-            return _rebuild(layer)
+            return rebuild(layer)
 
         def copy(old, new):
             if isinstance(old, SparseMixin):
                 new.set_weights(old.stripped_weights())
             else:
-                _copy_weights(old, new)
+                copy_weights(old, new)
 
-        stripped = _clone(model, make_layer, copy, mirror=False)
+        stripped = clone(model, make_layer, copy, mirror=False)
         if not stripped.compiled:
             return stripped
         # clone_model re-compiles a compiled input; a model to ship should not
@@ -438,7 +306,7 @@ def strip(model):
     for layer in leaf_layers(model):
         if isinstance(layer, SparseMixin):
             _strip_in_place(layer)
-    _reset_compiled_functions(model)
+    reset_compiled_functions(model)
     return model
 
 

@@ -533,7 +533,7 @@ def test_weightless_layers_keras_refuses_to_rebuild_are_reused():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(stripped(x)),
                                keras.ops.convert_to_numpy(quantized(x)), rtol=1e-5, atol=1e-6)
     # A layer with weights that fails to rebuild still raises.
-    from keras_sparse.convert import _rebuild
+    from keras_sparse.cloning import rebuild as _rebuild
 
     class Broken(keras.layers.Dense):
         @classmethod
