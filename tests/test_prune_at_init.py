@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_sparse as ks
+from keras_sparse.scorers import at_init
 from keras_sparse.utils import sparse_layers
 
 pai = importlib.import_module("keras_sparse.prune_at_init")
@@ -148,9 +149,9 @@ def test_grasp_keeps_top_k_weight_times_hessian_gradient():
     reference = [k * h for (k, _), h in zip(params, hg)]
     # The implementation's own product agrees with the numpy one.
     model = ks.prune(dense, 0.5)
-    entries = pai._entries(sparse_layers(model))
+    entries = at_init.weight_entries(sparse_layers(model))
     loss_fn = pai._loss_function(model, LOSS)
-    scores = pai._grasp_scores(model, entries, [(x, y)], loss_fn)
+    scores = at_init.grasp_scores(model, entries, [(x, y)], loss_fn)
     for got, want in zip(scores, reference):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
     pruned = ks.prune_at_init(dense, (x, y), 0.75, scorer="grasp", loss=LOSS)

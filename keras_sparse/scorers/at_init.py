@@ -1,0 +1,163 @@
+"""Whole-model criteria for pruning at initialization: loss gradients
+(SNIP), the Hessian-gradient product (GraSP) and SynFlow's data-free
+synaptic flow, each computed with the backend's autodiff inside
+``keras.StatelessScope`` (no variable of the model is modified).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sparse import backend
+from keras_sparse.utils import walk_layers
+
+
+def _stateless(fn, variables):
+    """``fn`` as a function of the values of ``variables``."""
+
+    def wrapped(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn()
+
+    return wrapped
+
+
+# ------------------------------------------------------------------ criteria
+def weight_entries(layers):
+    """``(layer, weight name)`` of every masked weight of ``layers``."""
+    return [(layer, name) for layer in layers for name in layer.sparse_weight_names]
+
+
+def loss_gradients(model, entries, batches, loss_fn):
+    """Loss gradients with respect to the latent weights, averaged over
+    ``batches`` (float32 numpy arrays)."""
+    variables = [layer.latent_weight(name) for layer, name in entries]
+
+    def loss_of(values, x, y):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return loss_fn(y, model(x, training=True))
+
+    grad = backend.gradient_function(loss_of)
+    values = [ops.convert_to_tensor(v) for v in variables]
+    total = None
+    for x, y in batches:
+        grads = grad(values, ops.convert_to_tensor(x), ops.convert_to_tensor(y))
+        grads = [np.asarray(ops.convert_to_numpy(g), dtype=np.float32) for g in grads]
+        total = grads if total is None else [t + g for t, g in zip(total, grads)]
+    return [t / len(batches) for t in total]
+
+
+def grasp_scores(model, entries, batches, loss_fn):
+    """``w ⊙ Hg`` (kept when high; GraSP removes the highest ``-w ⊙ Hg``)."""
+    variables = [layer.latent_weight(name) for layer, name in entries]
+    values = [ops.convert_to_tensor(v) for v in variables]
+    g = loss_gradients(model, entries, batches, loss_fn)
+    total = None
+    for x, y in batches:
+
+        def compute():
+            return loss_fn(y, model(x, training=True))
+
+        hg = backend.hessian_vector_product(_stateless(compute, variables), values, g)
+        hg = [np.asarray(ops.convert_to_numpy(h), dtype=np.float32) for h in hg]
+        total = hg if total is None else [t + h for t, h in zip(total, hg)]
+    weights = [np.asarray(ops.convert_to_numpy(v), dtype=np.float32) for v in values]
+    return [w * h / len(batches) for w, h in zip(weights, total)]
+
+
+# Stand-alone activation layers (no ``activation`` attribute) that SynFlow
+# bypasses; a Softmax at the output would otherwise make the summed output
+# constant and every score 0.
+_ACTIVATION_LAYERS = (
+    keras.layers.ReLU,
+    keras.layers.Softmax,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+)
+
+
+def _identity_call(inputs, *args, **kwargs):
+    return inputs
+
+
+def linearize(model):
+    """Replace each nonlinearity by the identity for SynFlow: ``activation``
+    arguments and stand-alone activation layers (their ``call``). Returns
+    ``(layer, attribute, saved)`` entries for :func:`restore`; ``saved`` is
+    ``None`` for a ``call`` that came from the class."""
+    swapped = []
+    for layer in [model] + walk_layers(model):
+        activation = getattr(layer, "activation", None)
+        if callable(activation) and activation is not keras.activations.linear:
+            swapped.append((layer, "activation", activation))
+            layer.activation = keras.activations.linear
+        elif isinstance(layer, _ACTIVATION_LAYERS):
+            swapped.append((layer, "call", vars(layer).get("call")))
+            layer.call = _identity_call
+    return swapped
+
+
+def restore(swapped):
+    """Undo :func:`linearize` (``swapped`` is what it returned)."""
+    for layer, attribute, saved in swapped:
+        if saved is None:
+            delattr(layer, attribute)
+        else:
+            setattr(layer, attribute, saved)
+
+
+def _synflow_input(model, input_shape):
+    if input_shape is None:
+        inputs = getattr(model, "inputs", None)
+        if not inputs:
+            raise ValueError(
+                "SynFlow needs the input shape of a model without symbolic inputs "
+                "(subclassed): pass `input_shape=` (without the batch dimension). "
+                "Received: input_shape=None"
+            )
+        shapes = [tuple(i.shape[1:]) for i in inputs]
+    else:
+        shapes = [tuple(input_shape)]
+    ones = [ops.ones((1,) + s, dtype="float32") for s in shapes]
+    return ones[0] if len(ones) == 1 else ones
+
+
+def synflow_gradient(model, entries, input_shape):
+    """A function ``masks -> scores``: ``|w| ⊙ ∂R/∂|w|`` with
+    ``R = 1ᵀ f_|θ|(1)`` on the linearized network, for the given masks."""
+    latents = [layer.latent_weight(name) for layer, name in entries]
+    masks = [layer.get_mask(name) for layer, name in entries]
+    skip = {id(v) for v in latents + masks}
+    others = [
+        v for v in model.trainable_variables + model.non_trainable_variables
+        if id(v) not in skip and "float" in keras.backend.standardize_dtype(v.dtype)
+    ]
+    other_values = [ops.abs(ops.convert_to_tensor(v)) for v in others]
+    x = _synflow_input(model, input_shape)
+
+    def flow(values, mask_values):
+        mapping = (
+            list(zip(latents, values))
+            + list(zip(masks, mask_values))
+            + list(zip(others, other_values))
+        )
+        with keras.StatelessScope(state_mapping=mapping):
+            return ops.sum(ops.cast(model(x, training=False), "float32"))
+
+    grad = backend.gradient_function(flow)
+    values = [ops.abs(ops.convert_to_tensor(v)) for v in latents]
+    value_arrays = [np.asarray(ops.convert_to_numpy(v)) for v in values]
+
+    def scores():
+        current = [ops.convert_to_tensor(m) for m in masks]
+        grads = grad(values, current)
+        return [
+            np.abs(v * np.asarray(ops.convert_to_numpy(g)))
+            for v, g in zip(value_arrays, grads)
+        ]
+
+    return scores
+
+
+# --------------------------------------------------------------------- masks
