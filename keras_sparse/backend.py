@@ -25,6 +25,24 @@ def sync_model_state(model):
         sync()
 
 
+def track_variables(model):
+    """Make ``model`` and its sublayers see variables added to (or removed
+    from) its layers after they were built: masks and quantizer state of a
+    model converted in place, gradient probes.
+
+    On torch, a built layer keeps a ``ParameterDict`` of its variables that
+    ``zero_grad()`` walks before every training step; a variable added to a
+    sublayer later is missing from the enclosing model's dict, so its
+    gradient would add up over steps instead of being cleared. The dicts are
+    rebuilt here. Nothing to do on the other backends.
+    """
+    if name() != "torch":
+        return
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if hasattr(layer, "_torch_params"):
+            layer._track_variables()
+
+
 def read_int(variable):
     """Read a scalar integer variable (e.g. ``optimizer.iterations``)."""
     return int(ops.convert_to_numpy(variable))
@@ -115,7 +133,7 @@ def gradient_function(fn):
         import torch
 
         def grad(values, *aux):
-            values = [v.detach().clone().requires_grad_(True) for v in values]
+            values = [_torch_leaf(v) for v in values]
             return list(torch.autograd.grad(fn(values, *aux), values))
 
         return grad
@@ -148,9 +166,16 @@ def hessian_vector_product(fn, values, vectors):
     if backend == "torch":
         import torch
 
-        values = [v.detach().clone().requires_grad_(True) for v in values]
+        values = [_torch_leaf(v) for v in values]
+        vectors = [ops.convert_to_tensor(v).detach() for v in vectors]
         out = fn(values)
         grads = torch.autograd.grad(out, values, create_graph=True)
-        dot = sum((g * v.detach()).sum() for g, v in zip(grads, vectors))
+        dot = sum((g * v).sum() for g, v in zip(grads, vectors))
         return list(torch.autograd.grad(dot, values))
     raise NotImplementedError(f"No autodiff for backend {backend!r}.")
+
+
+def _torch_leaf(value):
+    """``value`` (a tensor or numpy array) as a fresh torch leaf tensor that
+    records gradients."""
+    return ops.convert_to_tensor(value).detach().clone().requires_grad_(True)

@@ -8,6 +8,7 @@ copy (or left plain, for ``ks.strip``).
 import keras
 import numpy as np
 
+from keras_sparse import backend
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.selection import is_graph_model
 from keras_sparse.selection import leaf_layers
@@ -149,7 +150,10 @@ def clone(model, make_layer, copy, mirror=True):
 
 def reset_compiled_functions(model):
     """Drop ``model``'s traced train/test/predict functions (after a layer
-    changed class in place), so the next call traces the new forward pass."""
+    changed class in place), so the next call traces the new forward pass,
+    and register the variables the change added or removed with the backend
+    (:func:`keras_sparse.backend.track_variables`)."""
+    backend.track_variables(model)
     for attr in ("train_function", "test_function", "predict_function"):
         if hasattr(model, attr):
             setattr(model, attr, None)

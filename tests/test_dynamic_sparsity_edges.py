@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras_sparse as ks
+from conftest import multi_step_execution
 from keras_sparse.utils import sparse_layers
 # The set-up of the main SET / RigL tests (6 steps per epoch).
 from test_rigl_set import BATCH
@@ -17,6 +18,7 @@ from test_rigl_set import _step
 
 
 @pytest.mark.slow
+@multi_step_execution
 def test_steps_per_execution_updates_each_step_once_never_early():
     # 6 steps per epoch in calls of 4: the last call of each epoch runs 2.
     x, y = _data()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from keras import ops
 
 import keras_sparse as ks
+from conftest import layer_grads
 from keras_sparse import testing
 
 # class name -> (init kwargs, input shape); None = integer ids for Embedding.
@@ -66,33 +67,6 @@ def _masks(layer):
     return {name: _numpy(layer.get_mask(name)) for name in layer.sparse_weight_names}
 
 
-def _grads(layer, x, cotangent):
-    """Gradients of ``sum(layer(x) * cotangent)`` w.r.t. the float input (or
-    ``None``) and every trainable variable."""
-    float_input = x.dtype.kind == "f"
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * cotangent)
-        grad_x, grads = tape.gradient(loss, [x, layer.trainable_variables])
-        return (grad_x if float_input else None), grads
-    import jax
-
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-
-    def loss(trainable, inputs):
-        outputs, _ = layer.stateless_call(trainable, non_trainable, inputs)
-        return jax.numpy.sum(outputs * cotangent)
-
-    trainable = [v.value for v in layer.trainable_variables]
-    if not float_input:
-        return None, jax.grad(loss)(trainable, x)
-    grads, grad_x = jax.grad(loss, argnums=(0, 1))(trainable, x)
-    return grad_x, grads
-
 
 # ------------------------------------------------------------------ parity
 @pytest.mark.parametrize("pruned", [False, True], ids=["all-ones", "pruned"])
@@ -114,8 +88,8 @@ def test_parity_with_keras_parent(name, pruned):
     out = sparse(x)
     _assert_identical(out, parent(x))
     cotangent = np.random.default_rng(2).standard_normal(out.shape).astype("float32")
-    sparse_grad_x, sparse_grads = _grads(sparse, x, cotangent)
-    parent_grad_x, parent_grads = _grads(parent, x, cotangent)
+    sparse_grad_x, sparse_grads = layer_grads(sparse, x, cotangent)
+    parent_grad_x, parent_grads = layer_grads(parent, x, cotangent)
     if sparse_grad_x is not None:
         _assert_identical(sparse_grad_x, parent_grad_x)
     assert len(sparse_grads) == len(parent_grads)
@@ -255,6 +229,9 @@ class MyLayer(ks.layers.SparseMixin, keras.layers.Layer):
 
     def call(self, inputs):
         return ops.matmul(inputs, self.kernel)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

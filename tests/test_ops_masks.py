@@ -304,10 +304,19 @@ def test_nm_keeps_group_top_n():
     np.testing.assert_array_equal(mask, [False, True, False, True, True, True, False, False])
 
 
-def test_nm_ties_keep_lower_index():
-    mask = to_np(ks_ops.nm_mask(np.ones((8, 3)), 2, 4, axis=0))
-    np.testing.assert_array_equal(mask[:, 0], [1, 1, 0, 0, 1, 1, 0, 0])
+@pytest.mark.parametrize("n,m", [(2, 4), (3, 8), (4, 16)])
+def test_nm_ties_keep_lower_index(n, m):
+    # Small groups rank entries pairwise, large ones use a top-k: both keep
+    # the first n of equal scores, on every backend.
+    mask = to_np(ks_ops.nm_mask(np.ones((2 * m, 3)), n, m, axis=0))
+    group = [1] * n + [0] * (m - n)
+    np.testing.assert_array_equal(mask[:, 0], group * 2)
     assert (mask == mask[:, :1]).all()
+    group = np.array([0.5, 0.5, 0.9] + [0.1] * (m - 3), "float32")
+    expected = np.zeros(m, bool)
+    expected[np.argsort(-group, kind="stable")[:n]] = True  # n=2 keeps 0.9 and the first 0.5
+    mask = to_np(ks_ops.nm_mask(np.tile(group, 2)[:, None], n, m, axis=0))[:, 0]
+    np.testing.assert_array_equal(mask, np.tile(expected, 2))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
 
+from conftest import backend_grad
 from conftest import to_np
 from keras_sparse.ops import packing
 from keras_sparse.ops import quantize as q
@@ -27,22 +28,8 @@ def grads(fn, *args):
     args = [np.asarray(a, "float32") for a in args]
     out_shape = np.shape(to_np(fn(*args)))
     cot = np.linspace(0.5, 1.5, int(np.prod(out_shape)) or 1).reshape(out_shape).astype("float32")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tensors = [tf.constant(a) for a in args]
-        with tf.GradientTape() as tape:
-            for t in tensors:
-                tape.watch(t)
-            loss = tf.reduce_sum(fn(*tensors) * cot)
-        return [g.numpy() for g in tape.gradient(loss, tensors)], cot
-    import jax
-
-    def loss(*a):
-        return jax.numpy.sum(fn(*a) * cot)
-
-    result = jax.grad(loss, argnums=tuple(range(len(args))))(*args)
-    return [np.asarray(g) for g in result], cot
+    cot_tensor = keras.ops.convert_to_tensor(cot)
+    return backend_grad(lambda *a: keras.ops.sum(fn(*a) * cot_tensor), args), cot
 
 
 def np_sign(x):
@@ -332,20 +319,24 @@ def test_half_precision_input_keeps_dtype(rng, name, dtype):
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_forward_is_exact_not_rounded_by_the_straight_through_identity(rng, name):
     # The STE identity must not perturb values: every binary output is ±1
-    # exactly, and results are the same under a jit trace.
+    # exactly, and results are the same under a jit trace (TensorFlow's XLA,
+    # jax.jit; torch runs eagerly).
     x = rng.standard_normal((5, 3)).astype("float32")
     eager = to_np(ALL[name](x))
-    if keras.backend.backend() == "tensorflow":
+    if name in ("ste_sign", "approx_sign", "swish_sign"):
+        assert set(np.unique(eager)) <= {-1.0, 1.0}
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         traced = tf.function(ALL[name], jit_compile=True)(x).numpy()
-    else:
+    elif backend == "jax":
         import jax
 
         traced = np.asarray(jax.jit(ALL[name])(x))
+    else:
+        pytest.skip(f"no jit trace on backend {backend}")
     np.testing.assert_allclose(traced, eager, rtol=1e-6, atol=1e-7)
-    if name in ("ste_sign", "approx_sign", "swish_sign"):
-        assert set(np.unique(eager)) <= {-1.0, 1.0}
 
 
 @pytest.mark.parametrize(

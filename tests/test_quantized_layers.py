@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import keras_sparse as ks
+from conftest import layer_grads
 from conftest import to_np
 from keras_sparse import quantizers
 from keras_sparse import testing
@@ -59,33 +60,6 @@ def _identical(a, b):
     assert a.tobytes() == b.tobytes(), np.max(np.abs(a.astype("float64") - b))
 
 
-def _grads(layer, x, cotangent):
-    """Gradients of ``sum(layer(x) * cotangent)`` w.r.t. the float input (or
-    ``None``) and every trainable variable."""
-    float_input = x.dtype.kind == "f"
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * cotangent)
-        grad_x, grads = tape.gradient(loss, [x, layer.trainable_variables])
-        return (grad_x if float_input else None), grads
-    import jax
-
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-
-    def loss(trainable, inputs):
-        outputs, _ = layer.stateless_call(trainable, non_trainable, inputs)
-        return jax.numpy.sum(outputs * cotangent)
-
-    trainable = [v.value for v in layer.trainable_variables]
-    if not float_input:
-        return None, jax.grad(loss)(trainable, x)
-    grads, grad_x = jax.grad(loss, argnums=(0, 1))(trainable, x)
-    return grad_x, grads
-
 
 # --------------------------------------------------------------- signature
 @pytest.mark.parametrize("name", NAMES)
@@ -112,8 +86,8 @@ def test_identity_quantizer_with_all_ones_mask_equals_keras_parent(name):
     out = ours(x)
     _identical(out, parent(x))
     cotangent = np.random.default_rng(2).standard_normal(out.shape).astype("float32")
-    our_grad_x, our_grads = _grads(ours, x, cotangent)
-    their_grad_x, their_grads = _grads(parent, x, cotangent)
+    our_grad_x, our_grads = layer_grads(ours, x, cotangent)
+    their_grad_x, their_grads = layer_grads(parent, x, cotangent)
     if our_grad_x is not None:
         _identical(our_grad_x, their_grad_x)
     assert len(our_grads) == len(their_grads)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from keras import ops
 
 import keras_sparse as ks
+from conftest import backend_grad
 from keras_sparse import regularizers as R
 
 
@@ -27,17 +28,7 @@ def _ref_group_lasso_grad(w, l, groups):
 
 
 def _grad(fn, w):
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.Variable(w)
-        with tf.GradientTape() as tape:
-            y = fn(x)
-        return tape.gradient(y, x).numpy()
-    import jax
-
-    return np.asarray(jax.grad(lambda x: fn(x))(w))
+    return backend_grad(fn, [w])[0]
 
 
 @pytest.mark.parametrize("groups", ["units", "filters", "inputs"])

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 import keras_sparse as ks
+from conftest import multi_step_execution
 
 BATCH = 16
 PER_CALL = 4
@@ -43,6 +44,7 @@ def _fit_recording(epochs, end_step, per_call=PER_CALL, optimizer="adam", scale=
     return model, seen
 
 
+@multi_step_execution
 def test_each_update_step_runs_once_within_its_call():
     model, seen = _fit_recording(epochs=3, end_step=16)
     names = {name for name, _, _ in seen}
@@ -58,6 +60,7 @@ def test_each_update_step_runs_once_within_its_call():
         assert int((mask == 0).sum()) == round(0.8 * mask.size)
 
 
+@multi_step_execution
 def test_no_update_for_a_step_past_the_last_trained():
     # Step 12 is due; 12 steps are trained: the short call [10-11] must not
     # run it early (it would be step 12's update applied at iteration 10).

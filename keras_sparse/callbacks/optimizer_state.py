@@ -93,6 +93,8 @@ def add_gradient_probes(model, layers):
         if not layer.has_gradient_probe:
             layer.enable_gradient_probe()
             added = True
+    if added:
+        backend.track_variables(model)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and _inner(optimizer).built:
         probes = [
@@ -130,6 +132,7 @@ def remove_gradient_probes(model, layers):
             removed = True
     if not removed:
         return False
+    backend.track_variables(model)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and _inner(optimizer).built:
         rebuild_optimizer(model)

@@ -186,10 +186,28 @@ def nm_mask(scores, n, m, axis=-2):
     moved = ops.moveaxis(ops.cast(scores, "float32"), axis, -1)
     moved_shape = tuple(moved.shape)
     grouped = ops.reshape(moved, moved_shape[:-1] + (length // m, m))
-    _, idx = ops.top_k(grouped, n, sorted=True)
-    keep = ops.sum(ops.one_hot(idx, m, dtype="int32"), axis=-2) > 0
+    keep = _keep_top_n_in_groups(grouped, n, m)
     keep = ops.reshape(keep, moved_shape)
     return ops.moveaxis(keep, -1, axis)
+
+
+def _keep_top_n_in_groups(grouped, n, m):
+    """Boolean mask of the ``n`` largest entries along the last axis (size
+    ``m``), ties kept in index order (lower index first) on every backend."""
+    if m > 8 and backend.name() != "torch":
+        # TensorFlow's and JAX's top-k keep the lower index among ties.
+        _, idx = ops.top_k(grouped, n, sorted=True)
+        return ops.sum(ops.one_hot(idx, m, dtype="int32"), axis=-2) > 0
+    # Rank of each entry in its group: the entries scoring higher, plus the
+    # equal ones before it (torch's top-k leaves the order of ties open; for
+    # small groups this is also faster than a top-k).
+    mine, other = ops.expand_dims(grouped, -1), ops.expand_dims(grouped, -2)
+    position = ops.arange(m)
+    before = ops.expand_dims(position, -1) > ops.expand_dims(position, 0)
+    beats = ops.logical_or(
+        ops.greater(other, mine), ops.logical_and(ops.equal(other, mine), before)
+    )
+    return ops.sum(ops.cast(beats, "int32"), axis=-1) < n
 
 
 def check_nm(n, m):

@@ -4,6 +4,8 @@ sub-optimizer of the first predicate accepting it."""
 import warnings
 
 import keras
+import numpy as np
+from keras import ops
 
 from keras_sparse.config import PACKAGE
 from keras_sparse.optimizers.predicates import _serialize_predicate
@@ -217,6 +219,10 @@ class CaseOptimizer(keras.optimizers.Optimizer):
                     "This optimizer can only update the variables it was built "
                     "with; create a new optimizer for new variables."
                 ) from None
+            if isinstance(grad, np.ndarray):
+                # torch's fused (foreach) updates need tensors; numpy
+                # gradients work as on the other backends.
+                grad = ops.convert_to_tensor(grad, dtype=variable.dtype)
             groups[index][0].append(grad)
             groups[index][1].append(variable)
         for optimizer, (sub_grads, sub_vars) in zip(self._optimizers, groups):

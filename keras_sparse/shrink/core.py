@@ -190,7 +190,11 @@ def _graph_children(model):
     """``(container, key, sub-model)`` for each Sequential/functional model
     held directly by ``model`` (attribute, or item of a list attribute)."""
     found = []
-    for name, value in list(vars(model).items()):
+    attributes = dict(vars(model))
+    # On torch a layer is a torch.nn.Module: sublayers set as attributes are
+    # kept in its ``_modules``, not in ``__dict__``.
+    attributes.update(getattr(model, "_modules", None) or {})
+    for name, value in list(attributes.items()):
         if name.startswith("_"):
             continue
         if is_graph_model(value):
