@@ -1,8 +1,9 @@
 """The one place that knows which Keras backend is running.
 
-Everything backend-specific (the JAX state sync, reading a step counter,
-fusing quantizer kernels, autodiff of a scalar function for pruning at
-initialization) lives here so the rest of the package is written with ``keras.ops`` only.
+Everything backend-specific (the JAX state sync, registering variables
+added to built layers on torch, reading a step counter, fusing quantizer
+kernels, autodiff of a scalar function for pruning at initialization) lives
+here so the rest of the package is written with ``keras.ops`` only.
 """
 
 import keras
@@ -41,6 +42,15 @@ def track_variables(model):
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if hasattr(layer, "_torch_params"):
             layer._track_variables()
+
+
+def layer_attributes(layer):
+    """The attributes set on ``layer``, as a dict. On torch a layer is a
+    ``torch.nn.Module``, which keeps the sublayers set as attributes in its
+    ``_modules`` rather than in ``__dict__``."""
+    attributes = dict(vars(layer))
+    attributes.update(getattr(layer, "_modules", None) or {})
+    return attributes
 
 
 def read_int(variable):

@@ -199,8 +199,9 @@ def _keep_top_n_in_groups(grouped, n, m):
         _, idx = ops.top_k(grouped, n, sorted=True)
         return ops.sum(ops.one_hot(idx, m, dtype="int32"), axis=-2) > 0
     # Rank of each entry in its group: the entries scoring higher, plus the
-    # equal ones before it (torch's top-k leaves the order of ties open; for
-    # small groups this is also faster than a top-k).
+    # equal ones before it (torch's top-k leaves the order of ties open). The
+    # pairwise comparison costs m times the group's size, so larger groups on
+    # the other backends use their top-k.
     mine, other = ops.expand_dims(grouped, -1), ops.expand_dims(grouped, -2)
     position = ops.arange(m)
     before = ops.expand_dims(position, -1) > ops.expand_dims(position, 0)

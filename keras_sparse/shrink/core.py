@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_sparse import backend
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.shrink.analysis import _analyse
 from keras_sparse.shrink.graph import Graph
@@ -190,11 +191,7 @@ def _graph_children(model):
     """``(container, key, sub-model)`` for each Sequential/functional model
     held directly by ``model`` (attribute, or item of a list attribute)."""
     found = []
-    attributes = dict(vars(model))
-    # On torch a layer is a torch.nn.Module: sublayers set as attributes are
-    # kept in its ``_modules``, not in ``__dict__``.
-    attributes.update(getattr(model, "_modules", None) or {})
-    for name, value in list(attributes.items()):
+    for name, value in list(backend.layer_attributes(model).items()):
         if name.startswith("_"):
             continue
         if is_graph_model(value):
