@@ -237,7 +237,7 @@ def _check_block(mask, block, sparsity):
     blocks = blocks.reshape(rows // br, cols // bc, br * bc)
     assert np.all(blocks.all(axis=-1) | ~blocks.any(axis=-1)), "mixed block"
     removed = int((~blocks.any(axis=-1)).sum())
-    assert removed == round(sparsity * blocks.shape[0] * blocks.shape[1])
+    assert removed == round(sparsity * (blocks.shape[0] * blocks.shape[1]))
 
 
 def _check_channel(mask, sparsity):
