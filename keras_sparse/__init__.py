@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from keras_sparse import distributions
 from keras_sparse import layers
+from keras_sparse import methods
 from keras_sparse import ops
 from keras_sparse import patterns
 from keras_sparse import quantizers
@@ -47,6 +48,7 @@ __all__ = [
     "slimming",
     "layers",
     "load_exported",
+    "methods",
     "metrics",
     "ops",
     "optimizers",

@@ -20,6 +20,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_sparse import backend
 from keras_sparse import distributions as distributions_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import schedules as schedules_lib
@@ -69,8 +70,12 @@ def _warn_or_raise_unsupported(unsupported, strict):
     warnings.warn(f"keras_sparse skipped layers it cannot make sparse: {names}.", stacklevel=3)
 
 
-def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict):
+def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
+          method=None):
     """Validate every argument and decide each layer's settings, touching nothing."""
+    from keras_sparse import methods as methods_lib
+
+    method = None if method is None else methods_lib.get(method)
     if sparsity is not None:
         sparsity = check_sparsity(sparsity)
     schedule = schedules_lib.get(schedule)
@@ -128,8 +133,21 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             pattern=pattern,
             scorer=scorer,
             global_pruning=distribution.is_global,
+            method=method,
         )
+    if method is not None and hasattr(method, "check_layer"):
+        for layer in convertible:
+            if id(layer) in plan:
+                method.check_layer(_PatternView(layer.name, pattern))
     return plan
+
+
+class _PatternView:
+    """What a method's ``check_layer`` reads of a layer about to be converted."""
+
+    def __init__(self, name, pattern):
+        self.name = name
+        self.pattern = pattern
 
 
 def _sparse_from(layer, settings):
@@ -191,6 +209,7 @@ def prune(
     distribution="uniform",
     layers=None,
     strict=False,
+    method=None,
 ):
     """Make the supported layers of ``model`` sparse.
 
@@ -215,6 +234,14 @@ def prune(
             of names, a dict ``name -> sparsity`` or a callable.
         strict: raise instead of warning when a selected layer with a kernel
             has no sparse counterpart.
+        method: how masks move during ``fit`` (a
+            :class:`keras_sparse.methods.SparsityMethod` or alias:
+            ``"gradual"``, ``"set"``, ``"rigl"``); ``None`` = gradual pruning
+            with ``schedule``, ``pattern`` and ``scorer``. It is stored in each
+            layer's config and run by ``ks.callbacks.Sparsity()``; whatever it
+            needs (the gradient probes of RigL and of gradient scorers) is
+            created now, inside the caller's distribution scope, so ``fit``
+            never rebuilds the optimizer.
 
     Returns:
         For Sequential/functional models a new model with the same weights,
@@ -232,8 +259,10 @@ def prune(
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> model.fit(x, y, callbacks=[ks.callbacks.Pruning()])
     """
-    plan = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict)
+    plan = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
+                 method=method)
     pruned = convert(model, plan, "configure_pruning")
+    backend.track_variables(pruned)
     _apply_sparse_initialization(pruned)
     return pruned
 

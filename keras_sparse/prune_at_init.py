@@ -20,7 +20,6 @@ from keras_sparse import scorers as scorers_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse.convert import prune
 from keras_sparse.scorers import at_init
-from keras_sparse.ops.drop_grow import variance_rescale
 from keras_sparse.ops.masks import global_topk_masks
 from keras_sparse.utils import sparse_layers
 
@@ -82,13 +81,7 @@ def _set_masks(entries, scores, targets, global_pruning, rescale):
             for (layer, name), score, target in zip(entries, scores, targets)
         ]
     for (layer, name), mask in zip(entries, masks):
-        before = np.array(ops.convert_to_numpy(layer.get_mask(name)))
-        layer.set_mask(name, mask)
-        if rescale:
-            axes = layer.weight_layout(name).output_axes or tuple(range(before.ndim))
-            factor = variance_rescale(before, mask, axes)
-            latent = layer.latent_weight(name)
-            latent.assign(ops.multiply(latent, ops.cast(factor, latent.dtype)))
+        layer.write_mask(name, mask, rescale=rescale)
 
 
 def _resolve(scorer):

@@ -390,7 +390,7 @@ def test_config_round_trip(cls):
     restored = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(callback))
     assert type(restored) is cls and restored.get_config() == config
-    assert issubclass(cls, ks.callbacks.Pruning)
+    assert issubclass(cls, ks.callbacks.Sparsity)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -89,10 +89,14 @@ def add_gradient_probes(model, layers):
     """
     backend.sync_model_state(model)
     added = False
-    for layer in layers:
-        if not layer.has_gradient_probe:
-            layer.enable_gradient_probe()
-            added = True
+    strategy = getattr(model, "distribute_strategy", None)
+    # Variables made during fit must belong to the model's strategy, also
+    # when fit was called outside its scope.
+    with strategy.scope() if strategy is not None else _null_scope():
+        for layer in layers:
+            if not layer.has_gradient_probe:
+                layer.enable_gradient_probe()
+                added = True
     if added:
         backend.track_variables(model)
     optimizer = getattr(model, "optimizer", None)
@@ -122,14 +126,7 @@ def remove_gradient_probes(model, layers):
     backend.sync_model_state(model)
     removed = False
     for layer in layers:
-        for name in layer.sparse_weight_names:
-            probe = getattr(layer, name + "_probe", None)
-            if probe is None:
-                continue
-            # Mirrors how ``ks.strip`` drops auxiliary variables in place.
-            layer._untrack_variable(probe)
-            layer.__dict__.pop(name + "_probe", None)
-            removed = True
+        removed = layer.disable_gradient_probe() or removed
     if not removed:
         return False
     backend.track_variables(model)

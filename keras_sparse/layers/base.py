@@ -51,6 +51,7 @@ SPARSE_ARGUMENTS = (
     "pattern",
     "scorer",
     "global_pruning",
+    "method",
     "kernel_quantizer",
     "input_quantizer",
 )
@@ -109,6 +110,7 @@ def _merged_signature(parent):
         inspect.Parameter("pattern", inspect.Parameter.KEYWORD_ONLY, default="unstructured"),
         inspect.Parameter("scorer", inspect.Parameter.KEYWORD_ONLY, default="magnitude"),
         inspect.Parameter("global_pruning", inspect.Parameter.KEYWORD_ONLY, default=False),
+        inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("kernel_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("input_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
     ]
@@ -193,6 +195,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         pattern="unstructured",
         scorer="magnitude",
         global_pruning=False,
+        method=None,
         kernel_quantizer=None,
         input_quantizer=None,
         **kwargs,
@@ -202,19 +205,26 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         self._warned_missing_callback = False
         self._mask_sparsity_cache = {}
         self._reset_quantization()
-        self.configure_pruning(schedule, pattern, scorer, global_pruning)
+        self.configure_pruning(schedule, pattern, scorer, global_pruning, method=method)
         self.configure_quantization(kernel_quantizer, input_quantizer)
 
     # ------------------------------------------------------------------ config
     def configure_pruning(self, schedule=None, pattern="unstructured",
-                          scorer="magnitude", global_pruning=False):
-        """Set (or replace) this layer's schedule, pattern and scorer.
+                          scorer="magnitude", global_pruning=False, method=None):
+        """Set (or replace) this layer's schedule, pattern, scorer and
+        sparsity method.
 
-        Everything is validated before anything is changed.
+        Everything is validated before anything is changed. On a built
+        layer, a gradient probe is added when the method or the scheduled
+        scorer reads the dense gradient, and removed when nothing does
+        (call before the optimizer is built: ``compile`` again after it).
         """
+        from keras_sparse import methods as methods_lib
+
         schedule = schedules_lib.get(schedule)
         pattern = patterns_lib.get(pattern)
         scorer = scorers_lib.get(scorer)
+        method = None if method is None else methods_lib.get(method)
         if global_pruning and not pattern.supports_global:
             raise ValueError(
                 "Global pruning only supports the unstructured pattern. "
@@ -229,6 +239,16 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         self.pattern = pattern
         self.scorer = scorer
         self.global_pruning = bool(global_pruning)
+        self.method = method
+        if self.built and getattr(self, "_masks_ready", False):
+            self._sync_gradient_probe()
+
+    def _sync_gradient_probe(self):
+        if self.wants_gradient_probe():
+            if not self.has_gradient_probe:
+                self.enable_gradient_probe()
+        else:
+            self.disable_gradient_probe()
 
     def get_config(self):
         config = super().get_config()
@@ -238,6 +258,9 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 "pattern": patterns_lib.serialize(self.pattern),
                 "scorer": scorers_lib.serialize(self.scorer),
                 "global_pruning": self.global_pruning,
+                "method": None if self.method is None else keras.saving.serialize_keras_object(
+                    self.method
+                ),
                 "kernel_quantizer": quantizers_lib.serialize(self.kernel_quantizer),
                 "input_quantizer": quantizers_lib.serialize(self.input_quantizer),
             }
@@ -262,6 +285,9 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 latent = ops.convert_to_tensor(self.latent_weight(name))
                 self.set_mask(name, ops.not_equal(latent, 0))
         self._build_quantizer_state(input_shape)
+        self._masks_ready = True
+        if self.wants_gradient_probe():
+            self.enable_gradient_probe()
 
     def _initializer_of(self, name):
         for attr in (name + "_initializer", name.replace("_kernel", "") + "_initializer",
@@ -406,6 +432,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         self.configure_pruning(schedule, pattern, scorer, global_pruning)
         if self.built:
             self._add_masks()
+            self._masks_ready = True
         elif "build" in self.__dict__:
             # Keras' Layer.__new__ stored a wrapper of the *old* class's bound
             # build on the instance; finish our build after it.

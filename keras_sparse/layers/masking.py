@@ -2,8 +2,10 @@
 pruning the masks, their sparsity, the dense-gradient probe, and which of
 these variables a checkpoint saves and ``strip`` drops."""
 
+import numpy as np
 from keras import ops
 
+from keras_sparse.ops.drop_grow import variance_rescale
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.ops.masks import mask_sparsity
 
@@ -44,9 +46,29 @@ class MaskingMixin:
         latent = ops.convert_to_tensor(self.latent_weight(name))
         return ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype))
 
-    def set_mask(self, name, mask):
-        """Assign a boolean mask to weight ``name`` and zero the latent weight
-        at removed positions (so stored weights, ``strip`` and reports agree)."""
+    def write_mask(self, name, mask, *, rescale=False, zero_grown=False):
+        """The single writer of the masks of weight ``name``: assign
+        ``mask`` (boolean, ``True`` = kept), zero the stored latent weight at
+        removed positions (so stored weights, ``strip``, exports and reports
+        agree with the mask) and keep the sparsity cache coherent.
+
+        Args:
+            name: the masked weight (``"kernel"``, ...).
+            mask: a boolean tensor or array shaped like the weight.
+            rescale: multiply each unit's surviving weights by
+                ``sqrt(k_before / k_after)``, the ratio of its fan-in before
+                and after (sparse initialization keeps the dense
+                initializer's variance, see
+                :func:`keras_sparse.ops.drop_grow.variance_rescale`).
+            zero_grown: entries that become active start at 0 as well (what
+                drop-and-grow methods want: a regrown weight starts from 0,
+                not from where the optimizer's momentum left it).
+
+        Returns:
+            With ``zero_grown``, the numpy boolean array of entries active
+            before and after (whose values, and optimizer slots, are kept);
+            otherwise ``None``.
+        """
         mask_var = self.get_mask(name)
         mask = ops.cast(ops.convert_to_tensor(mask), "bool")
         if tuple(mask.shape) != tuple(mask_var.shape):
@@ -54,10 +76,34 @@ class MaskingMixin:
                 f"Mask shape {tuple(mask.shape)} does not match weight "
                 f"{name!r} of shape {tuple(mask_var.shape)}. Received: mask"
             )
-        mask_var.assign(mask)
         latent = self.latent_weight(name)
-        latent.assign(ops.multiply(latent, ops.cast(mask, latent.dtype)))
-        self._mask_sparsity_cache[name] = mask_sparsity(mask)
+        before = None
+        if rescale or zero_grown:
+            # A host copy: on TF a read of the variable can alias its buffer.
+            before = np.array(ops.convert_to_numpy(mask_var), dtype=bool)
+        kept = None
+        if zero_grown:
+            new = np.asarray(ops.convert_to_numpy(mask), dtype=bool)
+            kept = before & new
+            weights = np.asarray(ops.convert_to_numpy(latent))
+            latent.assign(np.where(kept, weights, weights.dtype.type(0)))
+            mask_var.assign(new)
+            self._mask_sparsity_cache[name] = mask_sparsity(new)
+        else:
+            mask_var.assign(mask)
+            # Select, not multiply: a NaN or Inf at a pruned position becomes 0.
+            latent.assign(ops.where(mask, latent, ops.zeros((), latent.dtype)))
+            self._mask_sparsity_cache[name] = mask_sparsity(mask)
+        if rescale:
+            axes = self.weight_layout(name).output_axes or tuple(range(before.ndim))
+            factor = variance_rescale(before, mask, axes)
+            latent.assign(ops.multiply(latent, ops.cast(factor, latent.dtype)))
+        return kept
+
+    def set_mask(self, name, mask):
+        """Assign a boolean mask to weight ``name`` and zero the latent
+        weight at removed positions (:meth:`write_mask` without options)."""
+        self.write_mask(name, mask)
 
     def reapply_masks(self):
         """Zero the latent weights at removed positions again (optimizer
@@ -144,6 +190,27 @@ class MaskingMixin:
             dtype=self.latent_weight(self.sparse_weight_names[0]).dtype,
             overwrite_with_gradient=True,
         )
+
+    def disable_gradient_probe(self):
+        """Remove the gradient probes (idempotent). Returns whether any
+        existed. The model's optimizer must not have been built with them."""
+        removed = False
+        for name in self.sparse_weight_names:
+            probe = getattr(self, name + "_probe", None)
+            if probe is None:
+                continue
+            self._untrack_variable(probe)
+            self.__dict__.pop(name + "_probe", None)
+            removed = True
+        return removed
+
+    def wants_gradient_probe(self):
+        """Whether this layer's pruning needs the dense gradient: its method
+        (``ks.prune(..., method=...)``) or its scheduled scorer reads it."""
+        method = getattr(self, "method", None)
+        if method is not None:
+            return bool(method.needs_gradient(self))
+        return self.schedule is not None and self.scorer.needs_gradient
 
     @property
     def has_gradient_probe(self):
