@@ -48,9 +48,11 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
+from keras_sparse import backend
 from keras_sparse import config as config_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.ops import compiled as compiled_ops
 from keras_sparse.ops.drop_grow import check_decay
 from keras_sparse.ops.drop_grow import drop_and_grow_arrays
 from keras_sparse.ops.drop_grow import drop_fraction as drop_fraction_formula
@@ -142,6 +144,21 @@ class SparsityMethod(config_lib.ConfigObject):
 
     def observe(self, group, state, step):
         """Called after each trained step ``step`` (default: nothing)."""
+
+    def compiled_update(self, step, group, state):
+        """The update for ``step`` as a traceable rule, or ``None`` (the
+        default: the callback writes the masks of :meth:`update`).
+
+        Returns ``(key, entries, rule, keep)``: ``rule(keep)`` computes the
+        new masks of ``entries`` (``(layer, name)`` pairs) with
+        ``keras.ops`` only, reading the variables it needs, and ``keep`` (a
+        list of Python ints) is everything in it that changes from one
+        update to the next. The layers write the masks in one compiled
+        function traced once per ``key`` (``SparseMixin.write_masks_compiled``),
+        with the same result as writing the masks of :meth:`update` (no
+        ``rescale``, no ``zero_grown``).
+        """
+        return None
 
     def final_sparsity(self, layer):
         """The sparsity ``layer`` should end at."""
@@ -249,6 +266,57 @@ class Gradual(SparsityMethod):
             MaskUpdate(layer, name, mask, rescale=layer.scorer.rescale_survivors)
             for (layer, name), mask in zip(entries, masks)
         ]
+
+
+    def compiled_update(self, step, group, state):
+        """Magnitude-like scorers (``traceable``, not accumulating, no
+        rescaling) with a pattern that has a traced mask (unstructured,
+        channel) and global groups: one rule per group, the counts kept
+        (``Pattern.dynamic_keep``) as its argument. Groups larger than
+        ``backend.COMPILED_UPDATE_MAX_SIZE`` entries stay eager (measured
+        faster there)."""
+        for layer in group:
+            scorer = layer.scorer
+            if not scorer.traceable or scorer.accumulate or scorer.rescale_survivors:
+                return None
+        entries = tuple((layer, name) for layer in group for name in layer.sparse_weight_names)
+        total = sum(math.prod(layer.get_mask(name).shape) for layer, name in entries)
+        if not backend.compiles_updates(total):
+            return None
+        sparsity = group[0].schedule.sparsity(step)
+        shared = len(group) > 1 or group[0].global_pruning
+        if shared:
+            keep = [compiled_ops.keep_count(sparsity, total)]
+        else:
+            layer = group[0]
+            keep = [
+                layer.pattern.dynamic_keep(
+                    sparsity, tuple(layer.get_mask(name).shape), layer.weight_layout(name))
+                for name in layer.sparse_weight_names
+            ]
+            if any(k is None for k in keep):
+                return None
+        key = (type(self), shared) + tuple(
+            (id(layer), name, id(layer.scorer), id(layer.pattern)) for layer, name in entries
+        )
+
+        def scores():
+            return [
+                layer.score_weight(
+                    name, layer.last_gradient(name) if layer.scorer.needs_gradient else None)
+                for layer, name in entries
+            ]
+
+        if shared:
+            def rule(keep):
+                return compiled_ops.global_topk_masks_dynamic(scores(), keep[0])
+        else:
+            def rule(keep):
+                return [
+                    layer.pattern.dynamic_mask(score, keep[i], layer.weight_layout(name))
+                    for i, ((layer, name), score) in enumerate(zip(entries, scores()))
+                ]
+        return key, entries, rule, keep
 
 
 def _update_steps_up_to(schedule, step):

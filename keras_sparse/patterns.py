@@ -5,9 +5,13 @@ the weight's layout (which axes are inputs and which are output units).
 """
 
 import collections
+import math
 import numbers
 
+from keras import ops
+
 from keras_sparse import config as config_lib
+from keras_sparse.ops import compiled as compiled_ops
 from keras_sparse.ops import masks as mask_ops
 
 _REGISTRY = {}
@@ -38,6 +42,19 @@ class Pattern(config_lib.ConfigObject):
         """The sparsity the mask will really have for a requested one."""
         return sparsity
 
+    def dynamic_keep(self, sparsity, shape, layout):
+        """The count :meth:`dynamic_mask` takes for ``sparsity`` on a weight
+        of ``shape`` (a Python int), or ``None`` if this pattern has no
+        traced mask (mask updates then run eagerly)."""
+        return None
+
+    def dynamic_mask(self, scores, keep, layout):
+        """The mask of :meth:`mask` with the sparsity given as ``keep``, a
+        scalar integer tensor from :meth:`dynamic_keep`: pure ``keras.ops``
+        with no shape depending on ``keep``, so one trace serves every
+        sparsity."""
+        raise NotImplementedError
+
 
 @config_lib.register(_REGISTRY, "unstructured")
 class Unstructured(Pattern):
@@ -52,6 +69,12 @@ class Unstructured(Pattern):
 
     def mask(self, scores, sparsity, layout):
         return mask_ops.topk_mask(scores, sparsity)
+
+    def dynamic_keep(self, sparsity, shape, layout):
+        return compiled_ops.keep_count(sparsity, math.prod(shape))
+
+    def dynamic_mask(self, scores, keep, layout):
+        return compiled_ops.topk_mask_dynamic(scores, keep)
 
 
 @config_lib.register(_REGISTRY, "n_by_m")
@@ -167,6 +190,22 @@ class Channel(Pattern):
 
     def mask(self, scores, sparsity, layout):
         return mask_ops.channel_mask(scores, sparsity, axes=layout.output_axes)
+
+    def dynamic_keep(self, sparsity, shape, layout):
+        rank = len(shape)
+        units = math.prod(int(shape[a % rank]) for a in set(a % rank for a in layout.output_axes))
+        return compiled_ops.keep_count(sparsity, units)
+
+    def dynamic_mask(self, scores, keep, layout):
+        scores = ops.convert_to_tensor(scores)
+        rank = len(scores.shape)
+        axes = {a % rank for a in layout.output_axes}
+        reduce_axes = tuple(a for a in range(rank) if a not in axes)
+        unit_scores = ops.cast(scores, "float32")
+        if reduce_axes:
+            unit_scores = ops.sum(unit_scores, axis=reduce_axes, keepdims=True)
+        keep_units = compiled_ops.topk_mask_dynamic(unit_scores, keep)
+        return ops.broadcast_to(keep_units, scores.shape)
 
 
 def _parse(text):

@@ -448,7 +448,7 @@ class Sparsity(keras.callbacks.Callback):
             for layer in group:
                 self.update_layer(layer, step)
         else:
-            self._write(method.update(step, group, state))
+            self._apply(method, group, state, step)
         return group
 
     def update_layer(self, layer, step):
@@ -459,9 +459,22 @@ class Sparsity(keras.callbacks.Callback):
             if any(member is layer for member in group):
                 if method.updates_each_layer:
                     group = (layer,)
-                self._write(method.update(step, group, state))
+                self._apply(method, group, state, step)
                 return
         raise ValueError(f"Layer {layer.name!r} is not managed by this callback.")
+
+    def _apply(self, method, group, state, step):
+        """Write the masks ``method`` gives ``group`` for ``step``: as one
+        compiled function where the method and the backend allow
+        (``method.compiled_update``, ``backend.compile_update``), else
+        eagerly."""
+        if backend.compiles_updates():
+            compiled = method.compiled_update(step, group, state)
+            if compiled is not None:
+                key, entries, rule, keep = compiled
+                if entries[0][0].write_masks_compiled(key, entries, rule, keep):
+                    return
+        self._write(method.update(step, group, state))
 
     def _write(self, updates):
         reported = {}

@@ -2,9 +2,12 @@
 pruning the masks, their sparsity, the dense-gradient probe, and which of
 these variables a checkpoint saves and ``strip`` drops."""
 
+import math
+
 import numpy as np
 from keras import ops
 
+from keras_sparse import backend
 from keras_sparse.ops.drop_grow import variance_rescale
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.ops.masks import mask_sparsity
@@ -27,6 +30,22 @@ def _gradient_tap(value, probe):
         return value, grad
 
     return tap(value, probe)
+
+
+class _PendingSparsity:
+    """The sparsity of a mask written by a compiled update: its kept count
+    is a tensor read only when the sparsity is asked for."""
+
+    __slots__ = ("kept", "size")
+
+    def __init__(self, kept, size):
+        self.kept = kept
+        self.size = size
+
+    def resolve(self):
+        if not self.size:
+            return 0.0
+        return 1.0 - float(ops.convert_to_numpy(self.kept)) / self.size
 
 
 class MaskingMixin:
@@ -90,15 +109,67 @@ class MaskingMixin:
             mask_var.assign(new)
             self._mask_sparsity_cache[name] = mask_sparsity(new)
         else:
-            mask_var.assign(mask)
-            # Select, not multiply: a NaN or Inf at a pruned position becomes 0.
-            latent.assign(ops.where(mask, latent, ops.zeros((), latent.dtype)))
+            self._assign_mask(name, mask)
             self._mask_sparsity_cache[name] = mask_sparsity(mask)
         if rescale:
             axes = self.weight_layout(name).output_axes or tuple(range(before.ndim))
             factor = variance_rescale(before, mask, axes)
             latent.assign(ops.multiply(latent, ops.cast(factor, latent.dtype)))
         return kept
+
+    def _assign_mask(self, name, mask):
+        """Assign boolean ``mask`` and zero the latent weight where it is
+        ``False`` (eager or traced; the sparsity cache is the caller's)."""
+        self.get_mask(name).assign(mask)
+        latent = self.latent_weight(name)
+        # Select, not multiply: a NaN or Inf at a pruned position becomes 0.
+        latent.assign(ops.where(mask, latent, ops.zeros((), latent.dtype)))
+
+    def write_masks_compiled(self, key, entries, rule, keep):
+        """The compiled form of :meth:`write_mask` (no ``rescale``, no
+        ``zero_grown``) for the masks of ``entries``, ``(layer, name)``
+        pairs of this layer and, for a group sharing one threshold, of the
+        others: ``rule(keep)`` (pure ``keras.ops``, reading the variables it
+        needs) gives the new masks, and each layer assigns its own inside
+        one compiled function (``backend.compile_update``), zeroing its
+        latent weights as :meth:`write_mask` does.
+
+        ``keep`` (an integer array, e.g. the number of entries to keep of
+        each weight) is the function's argument, so the function is traced
+        once per ``key`` and serves every sparsity of a schedule; this layer
+        keeps it. The sparsity cache of each written mask is set from the
+        kept count the function returns, read when the sparsity is next
+        asked for (no host sync here).
+
+        Returns:
+            ``False`` if the backend has no compiled updates (nothing was
+            written; use :meth:`write_mask`), else ``True``.
+        """
+        compiled = self.__dict__.get("_compiled_writes")
+        if compiled is None:
+            compiled = {}
+            object.__setattr__(self, "_compiled_writes", compiled)
+        function = compiled.get(key)
+        if function is None:
+            entries = tuple(entries)
+
+            def update(keep):
+                kept = []
+                for (layer, name), mask in zip(entries, rule(keep)):
+                    mask = ops.cast(mask, "bool")
+                    layer._assign_mask(name, mask)
+                    kept.append(ops.sum(ops.cast(mask, "int32")))
+                return kept
+
+            function = backend.compile_update(update)
+            if function is None:
+                return False
+            compiled[key] = function
+        kept = function(np.asarray(keep, dtype="int32"))
+        for (layer, name), count in zip(entries, kept):
+            size = math.prod(layer.get_mask(name).shape)
+            layer._mask_sparsity_cache[name] = _PendingSparsity(count, size)
+        return True
 
     def set_mask(self, name, mask):
         """Assign a boolean mask to weight ``name`` and zero the latent
@@ -132,9 +203,14 @@ class MaskingMixin:
 
     def weight_sparsity(self, name):
         """Fraction of removed entries of weight ``name`` (Python float)."""
-        if name not in self._mask_sparsity_cache:
-            self._mask_sparsity_cache[name] = mask_sparsity(self.get_mask(name))
-        return self._mask_sparsity_cache[name]
+        value = self._mask_sparsity_cache.get(name)
+        if value is None:
+            value = mask_sparsity(self.get_mask(name))
+            self._mask_sparsity_cache[name] = value
+        elif type(value) is _PendingSparsity:
+            value = value.resolve()
+            self._mask_sparsity_cache[name] = value
+        return value
 
     @property
     def sparsity(self):

@@ -29,12 +29,17 @@ class Scorer(config_lib.ConfigObject):
             of the unit's fan-in before and after
             (:func:`keras_sparse.ops.drop_grow.variance_rescale`), which
             keeps the variance a dense initializer chose.
+        traceable: :meth:`score` is pure ``keras.ops`` on its arguments
+            (no host reads, no random draws), so a mask update may compute
+            it inside a compiled function (read once at trace time, a host
+            value would be frozen into the trace).
     """
 
     needs_gradient = False
     accumulate = False
     reset_after_update = True
     rescale_survivors = False
+    traceable = False
 
     def score(self, weight, gradient=None):
         """Per-entry importance, same shape as ``weight``."""
@@ -49,6 +54,8 @@ class MagnitudeScorer(Scorer):
     >>> ks.scorers.get("magnitude").score(np.array([-3.0, 1.0]))
     [3.0, 1.0]
     """
+
+    traceable = True
 
     def score(self, weight, gradient=None):
         return ops.abs(weight)

@@ -49,6 +49,7 @@ class SaliencyScorer(Scorer):
     """
 
     needs_gradient = True
+    traceable = True
 
     def score(self, weight, gradient=None):
         return ops.abs(_product(weight, _need_gradient(self, gradient)))

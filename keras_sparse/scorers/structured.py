@@ -40,6 +40,8 @@ class L1NormScorer(Scorer):
     >>> ks.prune(model, 0.5, pattern="channel", scorer="l1_norm")
     """
 
+    traceable = True
+
     def score(self, weight, gradient=None):
         return ops.abs(weight)
 
@@ -53,6 +55,8 @@ class L2NormScorer(Scorer):
     Example:
     >>> ks.prune(model, 0.5, pattern="channel", scorer="l2_norm")
     """
+
+    traceable = True
 
     def score(self, weight, gradient=None):
         return ops.square(weight)
