@@ -23,6 +23,11 @@ __all__ = ["Sparsity", "accumulation_steps"]
 #: ``on_train_end`` warns: the mask functions round ``sparsity * n``.
 _TARGET_SLACK = 1.0
 
+#: Largest ``groups x planned steps`` for which the update steps of a run
+#: are listed when training begins (a normal batch is then one dict lookup);
+#: longer runs ask each method's ``due`` at every batch.
+_DUE_TABLE_MAX = 2_000_000
+
 
 def accumulation_steps(optimizer):
     """The optimizer's ``gradient_accumulation_steps`` (1 without)."""
@@ -109,6 +114,9 @@ class Sparsity(keras.callbacks.Callback):
         self._gradient_ready = True
         self._deferred = {}
         self._sized = None
+        self._k = None
+        self._due_at = None
+        self._observers = []
         #: dict layer label -> what the method reported about its last
         #: update (``(dropped, grown)`` for SET and RigL).
         self.last_update = {}
@@ -163,11 +171,18 @@ class Sparsity(keras.callbacks.Callback):
         return params
 
     def _accumulation(self):
+        # Fixed for one fit: read when training begins, not at every batch.
+        if self._k is not None:
+            return self._k
         optimizer = getattr(self.model, "optimizer", None)
         return accumulation_steps(optimizer) if optimizer is not None else 1
 
     # ----------------------------------------------------------------- hooks
     def on_train_begin(self, logs=None):
+        self._k = None
+        self._k = self._accumulation()
+        self._due_at = None
+        self._observers = []
         self._layers = [
             layer for layer in sparse_layers(self.model) if getattr(layer, "has_masks", True)
         ]
@@ -193,8 +208,36 @@ class Sparsity(keras.callbacks.Callback):
         self._check_gradient_at_step_zero()
         self._ensure_gradient_probes()
         self._check_reachable()
+        self._observers = [
+            (method, group, state) for method, group, state in self._plan
+            if type(method).observe is not methods_lib.SparsityMethod.observe
+        ]
+        self._due_at = self._due_table()
         for method, group, state in self._plan:
             self._write(method.start(group, state))
+
+    def _due_table(self):
+        """``(first, last, {step: [plan index, ...]})``: the update steps of
+        every group over this fit's planned steps (``due`` is a function of
+        the step, the group and the run state), or ``None`` when the plan is
+        unknown or too long to list."""
+        epochs, steps = (self.params or {}).get("epochs"), (self.params or {}).get("steps")
+        if not epochs or not steps or not self._plan:
+            return None
+        initial = int(getattr(self.model, "_initial_epoch", None) or 0)
+        done = backend.read_int(self.model.optimizer.iterations)
+        remaining = max(0, int(epochs) - initial) * int(steps)
+        first = done // self._accumulation()
+        # Methods running after a step see the step after the last one.
+        last = (done + remaining) // self._accumulation()
+        if (last - first + 1) * len(self._plan) > _DUE_TABLE_MAX:
+            return None
+        table = {}
+        for index, (method, group, state) in enumerate(self._plan):
+            for step in range(first, last + 1):
+                if method.due(step, group, state):
+                    table.setdefault(step, []).append(index)
+        return first, last, table
 
     def _ensure_gradient_probes(self):
         needing = [
@@ -360,14 +403,11 @@ class Sparsity(keras.callbacks.Callback):
 
     def _observe(self, batches):
         k = self._accumulation()
+        active = self._observers
+        if not active:
+            return
         trained = [b // k for b in batches if (b + 1) % k == 0]
         if not trained:
-            return
-        active = [
-            (method, group, state) for method, group, state in self._plan
-            if type(method).observe is not methods_lib.SparsityMethod.observe
-        ]
-        if not active:
             return
         backend.sync_model_state(self.model)
         for method, group, state in active:
@@ -418,14 +458,29 @@ class Sparsity(keras.callbacks.Callback):
         if isinstance(steps, int):
             steps = (steps,)
         steps = tuple(steps)
-        pending = dict(self._deferred)
-        self._deferred = {}
-        for index, (method, group, state) in enumerate(self._plan):
-            if after_step is not None and method.runs_after_step != after_step:
-                continue
-            step = next((t for t in steps if method.due(t, group, state)), None)
-            if step is not None:
-                pending[index] = step
+        due_at = self._due_at
+        if due_at is not None and all(due_at[0] <= t <= due_at[1] for t in steps):
+            if not self._deferred and not any(t in due_at[2] for t in steps):
+                return []
+            pending = dict(self._deferred)
+            self._deferred = {}
+            first_due = {}
+            for t in steps:
+                for index in due_at[2].get(t, ()):
+                    method = self._plan[index][0]
+                    if after_step is not None and method.runs_after_step != after_step:
+                        continue
+                    first_due.setdefault(index, t)
+            pending.update(first_due)
+        else:
+            pending = dict(self._deferred)
+            self._deferred = {}
+            for index, (method, group, state) in enumerate(self._plan):
+                if after_step is not None and method.runs_after_step != after_step:
+                    continue
+                step = next((t for t in steps if method.due(t, group, state)), None)
+                if step is not None:
+                    pending[index] = step
         if not self._gradient_ready:
             for index in list(pending):
                 method, group, _ = self._plan[index]
