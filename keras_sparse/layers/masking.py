@@ -123,7 +123,11 @@ class MaskingMixin:
         self.get_mask(name).assign(mask)
         latent = self.latent_weight(name)
         # Select, not multiply: a NaN or Inf at a pruned position becomes 0.
-        latent.assign(ops.where(mask, latent, ops.zeros((), latent.dtype)))
+        # The variable is read first: recent JAX refuses a Keras variable
+        # inside jnp.where ("Triggering __jax_array__() during
+        # abstractification is no longer supported").
+        value = ops.convert_to_tensor(latent)
+        latent.assign(ops.where(mask, value, ops.zeros((), latent.dtype)))
 
     def write_masks_compiled(self, key, entries, rule, keep):
         """The compiled form of :meth:`write_mask` (no ``rescale``, no
