@@ -267,7 +267,7 @@ def _update_steps_up_to(schedule, step):
     return [t for t in range(step + 1) if schedule.should_update(t)]
 
 
-@config_lib.register(_REGISTRY, "set")
+@config_lib.register(_REGISTRY, "set", name="SETMethod")
 class SET(SparsityMethod):
     """Sparse Evolutionary Training: drop the smallest active weights and
     grow as many at random, at constant sparsity.
@@ -485,7 +485,7 @@ class SET(SparsityMethod):
         return rng.random(shape, dtype=np.float32)
 
 
-@config_lib.register(_REGISTRY, "rigl")
+@config_lib.register(_REGISTRY, "rigl", name="RigLMethod")
 class RigL(SET):
     """Rigged Lottery: SET with regrowth where the dense gradient of the last
     step is largest (Evci et al., ICML 2020). Only the grow scores differ.
