@@ -210,6 +210,7 @@ def prune(
     layers=None,
     strict=False,
     method=None,
+    _warn_initial_masks=True,
 ):
     """Make the supported layers of ``model`` sparse.
 
@@ -263,11 +264,11 @@ def prune(
                  method=method)
     pruned = convert(model, plan, "configure_pruning")
     backend.track_variables(pruned)
-    _apply_sparse_initialization(pruned)
+    _apply_sparse_initialization(pruned, warn=_warn_initial_masks)
     return pruned
 
 
-def _apply_sparse_initialization(model):
+def _apply_sparse_initialization(model, warn=True):
     """Apply the step-0 masks of layers with a random scorer right away
     (static sparse initialization): the returned model is then sparse
     before ``fit`` and its first step trains the sparse network."""
@@ -278,7 +279,16 @@ def _apply_sparse_initialization(model):
         for layer in sparse_layers(model)
         if layer.built and isinstance(layer.scorer, scorers_lib.RandomScorer)
     ]
-    _apply_initial_masks(chosen)
+    updated = _apply_initial_masks(chosen)
+    if updated and warn:
+        warnings.warn(
+            "ks.prune applying random masks at conversion (scorer='random' with a "
+            "schedule that prunes at step 0) is deprecated: make a model sparse before "
+            "training with ks.prune_at_init(model, None, sparsity, scorer='random', "
+            "distribution=...), whose masks stay fixed with no callback.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 def strip(model):

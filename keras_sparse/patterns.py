@@ -228,8 +228,8 @@ class FanIn(Pattern):
     For sparse initialization combine it with the random scorer, which also
     rescales the kept weights by ``sqrt(fan_in / k)``::
 
-        ks.prune(model, 0.9, schedule=ks.schedules.OneShot(0),
-                 pattern=ks.patterns.FanIn(15), scorer="random")
+        ks.prune_at_init(model, None, 0.9, pattern=ks.patterns.FanIn(15),
+                         scorer="random")
 
     Reference: J. Martens, "Deep learning via Hessian-free optimization",
     ICML 2010 (sparse initialization).
