@@ -93,13 +93,14 @@ def test_parity_with_keras_parent(name, pruned):
     if sparse_grad_x is not None:
         _assert_identical(sparse_grad_x, parent_grad_x)
     assert len(sparse_grads) == len(parent_grads)
-    # Forward-only mask: the latent gradient is the parent's times the mask.
+    # Forward-only mask: the latent gradient is the parent's where the mask
+    # keeps, exactly 0 (a select, so +0.0) where it prunes.
     mask_of = {
         id(sparse.latent_weight(n)): m for n, m in _masks(sparse).items()
     }
     for variable, ours, theirs in zip(sparse.trainable_variables, sparse_grads, parent_grads):
         mask = mask_of.get(id(variable), np.ones(variable.shape, bool))
-        _assert_identical(ours, _numpy(theirs) * mask)
+        _assert_identical(ours, np.where(mask, _numpy(theirs), np.float32(0.0)))
 
 
 # --------------------------------------------------------------- signature
@@ -186,7 +187,8 @@ def test_set_mask_zeroes_latent_weight(name):
         layer.set_mask(weight, mask)
         np.testing.assert_array_equal(_numpy(layer.get_mask(weight)), mask)
         _assert_identical(layer.latent_weight(weight), before * mask)
-        _assert_identical(layer.effective_weight(weight), before * mask)
+        # A select: pruned entries are +0.0 whatever the stored sign of zero.
+        _assert_identical(layer.effective_weight(weight), np.where(mask, before, np.float32(0.0)))
         assert layer.weight_sparsity(weight) == pytest.approx((~mask).mean())
         with pytest.raises(ValueError, match="does not match"):
             layer.set_mask(weight, np.ones(before.shape + (1,), bool))

@@ -29,6 +29,14 @@ def _gradient_tap(value, probe):
     return tap(value, probe)
 
 
+def _select(mask, value):
+    """``value`` where ``mask``, exactly 0 elsewhere: a select rather than a
+    product, so a NaN or infinite stored weight at a pruned position gives 0
+    (``NaN * 0`` is NaN)."""
+    value = ops.convert_to_tensor(value)
+    return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
+
+
 class MaskingMixin:
     """Masks, gradient probes and saved variables of
     :class:`~keras_sparse.layers.SparseMixin` (which inherits it; not used
@@ -42,9 +50,9 @@ class MaskingMixin:
         object.__setattr__(self, "_fused_weights", {})
 
     def masked_latent(self, name):
-        """``mask * latent`` (no transform): what magnitude scores are taken on."""
-        latent = ops.convert_to_tensor(self.latent_weight(name))
-        return ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype))
+        """The latent weight where the mask keeps, exactly 0 elsewhere (no
+        transform): what magnitude scores are taken on."""
+        return _select(self.get_mask(name), self.latent_weight(name))
 
     def write_mask(self, name, mask, *, rescale=False, zero_grown=False):
         """The single writer of the masks of weight ``name``: assign
@@ -111,7 +119,7 @@ class MaskingMixin:
         anyway, but stored weights should agree with the masks)."""
         for name in self.sparse_weight_names:
             latent = self.latent_weight(name)
-            latent.assign(ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype)))
+            latent.assign(_select(self.get_mask(name), latent))
 
     def score_weight(self, name, gradient=None):
         """Importance of each entry of weight ``name`` under this layer's scorer."""
