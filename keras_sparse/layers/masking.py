@@ -100,7 +100,8 @@ class MaskingMixin:
         else:
             mask_var.assign(mask)
             # Select, not multiply: a NaN or Inf at a pruned position becomes 0.
-            latent.assign(ops.where(mask, latent, ops.zeros((), latent.dtype)))
+            value = ops.convert_to_tensor(latent)
+            latent.assign(ops.where(mask, value, ops.zeros((), value.dtype)))
             self._mask_sparsity_cache[name] = mask_sparsity(mask)
         if rescale:
             axes = self.weight_layout(name).output_axes or tuple(range(before.ndim))
