@@ -109,6 +109,7 @@ SPARSE_DEFAULTS = {
     "pattern": "unstructured",
     "scorer": "magnitude",
     "global_pruning": False,
+    "method": None,
     "kernel_quantizer": None,
     "input_quantizer": None,
 }
