@@ -62,8 +62,9 @@ def ref_global(scores_list, sparsity, allow_empty=False):
             if size:
                 keep[start + ref_order(flat[start : start + size])[0]] = True
             start += size
-        budget = flat.size - n_removed(sparsity, flat.size) - int(keep.sum())
-        assert budget >= 0
+        reserved = int(keep.sum())
+        removed = min(int(round(sparsity * flat.size)), flat.size - reserved)
+        budget = flat.size - removed - reserved
         rest = [i for i in ref_order(flat) if not keep[i]]
         keep[rest[:budget]] = True
     out, start = [], 0
