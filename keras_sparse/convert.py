@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_sparse import backend
 from keras_sparse import distributions as distributions_lib
+from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
@@ -73,8 +74,6 @@ def _warn_or_raise_unsupported(unsupported, strict):
 def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
           method=None):
     """Validate every argument and decide each layer's settings, touching nothing."""
-    from keras_sparse import methods as methods_lib
-
     method = None if method is None else methods_lib.get(method)
     if sparsity is not None:
         sparsity = check_sparsity(sparsity)
@@ -135,19 +134,11 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             global_pruning=distribution.is_global,
             method=method,
         )
-    if method is not None and hasattr(method, "check_layer"):
+    if method is not None:
         for layer in convertible:
             if id(layer) in plan:
-                method.check_layer(_PatternView(layer.name, pattern))
+                method.check_pattern(pattern, layer.name)
     return plan
-
-
-class _PatternView:
-    """What a method's ``check_layer`` reads of a layer about to be converted."""
-
-    def __init__(self, name, pattern):
-        self.name = name
-        self.pattern = pattern
 
 
 def _sparse_from(layer, settings):

@@ -167,9 +167,8 @@ class Sparsity(keras.callbacks.Callback):
         params = self._training_params()
         for method, layers in by_method:
             managed = [layer for layer in layers if method.manages(layer)]
-            if hasattr(method, "check_layer"):
-                for layer in managed:
-                    method.check_layer(layer)
+            for layer in managed:
+                method.check_pattern(layer.pattern, layer.name)
             state = method.begin(managed, params)
             for group in method.groups(managed):
                 plan.append((method, tuple(group), state))

@@ -26,6 +26,7 @@ import keras
 from keras import ops
 
 from keras_sparse import backend
+from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.initializers import SparseInitializer
@@ -219,8 +220,6 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         scorer reads the dense gradient, and removed when nothing does
         (call before the optimizer is built: ``compile`` again after it).
         """
-        from keras_sparse import methods as methods_lib
-
         schedule = schedules_lib.get(schedule)
         pattern = patterns_lib.get(pattern)
         scorer = scorers_lib.get(scorer)
