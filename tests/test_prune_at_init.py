@@ -244,11 +244,12 @@ def test_synflow_bypasses_stand_alone_activation_layers():
 
 
 def test_global_magnitude_collapses_where_synflow_does_not():
-    # The contrast that makes the test above meaningful.
+    # The contrast that makes the test above meaningful. Global masks keep
+    # at least one weight per layer, which does not make a path through it.
     model = ks.prune_at_init(_deep_narrow(), None, 0.99, scorer="magnitude",
                              distribution="global")
     masks = _masks(model)
-    assert not all(mask.any() for mask in masks)
+    assert min(int(mask.sum()) for mask in masks) == 1
     assert not _connected(masks)
 
 
