@@ -457,12 +457,18 @@ def _wide_model(seed=0):
 
 def _global_reference(scores, sparsity):
     """numpy global magnitude top-k: remove round(s * total) lowest scores,
-    ties kept in concatenation order."""
+    ties kept in concatenation order; each tensor first keeps its highest
+    score (so at most total - len(scores) go)."""
     flat = np.concatenate([s.ravel() for s in scores])
-    keep = flat.size - int(round(sparsity * flat.size))
-    order = np.argsort(-flat, kind="stable")
     kept = np.zeros(flat.size, bool)
-    kept[order[:keep]] = True
+    start = 0
+    for s in scores:
+        kept[start + int(np.argmax(s.ravel()))] = True
+        start += s.size
+    removed = min(int(round(sparsity * flat.size)), flat.size - len(scores))
+    order = np.argsort(-flat, kind="stable")
+    rest = order[~kept[order]]
+    kept[rest[: flat.size - removed - len(scores)]] = True
     out, start = [], 0
     for s in scores:
         out.append(kept[start:start + s.size].reshape(s.shape))
