@@ -526,7 +526,8 @@ def test_global_threshold_equals_numpy_reference(dims, sparsity, seed):
         np.testing.assert_array_equal(_mask(layer), expected)
         assert np.all(_latent(layer)[~expected] == 0.0)
         removed += int((~expected).sum())
-    assert removed == round(sparsity * total)
+    # Every layer keeps at least one weight.
+    assert removed == min(round(sparsity * total), total - len(layers))
 
 
 @pytest.mark.slow
