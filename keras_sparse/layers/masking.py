@@ -40,9 +40,13 @@ class MaskingMixin:
         object.__setattr__(self, "_fused_weights", {})
 
     def masked_latent(self, name):
-        """``mask * latent`` (no transform): what magnitude scores are taken on."""
+        """``mask * latent`` (no transform): what magnitude scores are taken
+        on; the latent weight itself on a layer without masks."""
         latent = ops.convert_to_tensor(self.latent_weight(name))
-        return ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype))
+        mask = self.get_mask(name)
+        if mask is None:
+            return latent
+        return ops.multiply(latent, ops.cast(mask, latent.dtype))
 
     def set_mask(self, name, mask):
         """Assign a boolean mask to weight ``name`` and zero the latent weight
@@ -64,8 +68,11 @@ class MaskingMixin:
         momentum moves them between mask updates; the forward pass is masked
         anyway, but stored weights should agree with the masks)."""
         for name in self.sparse_weight_names:
+            mask = self.get_mask(name)
+            if mask is None:
+                continue
             latent = self.latent_weight(name)
-            latent.assign(ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype)))
+            latent.assign(ops.multiply(latent, ops.cast(mask, latent.dtype)))
 
     def score_weight(self, name, gradient=None):
         """Importance of each entry of weight ``name`` under this layer's scorer."""
@@ -80,19 +87,31 @@ class MaskingMixin:
 
     def prune_to(self, sparsity):
         """Recompute every mask at ``sparsity`` with this layer's scorer and
-        pattern, and apply it."""
+        pattern, and apply it (the layer must have masks: see
+        :meth:`configure_pruning`)."""
+        if not self.has_masks:
+            raise ValueError(
+                f"Layer {self.name!r} has no masks to prune: give it a schedule or "
+                "masked=True (configure_pruning, ks.prune). "
+                f"Received: sparsity={sparsity!r}"
+            )
         for name in self.sparse_weight_names:
             self.set_mask(name, self.compute_mask_for(name, sparsity))
 
     def weight_sparsity(self, name):
-        """Fraction of removed entries of weight ``name`` (Python float)."""
+        """Fraction of removed entries of weight ``name`` (Python float;
+        0.0 without masks)."""
         if name not in self._mask_sparsity_cache:
-            self._mask_sparsity_cache[name] = mask_sparsity(self.get_mask(name))
+            mask = self.get_mask(name)
+            self._mask_sparsity_cache[name] = 0.0 if mask is None else mask_sparsity(mask)
         return self._mask_sparsity_cache[name]
 
     @property
     def sparsity(self):
-        """Fraction of removed entries over all masked weights of the layer."""
+        """Fraction of removed entries over all masked weights of the layer
+        (0.0 without masks)."""
+        if not self.has_masks:
+            return 0.0
         total = removed = 0
         for name in self.sparse_weight_names:
             size = int(ops.size(self.get_mask(name)))
