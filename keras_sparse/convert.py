@@ -147,6 +147,9 @@ def _sparse_from(layer, settings):
     cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
     config = layer.get_config()
     config.update(settings)
+    if config.get("schedule") is not None:
+        # Pruning a layer that was only quantized: it needs masks now.
+        config["masked"] = True
     return cls.from_config(config)
 
 

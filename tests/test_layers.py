@@ -54,7 +54,9 @@ def _input(name):
 
 
 def _built(name, **extra):
-    """A built sparse layer with random trainable weights."""
+    """A built sparse layer with random trainable weights (masked unless
+    ``masked=False`` is given)."""
+    extra.setdefault("masked", True)
     layer = getattr(ks.layers, name)(**LAYERS[name][0], **extra)
     layer.build(_input(name).shape)
     rng = np.random.default_rng(1)
@@ -112,6 +114,7 @@ SPARSE_DEFAULTS = {
     "method": None,
     "kernel_quantizer": None,
     "input_quantizer": None,
+    "masked": None,
 }
 
 
@@ -199,7 +202,7 @@ def test_set_mask_zeroes_latent_weight(name):
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**16), density=st.floats(0.0, 1.0))
 def test_set_mask_invariants(seed, density):
-    layer = ks.layers.SparseDense(5)
+    layer = ks.layers.SparseDense(5, masked=True)
     layer.build((None, 6))
     rng = np.random.default_rng(seed)
     layer.latent_weight("kernel").assign(rng.standard_normal((6, 5)).astype("float32"))
@@ -252,7 +255,7 @@ class MyPlainBuildLayer(MyLayer):
 
 
 def test_user_layer_masks_work():
-    layer = MyLayer(3)
+    layer = MyLayer(3, masked=True)
     x = np.random.default_rng(0).standard_normal((2, 6)).astype("float32")
     layer(x)
     assert [w.path.split("/")[-1] for w in layer.weights] == ["kernel", "kernel_mask"]
@@ -275,7 +278,7 @@ def test_user_layer_contract():
 
 
 def test_user_layer_without_super_build_gets_masks():
-    layer = MyPlainBuildLayer(3)
+    layer = MyPlainBuildLayer(3, masked=True)
     layer(np.ones((2, 6), "float32"))
     layer.prune_to(0.5)
     assert (~_numpy(layer.get_mask("kernel"))).sum() == 9
@@ -283,7 +286,7 @@ def test_user_layer_without_super_build_gets_masks():
 
 # --------------------------------------------------------------------- LoRA
 def test_lora_dense_gets_mask_and_lora_update_is_masked():
-    layer = ks.layers.SparseDense(4, lora_rank=2)
+    layer = ks.layers.SparseDense(4, lora_rank=2, masked=True)
     layer.build((None, 8))
     assert layer.lora_enabled
     assert [w.path.split("/")[-1] for w in layer.non_trainable_weights] == ["kernel", "kernel_mask"]
@@ -307,7 +310,7 @@ def test_lora_dense_gets_mask_and_lora_update_is_masked():
 
 @pytest.mark.slow
 def test_lora_training_keeps_pruned_positions_zero():
-    layer = ks.layers.SparseDense(4, lora_rank=2)
+    layer = ks.layers.SparseDense(4, lora_rank=2, masked=True)
     model = keras.Sequential([keras.Input((8,)), layer])
     layer.prune_to(0.5)
     mask = _numpy(layer.kernel_mask)
@@ -323,7 +326,7 @@ def test_lora_training_keeps_pruned_positions_zero():
 
 
 def test_lora_enabled_after_build_is_masked():
-    layer = ks.layers.SparseDense(4)
+    layer = ks.layers.SparseDense(4, masked=True)
     layer.build((None, 8))
     layer.prune_to(0.5)
     layer.enable_lora(2)

@@ -512,7 +512,7 @@ def test_global_threshold_equals_numpy_reference(dims, sparsity, seed):
     rng = np.random.RandomState(seed)
     layers = []
     for fan_in, units in zip(dims[:-1], dims[1:]):
-        layer = ks.layers.SparseDense(units, global_pruning=True)
+        layer = ks.layers.SparseDense(units, global_pruning=True, masked=True)
         layer.build((None, fan_in))
         # Different scales per layer, as in a real network.
         layer.latent_weight("kernel").assign(rng.randn(fan_in, units) * rng.uniform(0.1, 3.0))
