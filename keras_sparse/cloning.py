@@ -99,7 +99,7 @@ def _mirror_sparse(source, target):
     config = source.get_config()
     target.__class__ = type(source)
     target._adopt(config["schedule"], config["pattern"], config["scorer"],
-                  config["global_pruning"])
+                  config["global_pruning"], masked=config["masked"])
     target.configure_quantization(config["kernel_quantizer"], config["input_quantizer"])
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_sparse import backend
 from keras_sparse import distributions as distributions_lib
+from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
@@ -73,8 +74,6 @@ def _warn_or_raise_unsupported(unsupported, strict):
 def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
           method=None):
     """Validate every argument and decide each layer's settings, touching nothing."""
-    from keras_sparse import methods as methods_lib
-
     method = None if method is None else methods_lib.get(method)
     if sparsity is not None:
         sparsity = check_sparsity(sparsity)
@@ -135,19 +134,11 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             global_pruning=distribution.is_global,
             method=method,
         )
-    if method is not None and hasattr(method, "check_layer"):
+    if method is not None:
         for layer in convertible:
             if id(layer) in plan:
-                method.check_layer(_PatternView(layer.name, pattern))
+                method.check_pattern(pattern, layer.name)
     return plan
-
-
-class _PatternView:
-    """What a method's ``check_layer`` reads of a layer about to be converted."""
-
-    def __init__(self, name, pattern):
-        self.name = name
-        self.pattern = pattern
 
 
 def _sparse_from(layer, settings):
@@ -156,6 +147,9 @@ def _sparse_from(layer, settings):
     cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
     config = layer.get_config()
     config.update(settings)
+    if config.get("schedule") is not None:
+        # Pruning a layer that was only quantized: it needs masks now.
+        config["masked"] = True
     return cls.from_config(config)
 
 
@@ -210,6 +204,7 @@ def prune(
     layers=None,
     strict=False,
     method=None,
+    _warn_initial_masks=True,
 ):
     """Make the supported layers of ``model`` sparse.
 
@@ -263,11 +258,11 @@ def prune(
                  method=method)
     pruned = convert(model, plan, "configure_pruning")
     backend.track_variables(pruned)
-    _apply_sparse_initialization(pruned)
+    _apply_sparse_initialization(pruned, warn=_warn_initial_masks)
     return pruned
 
 
-def _apply_sparse_initialization(model):
+def _apply_sparse_initialization(model, warn=True):
     """Apply the step-0 masks of layers with a random scorer right away
     (static sparse initialization): the returned model is then sparse
     before ``fit`` and its first step trains the sparse network."""
@@ -278,7 +273,16 @@ def _apply_sparse_initialization(model):
         for layer in sparse_layers(model)
         if layer.built and isinstance(layer.scorer, scorers_lib.RandomScorer)
     ]
-    _apply_initial_masks(chosen)
+    updated = _apply_initial_masks(chosen)
+    if updated and warn:
+        warnings.warn(
+            "ks.prune applying random masks at conversion (scorer='random' with a "
+            "schedule that prunes at step 0) is deprecated: make a model sparse before "
+            "training with ks.prune_at_init(model, None, sparsity, scorer='random', "
+            "distribution=...), whose masks stay fixed with no callback.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 def strip(model):

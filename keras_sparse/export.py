@@ -241,12 +241,13 @@ def _sparse_infos(layer):
             infos.append(None)
             continue
         latent = ops.convert_to_numpy(layer.masked_latent(name))
+        mask = layer.get_mask(name)  # None on a layer that is only quantized
         infos.append((
             layer.kernel_quantizer,
             latent,
             layer.quantizer_state(name),
             tuple(layer.weight_layout(name).output_axes),
-            ops.convert_to_numpy(layer.get_mask(name)),
+            None if mask is None else ops.convert_to_numpy(mask),
         ))
     return infos
 

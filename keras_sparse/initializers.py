@@ -14,7 +14,8 @@ __all__ = ["SparseInitializer", "sparse_init_mask"]
 
 
 def sparse_init_mask(shape, sparsity, seed=None):
-    """A random boolean mask with exactly ``round(sparsity * n)`` zeros."""
+    """A random boolean mask with exactly ``round(sparsity * n)`` zeros, at
+    most ``n - 1`` (one entry is always kept, as in every mask)."""
     rng = np.random.default_rng(seed)
     return topk_mask(rng.random(shape).astype("float32"), sparsity)
 

@@ -121,8 +121,16 @@ class SparsityMethod(config_lib.ConfigObject):
         return False
 
     def groups(self, layers):
-        """Groups of layers whose masks are decided together."""
-        return [(layer,) for layer in layers]
+        """Groups of layers whose masks are decided together: each layer
+        alone, and one group of the layers sharing a global budget
+        (``global_pruning=True``)."""
+        independent = [(layer,) for layer in layers if not layer.global_pruning]
+        shared = tuple(layer for layer in layers if layer.global_pruning)
+        return independent + ([shared] if shared else [])
+
+    def check_pattern(self, pattern, layer_name):
+        """Raise ``ValueError`` if a layer with ``pattern`` cannot be
+        trained by this method (default: every pattern can)."""
 
     def manages(self, layer):
         """Whether this method moves the masks of ``layer``."""
@@ -195,12 +203,6 @@ class Gradual(SparsityMethod):
 
     def needs_gradient(self, layer):
         return layer.scorer.needs_gradient
-
-    def groups(self, layers):
-        layers = [layer for layer in layers if self.manages(layer)]
-        independent = [(layer,) for layer in layers if not layer.global_pruning]
-        shared = tuple(layer for layer in layers if layer.global_pruning)
-        return independent + ([shared] if shared else [])
 
     def begin(self, layers, params):
         return {"accumulated": {}}
@@ -335,7 +337,7 @@ def _update_steps_up_to(schedule, step):
     return [t for t in range(step + 1) if schedule.should_update(t)]
 
 
-@config_lib.register(_REGISTRY, "set")
+@config_lib.register(_REGISTRY, "set", name="SETMethod")
 class SET(SparsityMethod):
     """Sparse Evolutionary Training: drop the smallest active weights and
     grow as many at random, at constant sparsity.
@@ -437,18 +439,13 @@ class SET(SparsityMethod):
             return layer.schedule is not None
         return layer.schedule is not None or layer.sparsity > 0
 
-    def check_layer(self, layer):
-        """Raise if ``layer`` cannot be trained by drop-and-grow."""
-        if type(layer.pattern) is not patterns_lib.Unstructured:
+    def check_pattern(self, pattern, layer_name):
+        """Drop-and-grow needs the unstructured pattern."""
+        if type(pattern) is not patterns_lib.Unstructured:
             raise ValueError(
                 f"{type(self).__name__} needs the unstructured pattern; layer "
-                f"{layer.name!r} has pattern={layer.pattern!r}."
+                f"{layer_name!r} has pattern={pattern!r}."
             )
-
-    def groups(self, layers):
-        independent = [(layer,) for layer in layers if not layer.global_pruning]
-        shared = tuple(layer for layer in layers if layer.global_pruning)
-        return independent + ([shared] if shared else [])
 
     def begin(self, layers, params):
         end = self.end_step
@@ -553,7 +550,7 @@ class SET(SparsityMethod):
         return rng.random(shape, dtype=np.float32)
 
 
-@config_lib.register(_REGISTRY, "rigl")
+@config_lib.register(_REGISTRY, "rigl", name="RigLMethod")
 class RigL(SET):
     """Rigged Lottery: SET with regrowth where the dense gradient of the last
     step is largest (Evci et al., ICML 2020). Only the grow scores differ.

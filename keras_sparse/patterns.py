@@ -2,6 +2,11 @@
 
 A pattern turns per-weight scores and a sparsity into a boolean mask, using
 the weight's layout (which axes are inputs and which are output units).
+
+Every pattern keeps at least one weight per mask, and one group (block,
+unit) where it has groups, at any sparsity below 1. ``Unstructured``,
+``Block``, ``Channel`` and ``FanIn`` take ``allow_empty=True`` to remove
+``round(sparsity * count)`` entries or groups even when that is all of them.
 """
 
 import collections
@@ -56,9 +61,27 @@ class Pattern(config_lib.ConfigObject):
         raise NotImplementedError
 
 
+def _check_allow_empty(allow_empty):
+    if not isinstance(allow_empty, bool):
+        raise ValueError(
+            f"`allow_empty` must be a bool. Received: allow_empty={allow_empty!r}"
+        )
+    return allow_empty
+
+
+def _allow_empty_config(pattern):
+    """``allow_empty`` in a config only when set, so default configs (and
+    reprs) stay as they were."""
+    return {"allow_empty": True} if pattern.allow_empty else {}
+
+
 @config_lib.register(_REGISTRY, "unstructured")
 class Unstructured(Pattern):
     """Any individual weight may be removed (top-k of the scores).
+
+    Args:
+        allow_empty: let a mask remove every weight (by default at least one
+            is kept).
 
     Example:
     >>> ks.patterns.get("unstructured")
@@ -67,8 +90,14 @@ class Unstructured(Pattern):
 
     supports_global = True
 
+    def __init__(self, allow_empty=False):
+        self.allow_empty = _check_allow_empty(allow_empty)
+
     def mask(self, scores, sparsity, layout):
-        return mask_ops.topk_mask(scores, sparsity)
+        return mask_ops.topk_mask(scores, sparsity, allow_empty=self.allow_empty)
+
+    def get_config(self):
+        return _allow_empty_config(self)
 
     def dynamic_keep(self, sparsity, shape, layout):
         return compiled_ops.keep_count(sparsity, math.prod(shape))
@@ -135,13 +164,15 @@ class Block(Pattern):
 
     Args:
         block_shape: tuple of positive ints dividing the kernel shape.
+        allow_empty: let a mask remove every block (by default at least one
+            is kept).
 
     Example:
     >>> ks.patterns.Block((4, 4))
     Block(block_shape=(4, 4))
     """
 
-    def __init__(self, block_shape=(1, 1)):
+    def __init__(self, block_shape=(1, 1), allow_empty=False):
         if isinstance(block_shape, numbers.Integral):
             block_shape = (block_shape,)
         block_shape = tuple(block_shape) if isinstance(block_shape, (tuple, list)) else ()
@@ -154,18 +185,22 @@ class Block(Pattern):
                 f"Received: block_shape={block_shape!r}"
             )
         self.block_shape = tuple(int(b) for b in block_shape)
+        self.allow_empty = _check_allow_empty(allow_empty)
 
     def check_weight(self, shape, layout):
         mask_ops.full_block_shape(self.block_shape, shape)
 
     def mask(self, scores, sparsity, layout):
-        return mask_ops.block_mask(scores, self.block_shape, sparsity)
+        return mask_ops.block_mask(
+            scores, self.block_shape, sparsity, allow_empty=self.allow_empty
+        )
 
     def get_config(self):
-        return {"block_shape": list(self.block_shape)}
+        return {"block_shape": list(self.block_shape), **_allow_empty_config(self)}
 
     def __repr__(self):
-        return f"Block(block_shape={self.block_shape})"
+        empty = ", allow_empty=True" if self.allow_empty else ""
+        return f"Block(block_shape={self.block_shape}{empty})"
 
 
 @config_lib.register(_REGISTRY, "channel", "neuron", "filter")
@@ -176,10 +211,17 @@ class Channel(Pattern):
     A unit's score is the sum of its weights' scores (the L1 norm with the
     magnitude scorer, Li et al. 2017).
 
+    Args:
+        allow_empty: let a mask remove every unit (by default at least one
+            is kept).
+
     Example:
     >>> ks.patterns.get("channel")
     Channel()
     """
+
+    def __init__(self, allow_empty=False):
+        self.allow_empty = _check_allow_empty(allow_empty)
 
     def check_weight(self, shape, layout):
         if not layout.output_axes:
@@ -189,7 +231,12 @@ class Channel(Pattern):
             )
 
     def mask(self, scores, sparsity, layout):
-        return mask_ops.channel_mask(scores, sparsity, axes=layout.output_axes)
+        return mask_ops.channel_mask(
+            scores, sparsity, axes=layout.output_axes, allow_empty=self.allow_empty
+        )
+
+    def get_config(self):
+        return _allow_empty_config(self)
 
     def dynamic_keep(self, sparsity, shape, layout):
         rank = len(shape)
@@ -267,24 +314,27 @@ class FanIn(Pattern):
     For sparse initialization combine it with the random scorer, which also
     rescales the kept weights by ``sqrt(fan_in / k)``::
 
-        ks.prune(model, 0.9, schedule=ks.schedules.OneShot(0),
-                 pattern=ks.patterns.FanIn(15), scorer="random")
+        ks.prune_at_init(model, None, 0.9, pattern=ks.patterns.FanIn(15),
+                         scorer="random")
 
     Reference: J. Martens, "Deep learning via Hessian-free optimization",
     ICML 2010 (sparse initialization).
 
     Args:
         k: inputs kept per unit, or ``None`` to derive it from the sparsity.
+        allow_empty: with ``k=None``, keep ``round((1 - sparsity) * fan_in)``
+            inputs per unit even when that is 0.
 
     Example:
     >>> ks.patterns.FanIn(15)
     FanIn(k=15)
     """
 
-    def __init__(self, k=None):
+    def __init__(self, k=None, allow_empty=False):
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"`k` must be a positive integer or None. Received: k={k!r}")
         self.k = k
+        self.allow_empty = _check_allow_empty(allow_empty)
 
     def check_weight(self, shape, layout):
         if not layout.output_axes:
@@ -303,11 +353,15 @@ class FanIn(Pattern):
         if sparsity <= 0.0:
             return mask_ops.topk_mask(scores, 0.0)
         fan_in = _fan_in(tuple(scores.shape), layout.output_axes)
-        keep = self.k if self.k is not None else max(1, round((1.0 - sparsity) * fan_in))
+        if self.k is not None:
+            keep = self.k
+        else:
+            keep = round((1.0 - sparsity) * fan_in)
+            keep = keep if self.allow_empty else max(1, keep)
         return _drop_grow.fan_in_mask(scores, min(keep, fan_in), layout.output_axes)
 
     def get_config(self):
-        return {"k": self.k}
+        return {"k": self.k, **_allow_empty_config(self)}
 
 
 __all__ += ["FanIn"]

@@ -244,7 +244,19 @@ def apply_initial_masks(model):
     masks already in place (the random scorer keeps survivors first, so the
     mask does not change). Layers with ``global_pruning`` are left to the
     callback (they share one threshold). Returns the layers updated.
+
+    Deprecated: :func:`prune_at_init` is the one documented way to make a
+    model sparse before training.
     """
+    import warnings
+
+    warnings.warn(
+        "ks.apply_initial_masks is deprecated: make a model sparse before training "
+        "with ks.prune_at_init(model, data, sparsity, scorer=...) (data=None for "
+        "'random' and 'magnitude').",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return _apply_initial_masks(sparse_layers(model))
 
 

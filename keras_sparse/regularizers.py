@@ -151,7 +151,8 @@ def threshold_groups(model, threshold=1e-3, groups="units", relative=True):
 
     After training with :class:`GroupLasso`, a group whose L2 norm is at most
     ``threshold`` (times the layer's largest group norm when ``relative``) is
-    masked out exactly; masks are only ever narrowed, never regrown.
+    masked out exactly; masks are only ever narrowed, never regrown. Layers
+    without masks (only quantized) are left as they are: prune them first.
 
     Args:
         model: a model with sparse layers (``ks.prune(..., schedule=None)``
@@ -171,7 +172,7 @@ def threshold_groups(model, threshold=1e-3, groups="units", relative=True):
         raise ValueError(f"`threshold` must be >= 0. Received: threshold={threshold!r}")
     removed = {}
     for layer in walk_layers(model):
-        if not isinstance(layer, SparseMixin):
+        if not isinstance(layer, SparseMixin) or not layer.has_masks:
             continue
         fractions = []
         for name in layer.sparse_weight_names:

@@ -39,6 +39,7 @@ _COLUMNS = (
     ("dense_bytes", "dense B"),
     ("compressed_bytes", "compressed B"),
     ("packed_bytes", "packed B"),
+    ("mask_bytes", "mask B"),
     ("dense_flops", "dense FLOPs"),
     ("effective_flops", "eff. FLOPs"),
     ("binary_mac_share", "1-bit MACs"),
@@ -239,6 +240,12 @@ def _layer_row(layer):
     row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
     if sparse:
         row["sparsity"] = layer.sparsity
+        # Masks are not parameters; they take one byte per masked entry
+        # while training (a layer that is only quantized has none).
+        masks = [layer.get_mask(n) for n in layer.sparse_weight_names]
+        row["mask_bytes"] = sum(
+            int(math.prod(m.shape)) * np.dtype(m.dtype).itemsize for m in masks if m is not None
+        )
     else:
         row["sparsity"] = 1.0 - row["nonzeros"] / row["params"] if row["params"] else 0.0
     return row
@@ -326,7 +333,9 @@ class Report:
 
     Attributes:
         rows: list of dicts, one per layer with weights (``masked_params``
-            and ``masked_nonzeros`` count the masked weights only).
+            and ``masked_nonzeros`` count the masked weights only;
+            ``mask_bytes`` is the memory of the layer's masks, which are not
+            parameters).
         totals: dict with the column sums and the sparsity of the masked
             weights (biases and other unmasked weights excluded).
     """
@@ -335,8 +344,10 @@ class Report:
         self.rows = rows
         totals = {key: 0 for key in ("params", "nonzeros", "masked_params", "masked_nonzeros",
                                      "dense_bytes", "compressed_bytes", "packed_bytes",
-                                     "dense_flops", "effective_flops", "binary_flops")}
+                                     "mask_bytes", "dense_flops", "effective_flops",
+                                     "binary_flops")}
         for row in rows:
+            row.setdefault("mask_bytes", 0)
             for key in totals:
                 if totals[key] is not None:
                     totals[key] = None if row.get(key) is None else totals[key] + row[key]
@@ -384,7 +395,8 @@ def report(model, print_fn=print):
     """Print and return a per-layer table of parameters, non-zeros, sparsity,
     pattern, weight bits, dense bytes, compressed-bytes estimate (values +
     index), packed bytes (quantized values packed at 1/2/4/8 bits + index +
-    scales), dense vs effective FLOPs per example and the share of binary
+    scales), the bytes of the training masks (not parameters: ``params``
+    leaves them out), dense vs effective FLOPs per example and the share of binary
     (1-bit weight x 1-bit input) multiply-accumulates.
 
     Args:

@@ -44,6 +44,15 @@ def _check_step(value, name, allow_negative_one=False):
     return value
 
 
+def _check_origin(origin):
+    if origin not in (0, 1) or isinstance(origin, bool):
+        raise ValueError(
+            "`step_origin` must be 0 (the first batch is step 0) or 1 (tfmot's count). "
+            f"Received: step_origin={origin!r}"
+        )
+    return int(origin)
+
+
 def _check_frequency(frequency):
     if not _is_integer(frequency) or frequency < 1:
         raise ValueError(
@@ -97,13 +106,21 @@ class ConstantSparsity(PruningSchedule):
         begin_step: first update step.
         end_step: last step at which updates may happen, or ``-1``.
         frequency: steps between updates.
+        step_origin: the number of the first training batch in this
+            schedule's count: 0 (this library's) or 1 (tfmot's, whose
+            ``UpdatePruningStep`` counts the first batch as step 1). Schedules
+            converted from tfmot objects get 1, so a tfmot recipe prunes at
+            the same batches, to the same sparsity, as in tfmot (its rule too:
+            no extra update at ``end_step``).
 
     Example:
     >>> ks.schedules.ConstantSparsity(0.8, begin_step=0, frequency=100)(200)
     (True, 0.8)
     """
 
-    def __init__(self, target_sparsity=0.0, begin_step=0, end_step=-1, frequency=100):
+    def __init__(self, target_sparsity=0.0, begin_step=0, end_step=-1, frequency=100,
+                 step_origin=0):
+        self.step_origin = _check_origin(step_origin)
         self.target_sparsity = check_sparsity(target_sparsity, "target_sparsity")
         self.begin_step = _check_step(begin_step, "begin_step")
         self.end_step = _check_step(end_step, "end_step", allow_negative_one=True)
@@ -115,6 +132,7 @@ class ConstantSparsity(PruningSchedule):
         self.frequency = _check_frequency(frequency)
 
     def should_update(self, step):
+        step = step + self.step_origin
         if step < self.begin_step:
             return False
         if self.end_step != -1 and step > self.end_step:
@@ -122,21 +140,24 @@ class ConstantSparsity(PruningSchedule):
         return (step - self.begin_step) % self.frequency == 0
 
     def sparsity(self, step):
-        return self.target_sparsity if step >= self.begin_step else 0.0
+        return self.target_sparsity if step + self.step_origin >= self.begin_step else 0.0
 
     def last_update_step(self):
         if self.end_step == -1:
             return None
         updates = (self.end_step - self.begin_step) // self.frequency
-        return self.begin_step + updates * self.frequency
+        return self.begin_step + updates * self.frequency - self.step_origin
 
     def get_config(self):
-        return {
+        config = {
             "target_sparsity": self.target_sparsity,
             "begin_step": self.begin_step,
             "end_step": self.end_step,
             "frequency": self.frequency,
         }
+        if self.step_origin:
+            config["step_origin"] = self.step_origin
+        return config
 
 
 @config_lib.register(_REGISTRY, "polynomial_decay", "gmp")
@@ -156,6 +177,12 @@ class PolynomialDecay(PruningSchedule):
         end_step: ``t_1`` (> ``begin_step``).
         power: ``p`` (3 in the paper).
         frequency: steps between mask updates.
+        step_origin: the number of the first training batch in this
+            schedule's count: 0 (this library's) or 1 (tfmot's, whose
+            ``UpdatePruningStep`` counts the first batch as step 1). Schedules
+            converted from tfmot objects get 1, so a tfmot recipe prunes at
+            the same batches, to the same sparsity, as in tfmot (its rule too:
+            no extra update at ``end_step``).
 
     Example:
     >>> s = ks.schedules.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)
@@ -171,7 +198,9 @@ class PolynomialDecay(PruningSchedule):
         end_step=1000,
         power=3,
         frequency=100,
+        step_origin=0,
     ):
+        self.step_origin = _check_origin(step_origin)
         self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
         self.target_sparsity = check_sparsity(final_sparsity, "final_sparsity")
         self.begin_step = _check_step(begin_step, "begin_step")
@@ -191,13 +220,17 @@ class PolynomialDecay(PruningSchedule):
         return self.target_sparsity
 
     def should_update(self, step):
+        step = step + self.step_origin
         if step < self.begin_step or step > self.end_step:
             return False
-        return step == self.end_step or (step - self.begin_step) % self.frequency == 0
+        if (step - self.begin_step) % self.frequency == 0:
+            return True
+        # tfmot's rule (step_origin=1) has no extra update at end_step.
+        return step == self.end_step and not self.step_origin
 
     def sparsity(self, step):
         return polynomial_sparsity(
-            step,
+            step + self.step_origin,
             self.initial_sparsity,
             self.target_sparsity,
             self.begin_step,
@@ -206,6 +239,9 @@ class PolynomialDecay(PruningSchedule):
         )
 
     def last_update_step(self):
+        if self.step_origin:
+            updates = (self.end_step - self.begin_step) // self.frequency
+            return self.begin_step + updates * self.frequency - self.step_origin
         return self.end_step
 
     def with_target(self, sparsity):
@@ -217,7 +253,7 @@ class PolynomialDecay(PruningSchedule):
         return clone
 
     def get_config(self):
-        return {
+        config = {
             "initial_sparsity": self.initial_sparsity,
             "final_sparsity": self.target_sparsity,
             "begin_step": self.begin_step,
@@ -225,6 +261,9 @@ class PolynomialDecay(PruningSchedule):
             "power": self.power,
             "frequency": self.frequency,
         }
+        if self.step_origin:
+            config["step_origin"] = self.step_origin
+        return config
 
 
 @config_lib.register(_REGISTRY, "one_shot")
@@ -274,6 +313,7 @@ def _from_tfmot(obj):
             int(cfg["begin_step"]),
             int(cfg["end_step"]),
             int(cfg["frequency"]),
+            step_origin=1,
         )
     if name == "PolynomialDecay":
         return PolynomialDecay(
@@ -283,6 +323,7 @@ def _from_tfmot(obj):
             int(cfg["end_step"]),
             cfg["power"],
             int(cfg["frequency"]),
+            step_origin=1,
         )
     raise ValueError(
         "Only tfmot's ConstantSparsity and PolynomialDecay schedules can be "

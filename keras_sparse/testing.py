@@ -35,7 +35,11 @@ def run_layer_test(
     Checks, in order:
 
     1. ``build`` creates the expected weights; every masked weight has a
-       ``bool`` mask of the latent weight's shape (1 byte per weight).
+       ``bool`` mask of the latent weight's shape (1 byte per weight). The
+       layer is made with ``masked=True`` unless ``init_kwargs`` gives
+       ``masked``; made with ``masked=False`` (when it has no schedule) it
+       has no mask, ``has_masks`` is false and ``count_params()`` is the
+       same (masks are not parameters).
     2. An eager call and a symbolic call (``keras.Input``) give the expected
        output shape.
     3. ``get_config``/``from_config`` and a JSON round trip
@@ -96,7 +100,10 @@ def run_layer_test(
     input_dtype = str(x.dtype)
 
     def new_layer(**extra):
-        layer = layer_cls(**{**init_kwargs, **extra})
+        kwargs = {**init_kwargs, **extra}
+        if isinstance(layer_cls, type) and issubclass(layer_cls, SparseMixin):
+            kwargs.setdefault("masked", True)
+        layer = layer_cls(**kwargs)
         _check(isinstance(layer, SparseMixin), f"{layer_cls.__name__} does not subclass SparseMixin")
         return layer
 
@@ -129,6 +136,8 @@ def run_layer_test(
                 f"Mask of {name!r} has shape {tuple(mask.shape)}, latent weight "
                 f"{tuple(layer.latent_weight(name).shape)}",
             )
+        _check(layer.has_masks or not layer.sparse_weight_names,
+               f"{layer.name}.has_masks is False though its masks exist")
 
     def check_shape(output):
         if expected_output_shape is None:
@@ -140,10 +149,28 @@ def run_layer_test(
             f"Expected output shape {tuple(expected_output_shape)}, received {shape}",
         )
 
-    # 1. Build.
+    # 1. Build, with masks and (unless a schedule needs them) without.
     layer = new_layer()
     layer.build(x.shape)
     check_weights(layer)
+    if init_kwargs.get("schedule") is None and "masked" not in init_kwargs:
+        plain = new_layer(masked=False)
+        plain.build(x.shape)
+        _check(not plain.has_masks, f"{plain.name} built with masked=False has masks")
+        for name in plain.sparse_weight_names:
+            _check(
+                getattr(plain, name + "_mask", None) is None and plain.get_mask(name) is None,
+                f"Weight {name!r} has a mask though the layer was made with masked=False",
+            )
+        _check(
+            plain.count_params() == layer.count_params(),
+            f"count_params() is {layer.count_params()} with masks and "
+            f"{plain.count_params()} without (masks are not parameters)",
+        )
+        _check(
+            layer_cls.from_config(plain.get_config()).get_config().get("masked") is False,
+            "get_config/from_config lost masked=False",
+        )
 
     # 2. Symbolic and eager calls.
     layer = new_layer()

@@ -29,7 +29,7 @@ SHAPE = (96, 64)  # above FUSE_MIN_SIZE entries
 
 def _layer(quantizer, fusable, shape=SHAPE):
     keras.utils.set_random_seed(1)
-    layer = ks.layers.SparseDense(shape[1], kernel_quantizer=quantizer)
+    layer = ks.layers.SparseDense(shape[1], kernel_quantizer=quantizer, masked=True)
     layer.build((None, shape[0]))
     rng = np.random.RandomState(0)
     latent = rng.uniform(-1.5, 1.5, shape).astype("float32")

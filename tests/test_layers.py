@@ -54,7 +54,9 @@ def _input(name):
 
 
 def _built(name, **extra):
-    """A built sparse layer with random trainable weights."""
+    """A built sparse layer with random trainable weights (masked unless
+    ``masked=False`` is given)."""
+    extra.setdefault("masked", True)
     layer = getattr(ks.layers, name)(**LAYERS[name][0], **extra)
     layer.build(_input(name).shape)
     rng = np.random.default_rng(1)
@@ -93,13 +95,14 @@ def test_parity_with_keras_parent(name, pruned):
     if sparse_grad_x is not None:
         _assert_identical(sparse_grad_x, parent_grad_x)
     assert len(sparse_grads) == len(parent_grads)
-    # Forward-only mask: the latent gradient is the parent's times the mask.
+    # Forward-only mask: the latent gradient is the parent's where the mask
+    # keeps, exactly 0 (a select, so +0.0) where it prunes.
     mask_of = {
         id(sparse.latent_weight(n)): m for n, m in _masks(sparse).items()
     }
     for variable, ours, theirs in zip(sparse.trainable_variables, sparse_grads, parent_grads):
         mask = mask_of.get(id(variable), np.ones(variable.shape, bool))
-        _assert_identical(ours, _numpy(theirs) * mask)
+        _assert_identical(ours, np.where(mask, _numpy(theirs), np.float32(0.0)))
 
 
 # --------------------------------------------------------------- signature
@@ -108,8 +111,10 @@ SPARSE_DEFAULTS = {
     "pattern": "unstructured",
     "scorer": "magnitude",
     "global_pruning": False,
+    "method": None,
     "kernel_quantizer": None,
     "input_quantizer": None,
+    "masked": None,
 }
 
 
@@ -185,8 +190,10 @@ def test_set_mask_zeroes_latent_weight(name):
         mask = rng.random(before.shape) < 0.3
         layer.set_mask(weight, mask)
         np.testing.assert_array_equal(_numpy(layer.get_mask(weight)), mask)
-        _assert_identical(layer.latent_weight(weight), before * mask)
-        _assert_identical(layer.effective_weight(weight), before * mask)
+        # The writer selects too: a NaN/Inf stored at a pruned position becomes 0.
+        _assert_identical(layer.latent_weight(weight), np.where(mask, before, np.float32(0.0)))
+        # A select: pruned entries are +0.0 whatever the stored sign of zero.
+        _assert_identical(layer.effective_weight(weight), np.where(mask, before, np.float32(0.0)))
         assert layer.weight_sparsity(weight) == pytest.approx((~mask).mean())
         with pytest.raises(ValueError, match="does not match"):
             layer.set_mask(weight, np.ones(before.shape + (1,), bool))
@@ -195,7 +202,7 @@ def test_set_mask_zeroes_latent_weight(name):
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**16), density=st.floats(0.0, 1.0))
 def test_set_mask_invariants(seed, density):
-    layer = ks.layers.SparseDense(5)
+    layer = ks.layers.SparseDense(5, masked=True)
     layer.build((None, 6))
     rng = np.random.default_rng(seed)
     layer.latent_weight("kernel").assign(rng.standard_normal((6, 5)).astype("float32"))
@@ -248,7 +255,7 @@ class MyPlainBuildLayer(MyLayer):
 
 
 def test_user_layer_masks_work():
-    layer = MyLayer(3)
+    layer = MyLayer(3, masked=True)
     x = np.random.default_rng(0).standard_normal((2, 6)).astype("float32")
     layer(x)
     assert [w.path.split("/")[-1] for w in layer.weights] == ["kernel", "kernel_mask"]
@@ -271,7 +278,7 @@ def test_user_layer_contract():
 
 
 def test_user_layer_without_super_build_gets_masks():
-    layer = MyPlainBuildLayer(3)
+    layer = MyPlainBuildLayer(3, masked=True)
     layer(np.ones((2, 6), "float32"))
     layer.prune_to(0.5)
     assert (~_numpy(layer.get_mask("kernel"))).sum() == 9
@@ -279,7 +286,7 @@ def test_user_layer_without_super_build_gets_masks():
 
 # --------------------------------------------------------------------- LoRA
 def test_lora_dense_gets_mask_and_lora_update_is_masked():
-    layer = ks.layers.SparseDense(4, lora_rank=2)
+    layer = ks.layers.SparseDense(4, lora_rank=2, masked=True)
     layer.build((None, 8))
     assert layer.lora_enabled
     assert [w.path.split("/")[-1] for w in layer.non_trainable_weights] == ["kernel", "kernel_mask"]
@@ -303,7 +310,7 @@ def test_lora_dense_gets_mask_and_lora_update_is_masked():
 
 @pytest.mark.slow
 def test_lora_training_keeps_pruned_positions_zero():
-    layer = ks.layers.SparseDense(4, lora_rank=2)
+    layer = ks.layers.SparseDense(4, lora_rank=2, masked=True)
     model = keras.Sequential([keras.Input((8,)), layer])
     layer.prune_to(0.5)
     mask = _numpy(layer.kernel_mask)
@@ -319,7 +326,7 @@ def test_lora_training_keeps_pruned_positions_zero():
 
 
 def test_lora_enabled_after_build_is_masked():
-    layer = ks.layers.SparseDense(4)
+    layer = ks.layers.SparseDense(4, masked=True)
     layer.build((None, 8))
     layer.prune_to(0.5)
     layer.enable_lora(2)

@@ -2,7 +2,8 @@
 
 Conventions under test (``keras_sparse/ops/masks.py``): ``True`` = keep, a
 higher score is kept first, ``round(sparsity * count)`` entries (or groups)
-are removed, and among equal scores the lower flat index is kept.
+are removed but at least one is kept (unless ``allow_empty``), NaN ranks
+lowest, and among equal scores the lower flat index is kept.
 """
 
 import math
@@ -23,26 +24,49 @@ from keras_sparse.ops import masks as mask_ops
 # numpy references
 
 
-def ref_keep_top(flat, keep):
-    """Keep the ``keep`` largest entries of a 1-D array; ties -> lower index."""
+def ref_order(flat):
+    """Indices of a 1-D array from the highest-ranked entry down: NaN last,
+    then -inf, ..., +inf first; equal scores (NaNs too) by index."""
     flat = np.asarray(flat, dtype=np.float64)
-    # A stable sort on the negated scores orders equal scores by index.
-    order = np.argsort(-flat, kind="stable")
-    mask = np.zeros(flat.size, dtype=bool)
+    nan = np.isnan(flat)
+    # lexsort: the last key is the primary one.
+    return np.lexsort((np.arange(flat.size), -np.where(nan, 0.0, flat), nan))
+
+
+def ref_keep_top(flat, keep):
+    """Keep the ``keep`` highest-ranked entries of a 1-D array."""
+    order = ref_order(flat)
+    mask = np.zeros(order.size, dtype=bool)
     mask[order[: max(keep, 0)]] = True
     return mask
 
 
-def ref_topk(scores, sparsity):
+def ref_topk(scores, sparsity, allow_empty=False):
     scores = np.asarray(scores, dtype=np.float64)
     n = scores.size
-    keep = n - int(round(sparsity * n))
+    keep = n - n_removed(sparsity, n, allow_empty)
     return ref_keep_top(scores.reshape(-1), keep).reshape(scores.shape)
 
 
-def ref_global(scores_list, sparsity):
+def ref_global(scores_list, sparsity, allow_empty=False):
+    """Each non-empty tensor first keeps its best entry (unless
+    ``allow_empty``), then the rest of the budget goes by global rank."""
     flat = np.concatenate([np.asarray(s, np.float64).reshape(-1) for s in scores_list])
-    keep = ref_topk(flat, sparsity)
+    sizes = [int(np.prod(np.shape(s))) for s in scores_list]
+    if allow_empty:
+        keep = ref_topk(flat, sparsity, allow_empty=True)
+    else:
+        keep = np.zeros(flat.size, dtype=bool)
+        start = 0
+        for size in sizes:
+            if size:
+                keep[start + ref_order(flat[start : start + size])[0]] = True
+            start += size
+        reserved = int(keep.sum())
+        removed = min(int(round(sparsity * flat.size)), flat.size - reserved)
+        budget = flat.size - removed - reserved
+        rest = [i for i in ref_order(flat) if not keep[i]]
+        keep[rest[:budget]] = True
     out, start = [], 0
     for s in scores_list:
         size = int(np.prod(np.shape(s)))
@@ -61,29 +85,31 @@ def ref_nm(scores, n, m, axis):
     return np.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 
-def ref_block(scores, block_shape, sparsity):
+def ref_block(scores, block_shape, sparsity, allow_empty=False):
     scores = np.asarray(scores, dtype=np.float64)
     full = (1,) * (scores.ndim - len(block_shape)) + tuple(block_shape)
     split = []
     for d, b in zip(scores.shape, full):
         split += [d // b, b]
     sums = scores.reshape(split).sum(axis=tuple(range(1, 2 * scores.ndim, 2)))
-    keep = ref_topk(sums, sparsity)
+    keep = ref_topk(sums, sparsity, allow_empty)
     for axis, b in enumerate(full):
         keep = np.repeat(keep, b, axis=axis)
     return keep
 
 
-def ref_channel(scores, sparsity, axes):
+def ref_channel(scores, sparsity, axes, allow_empty=False):
     scores = np.asarray(scores, dtype=np.float64)
     axes = {a % scores.ndim for a in axes}
     reduce = tuple(a for a in range(scores.ndim) if a not in axes)
     units = scores.sum(axis=reduce, keepdims=True) if reduce else scores
-    return np.broadcast_to(ref_topk(units, sparsity), scores.shape)
+    return np.broadcast_to(ref_topk(units, sparsity, allow_empty), scores.shape)
 
 
-def n_removed(sparsity, n):
-    return int(round(sparsity * n))
+def n_removed(sparsity, n, allow_empty=False):
+    """``round(sparsity * n)``, capped at ``n - 1`` unless ``allow_empty``."""
+    removed = int(round(sparsity * n))
+    return removed if allow_empty else min(removed, max(n - 1, 0))
 
 
 # ---------------------------------------------------------------------------
@@ -147,9 +173,12 @@ def test_topk_near_one_keeps_only_the_maximum(rng):
     assert mask[np.argmax(scores)]
 
 
-def test_topk_near_one_small_tensor_removes_all():
-    # round(0.999 * 10) = 10: the exact-count rule removes every entry.
+def test_topk_near_one_small_tensor_keeps_one():
+    # round(0.999 * 10) = 10 is capped at 9: the best entry stays.
     mask = to_np(ks_ops.topk_mask(np.arange(10.0), 0.999))
+    np.testing.assert_array_equal(mask, np.arange(10) == 9)
+    # Unless empty masks are asked for.
+    mask = to_np(ks_ops.topk_mask(np.arange(10.0), 0.999, allow_empty=True))
     assert not mask.any()
 
 
@@ -231,10 +260,15 @@ def test_global_matches_concatenation_reference(rng, sparsity):
 def test_global_budget_is_shared_across_tensors():
     small = np.full((4, 4), 0.1, dtype="float32")
     large = np.full((4, 4), 5.0, dtype="float32")
-    masks = ks_ops.global_topk_masks([small, large], 0.5)
+    masks = ks_ops.global_topk_masks([small, large], 0.5, allow_empty=True)
     # Half of all 32 entries go, and they all come from the low-scoring tensor.
     assert not to_np(masks[0]).any()
     assert to_np(masks[1]).all()
+    # By default the low-scoring tensor keeps its first entry, taken from the
+    # lowest-ranked entry kept in the other (its last, by index order).
+    small_mask, large_mask = [to_np(m) for m in ks_ops.global_topk_masks([small, large], 0.5)]
+    np.testing.assert_array_equal(small_mask.reshape(-1), np.arange(16) == 0)
+    np.testing.assert_array_equal(large_mask.reshape(-1), np.arange(16) != 15)
 
 
 def test_global_differs_from_per_tensor(rng):
@@ -248,9 +282,13 @@ def test_global_differs_from_per_tensor(rng):
 
 
 def test_global_ties_prefer_earlier_tensor():
-    masks = ks_ops.global_topk_masks([np.ones(3), np.ones(3)], 0.5)
+    masks = ks_ops.global_topk_masks([np.ones(3), np.ones(3)], 0.5, allow_empty=True)
     np.testing.assert_array_equal(to_np(masks[0]), [True, True, True])
     np.testing.assert_array_equal(to_np(masks[1]), [False, False, False])
+    # Each tensor keeps its first entry; the third kept one goes by index.
+    masks = ks_ops.global_topk_masks([np.ones(3), np.ones(3)], 0.5)
+    np.testing.assert_array_equal(to_np(masks[0]), [True, True, False])
+    np.testing.assert_array_equal(to_np(masks[1]), [True, False, False])
 
 
 def test_global_mixed_dtypes(rng):

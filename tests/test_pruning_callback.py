@@ -457,12 +457,17 @@ def _wide_model(seed=0):
 
 def _global_reference(scores, sparsity):
     """numpy global magnitude top-k: remove round(s * total) lowest scores,
-    ties kept in concatenation order."""
+    ties kept in concatenation order; every tensor first keeps its best entry
+    (the at-least-one rule), the rest of the budget goes by the threshold."""
     flat = np.concatenate([s.ravel() for s in scores])
-    keep = flat.size - int(round(sparsity * flat.size))
-    order = np.argsort(-flat, kind="stable")
+    keep = max(len(scores), flat.size - int(round(sparsity * flat.size)))
     kept = np.zeros(flat.size, bool)
-    kept[order[:keep]] = True
+    start = 0
+    for s in scores:
+        kept[start + int(np.argmax(s.ravel()))] = True
+        start += s.size
+    order = [i for i in np.argsort(-flat, kind="stable") if not kept[i]]
+    kept[order[:keep - len(scores)]] = True
     out, start = [], 0
     for s in scores:
         out.append(kept[start:start + s.size].reshape(s.shape))
@@ -507,7 +512,7 @@ def test_global_threshold_equals_numpy_reference(dims, sparsity, seed):
     rng = np.random.RandomState(seed)
     layers = []
     for fan_in, units in zip(dims[:-1], dims[1:]):
-        layer = ks.layers.SparseDense(units, global_pruning=True)
+        layer = ks.layers.SparseDense(units, global_pruning=True, masked=True)
         layer.build((None, fan_in))
         # Different scales per layer, as in a real network.
         layer.latent_weight("kernel").assign(rng.randn(fan_in, units) * rng.uniform(0.1, 3.0))
@@ -520,7 +525,7 @@ def test_global_threshold_equals_numpy_reference(dims, sparsity, seed):
         np.testing.assert_array_equal(_mask(layer), expected)
         assert np.all(_latent(layer)[~expected] == 0.0)
         removed += int((~expected).sum())
-    assert removed == round(sparsity * total)
+    assert removed == min(round(sparsity * total), total - len(scores))
 
 
 @pytest.mark.slow

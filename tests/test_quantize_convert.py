@@ -151,7 +151,9 @@ def test_quantize_every_model_kind(kind):
         layer = layers[name]
         assert isinstance(layer, ks.layers.SparseDense) and isinstance(layer, keras.layers.Dense)
         assert layer.kernel_quantizer == quantizers.SteSign()
-        assert layer.schedule is None and to_np(layer.get_mask("kernel")).all()
+        # Quantized, not pruned: no mask variable.
+        assert layer.schedule is None and not layer.has_masks
+        assert layer.get_mask("kernel") is None and not hasattr(layer, "kernel_mask")
         latent = to_np(layer.latent_weight("kernel"))
         if built:
             np.testing.assert_array_equal(latent, kernels[name])  # float weights kept

@@ -97,7 +97,7 @@ def test_identity_quantizer_with_all_ones_mask_equals_keras_parent(name):
 
 # ------------------------------------------------------- binary and pruned
 def test_binary_and_pruned_in_one_layer():
-    layer = _built("SparseDense", kernel_quantizer="magnitude_aware_sign")
+    layer = _built("SparseDense", kernel_quantizer="magnitude_aware_sign", masked=True)
     layer.prune_to(0.5)
     mask = to_np(layer.get_mask("kernel"))
     latent = to_np(layer.latent_weight("kernel"))
@@ -112,7 +112,7 @@ def test_binary_and_pruned_in_one_layer():
         np.testing.assert_allclose(values, [alpha[column]], rtol=1e-6)
     assert abs(layer.sparsity - 0.5) < 1e-9
 
-    plain = _built("SparseDense", kernel_quantizer="ste_sign")
+    plain = _built("SparseDense", kernel_quantizer="ste_sign", masked=True)
     plain.prune_to(0.75)
     mask = to_np(plain.get_mask("kernel"))
     kernel = to_np(plain.kernel)
@@ -124,7 +124,7 @@ def test_binary_and_pruned_in_one_layer():
 @pytest.mark.parametrize("alias", sorted(quantizers.REGISTRY))
 def test_pruned_latent_drift_does_not_change_the_quantized_kernel(alias):
     quantizer = quantizers.get(alias)
-    layer = _built("SparseDense", kernel_quantizer=quantizer)
+    layer = _built("SparseDense", kernel_quantizer=quantizer, masked=True)
     layer.prune_to(0.5)
     before = to_np(layer.kernel)
     mask = to_np(layer.get_mask("kernel"))
@@ -163,7 +163,7 @@ def test_effective_weights_use_each_layout_for_per_channel_statistics():
 
 
 def test_lsq_step_is_a_trained_variable_of_the_layer():
-    layer = _built("SparseDense", kernel_quantizer=quantizers.LSQ(bits=4))
+    layer = _built("SparseDense", kernel_quantizer=quantizers.LSQ(bits=4), masked=True)
     step = layer.quantizer_state("kernel")["step"]
     assert step.trainable and any(w is step for w in layer.trainable_weights)
     assert step.path.endswith("kernel_quantizer_step")
@@ -191,7 +191,8 @@ def test_replacing_a_quantizer_replaces_its_state():
     layer.configure_quantization("ste_sign", None)
     assert layer.quantizer_variables() == []
     assert len(layer.trainable_weights) == 2
-    assert [w.path.split("/")[-1] for w in layer.weights] == ["kernel", "bias", "kernel_mask"]
+    # Only quantized, never pruned: no mask.
+    assert [w.path.split("/")[-1] for w in layer.weights] == ["kernel", "bias"]
     layer.configure_quantization(quantizers.LSQ(bits=3), None)
     assert len(layer.quantizer_variables()) == 1
 
@@ -213,7 +214,7 @@ def test_stochastic_kernel_is_random_in_training_and_sign_at_inference():
 def test_keras_file_round_trip_keeps_latent_weights_and_state(tmp_path, kernel_quantizer,
                                                               input_quantizer):
     layer = ks.layers.SparseDense(4, kernel_quantizer=kernel_quantizer,
-                                  input_quantizer=input_quantizer)
+                                  input_quantizer=input_quantizer, masked=True)
     model = keras.Sequential([keras.Input((8,)), layer])
     model.compile("adam", "mse")
     x = np.random.default_rng(0).standard_normal((16, 8)).astype("float32")

@@ -101,7 +101,7 @@ def test_numpy_scalar_coefficients_are_accepted():
 
 
 def test_threshold_groups_masks_small_units_exactly():
-    layer = ks.layers.SparseDense(4)
+    layer = ks.layers.SparseDense(4, masked=True)
     layer.build((None, 3))
     kernel = np.array([[1.0, 1e-6, 2.0, 0.0], [1.0, -1e-6, 2.0, 0.0], [1.0, 0.0, 2.0, 0.0]], "float32")
     layer.latent_weight("kernel").assign(kernel)

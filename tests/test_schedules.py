@@ -319,7 +319,8 @@ FakePolynomial = _fake_tfmot_class(
 def test_fake_tfmot_constant_sparsity_is_converted():
     fake = FakeConstant(target_sparsity=0.6, begin_step=20, end_step=-1, frequency=40)
     s = ks.schedules.get(fake)
-    assert s == schedules.ConstantSparsity(0.6, begin_step=20, end_step=-1, frequency=40)
+    assert s == schedules.ConstantSparsity(0.6, begin_step=20, end_step=-1, frequency=40,
+                                           step_origin=1)
 
 
 def test_fake_tfmot_polynomial_decay_is_converted():
@@ -341,6 +342,7 @@ def test_fake_tfmot_polynomial_decay_is_converted():
         "end_step": 105,
         "power": 2,
         "frequency": 10,
+        "step_origin": 1,
     }
 
 
@@ -359,7 +361,7 @@ def test_fake_tfmot_flat_config_is_converted():
             },
         },
     )
-    assert ks.schedules.get(cls()) == schedules.ConstantSparsity(0.5, 0, 100, 10)
+    assert ks.schedules.get(cls()) == schedules.ConstantSparsity(0.5, 0, 100, 10, step_origin=1)
 
 
 def test_fake_tfmot_unknown_schedule_rejected():
@@ -500,3 +502,41 @@ def test_erk_layer_kept_dense_stays_dense_under_polynomial_decay():
         target = layer.schedule.target_sparsity
         assert max(layer.schedule.sparsity(t) for t in range(0, 101, 10)) == pytest.approx(target)
     assert min(l.schedule.target_sparsity for l in ks.utils.sparse_layers(pruned)) == 0.0
+
+
+def _tfmot_should_prune(step, begin, end, frequency):
+    """tfmot's rule, on its own step count (the first batch is step 1)."""
+    return step >= begin and (end == -1 or step <= end) and (step - begin) % frequency == 0
+
+
+def _tfmot_polynomial(step, initial, final, begin, end, power):
+    p = min(1.0, max(0.0, (step - begin) / (end - begin)))
+    return final + (initial - final) * (1 - p) ** power
+
+
+@pytest.mark.parametrize("begin,end,frequency", [(0, 100, 10), (3, 57, 7), (0, 30, 100)])
+def test_tfmot_schedules_keep_tfmot_step_origin(begin, end, frequency):
+    # Batch b (0-based) is tfmot's step b + 1: a converted schedule prunes at
+    # the batches tfmot prunes at, to tfmot's sparsity there.
+    poly = ks.schedules.get(FakePolynomial(initial_sparsity=0.1, final_sparsity=0.8, power=3,
+                                           begin_step=begin, end_step=end, frequency=frequency))
+    const = ks.schedules.get(FakeConstant(target_sparsity=0.5, begin_step=begin, end_step=end,
+                                          frequency=frequency))
+    updates = []
+    for batch in range(end + 20):
+        tfmot_step = batch + 1
+        due = _tfmot_should_prune(tfmot_step, begin, end, frequency)
+        assert poly.should_update(batch) == due, batch
+        assert const.should_update(batch) == due, batch
+        if due:
+            updates.append(batch)
+            assert poly.sparsity(batch) == pytest.approx(
+                _tfmot_polynomial(tfmot_step, 0.1, 0.8, begin, end, 3))
+    assert poly.last_update_step() == (updates[-1] if updates else poly.last_update_step())
+    restored = schedules.PolynomialDecay.from_config(poly.get_config())
+    assert restored == poly and restored.step_origin == 1
+
+
+def test_step_origin_is_validated():
+    with pytest.raises(ValueError, match="step_origin"):
+        schedules.PolynomialDecay(0.0, 0.5, 0, 10, step_origin=2)

@@ -675,7 +675,8 @@ def test_raw_operations_and_stateless_lambda_are_copied(rng):
     # Built with a sparse layer directly: ks.prune clones the model, and
     # Keras refuses to clone a Lambda holding a Python lambda in safe mode.
     inputs = keras.Input((6,))
-    dense = ks.layers.SparseDense(8, activation="relu", pattern="channel", **Z, name="h")
+    dense = ks.layers.SparseDense(8, activation="relu", pattern="channel", **Z, name="h",
+                                  masked=True)
     h = dense(inputs)
     h = keras.ops.multiply(h, 2.0)  # a raw operation: kept whole
     h = L.Lambda(lambda t: t - 1.0, name="shift")(h)

@@ -19,7 +19,7 @@
 # | method | when the mask is chosen | how |
 # |---|---|---|
 # | **GMP** (gradual magnitude pruning) | during training, sparsity rising | smallest `|w|` removed, `ks.callbacks.Pruning()` |
-# | **static random** (sparse initialization) | before the first step, fixed | random mask, `ks.prune(..., schedule=OneShot(0), scorer="random")` |
+# | **static random** (sparse initialization) | before the first step, fixed | random mask, `ks.prune_at_init(model, None, s, scorer="random")` |
 # | **SNIP** (pruning at initialization) | before the first step, fixed | largest `|g ⊙ w|` on one batch, `ks.prune_at_init` |
 # | **SET** (dynamic sparse training) | before the first step, then moved | drop smallest `|w|`, regrow at random, `ks.callbacks.SET` |
 # | **RigL** (dynamic sparse training) | before the first step, then moved | drop smallest `|w|`, regrow largest `|∇L|`, `ks.callbacks.RigL` |
@@ -119,10 +119,10 @@ print({layer.name: round(layer.schedule.target_sparsity, 3) for layer in gmp.lay
 # %% [markdown]
 # ## 2. Static random sparsity: sparse initialization
 #
-# `schedule=ks.schedules.OneShot(0)` applies the mask once, at step 0, and never again; `scorer="random"`
-# picks it at random. With the random scorer `ks.prune` applies that step-0 mask before it returns, so the
-# model is sparse before `fit` (evaluate it, report it, save it). `ks.apply_initial_masks` does the same for
-# other data-free scorers.
+# `ks.prune_at_init(model, data, sparsity, scorer=...)` is the one way to make a model sparse before
+# training: it fixes the masks before it returns (the layers keep no schedule, no callback is needed), so
+# the model is sparse before `fit` (evaluate it, report it, save it). With `scorer="random"` no data is
+# needed (`data=None`).
 #
 # **Variance.** A dense initializer (Glorot here) scales weights for a unit's full fan-in `n`. If a unit
 # keeps only `k` inputs, its pre-activation variance shrinks by `k/n` and a deep sparse network starts
@@ -131,22 +131,21 @@ print({layer.name: round(layer.schedule.target_sparsity, 3) for layer in gmp.lay
 # expectation (Evci et al. 2022, "Gradient flow in sparse neural networks").
 
 # %%
-static = ks.prune(make_mlp(), SPARSITY, schedule=ks.schedules.OneShot(0), scorer="random",
-                  distribution="erk")
+static = ks.prune_at_init(make_mlp(), None, SPARSITY, scorer="random", distribution="erk")
 print(f"sparsity before fit: {ks.report(static, print_fn=None).totals['sparsity']:.2f}")
 probe = x_test[:256]
 dense_std = keras.ops.convert_to_numpy(make_mlp().get_layer("hidden1")(probe)).std()
 sparse_std = keras.ops.convert_to_numpy(static.get_layer("hidden1")(probe)).std()
 print(f"hidden1 activation std at init: dense {dense_std:.3f}, sparse + rescale {sparse_std:.3f}")
-train("static random", static, [ks.callbacks.Pruning()])
+train("static random", static, [])
 
 # %% [markdown]
 # Martens (2010) proposed a structured variant: every unit gets exactly `k` non-zero inputs. That is the
 # `ks.patterns.FanIn(k)` pattern (with `k=None` each unit keeps `(1 - sparsity) * fan_in` inputs):
 
 # %%
-martens = ks.prune(make_mlp(), SPARSITY, schedule=ks.schedules.OneShot(0), scorer="random",
-                   pattern=ks.patterns.FanIn(15), layers=["hidden1", "hidden2"])
+martens = ks.prune_at_init(make_mlp(), None, SPARSITY, scorer="random",
+                           pattern=ks.patterns.FanIn(15), layers=["hidden1", "hidden2"])
 mask = keras.ops.convert_to_numpy(martens.get_layer("hidden1").get_mask("kernel"))
 print("inputs per hidden1 unit:", sorted(set(mask.sum(axis=0).tolist())))
 
@@ -255,7 +254,7 @@ for name, r in results.items():
 # # fixed sparse mask from one batch (SNIP), from no data (SynFlow), or at random
 # model = ks.prune_at_init(model, (x[:256], y[:256]), 0.9, scorer="snip", loss="...")
 # model = ks.prune_at_init(model, None, 0.9, scorer="synflow", distribution="global")
-# model = ks.prune(model, 0.9, schedule=ks.schedules.OneShot(0), scorer="random", distribution="erk")
+# model = ks.prune_at_init(model, None, 0.9, scorer="random", distribution="erk")
 #
 # # gradual pruning with a gradient criterion
 # model = ks.prune(model, 0.9, schedule=..., scorer="taylor")   # or "movement", "saliency"

@@ -103,10 +103,6 @@ class SET(Sparsity):
         config.update(self.method.get_config())
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
     def __getattr__(self, name):
         # The method's hyperparameters read as the callback's own
         # (``callback.update_freq``, ``callback.seed``, ...).

@@ -29,11 +29,29 @@ _TARGET_SLACK = 1.0
 _DUE_TABLE_MAX = 2_000_000
 
 
-def accumulation_steps(optimizer):
-    """The optimizer's ``gradient_accumulation_steps`` (1 without)."""
+def _inner(optimizer):
     while getattr(optimizer, "inner_optimizer", None) is not None:
         optimizer = optimizer.inner_optimizer
-    return int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
+    return optimizer
+
+
+def accumulation_steps(optimizer):
+    """The optimizer's ``gradient_accumulation_steps`` (1 without)."""
+    return int(getattr(_inner(optimizer), "gradient_accumulation_steps", None) or 1)
+
+
+def batches_applied(optimizer):
+    """Batches the optimizer has applied (accumulated or not). With gradient
+    accumulation Keras' ``iterations`` counts updates (one per
+    ``gradient_accumulation_steps`` batches); its batch counter is
+    ``_iterations``."""
+    inner = _inner(optimizer)
+    if accumulation_steps(inner) > 1:
+        raw = getattr(inner, "_iterations", None)
+        if raw is not None:
+            return backend.read_int(raw)
+        return backend.read_int(optimizer.iterations) * accumulation_steps(inner)
+    return backend.read_int(optimizer.iterations)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -41,9 +59,11 @@ class Sparsity(keras.callbacks.Callback):
     """Run a sparsity method during ``fit``: the single owner of the training
     step, of the mask updates and of the sparsity logs.
 
-    **The step** is the number of optimizer updates applied: the optimizer's
-    ``iterations`` divided by its ``gradient_accumulation_steps``. It is
-    read when each epoch begins and advanced by the batches of the epoch,
+    **The step** is the number of optimizer updates applied (Keras'
+    ``optimizer.iterations``: with ``gradient_accumulation_steps=k`` one
+    update per ``k`` batches; an update due at step ``t`` runs before the
+    first batch of that update). It is read when each epoch begins and
+    advanced by the batches of the epoch,
     so a run resumed from a checkpoint (``BackupAndRestore``,
     ``ModelCheckpoint``) or a second ``fit`` continues exactly, with
     ``steps_per_execution`` each step is seen once, and the step never goes
@@ -155,9 +175,8 @@ class Sparsity(keras.callbacks.Callback):
         params = self._training_params()
         for method, layers in by_method:
             managed = [layer for layer in layers if method.manages(layer)]
-            if hasattr(method, "check_layer"):
-                for layer in managed:
-                    method.check_layer(layer)
+            for layer in managed:
+                method.check_pattern(layer.pattern, layer.name)
             state = method.begin(managed, params)
             for group in method.groups(managed):
                 plan.append((method, tuple(group), state))
@@ -288,7 +307,7 @@ class Sparsity(keras.callbacks.Callback):
         # starts later), and the batches already trained.
         initial = int(getattr(self.model, "_initial_epoch", None) or 0)
         remaining = max(0, int(epochs) - initial) * int(steps)
-        done = backend.read_int(self.model.optimizer.iterations)
+        done = batches_applied(self.model.optimizer)
         planned_last = (done + remaining) // self._accumulation() - 1
         late = []
         for method, group, state in self._plan:
@@ -365,7 +384,7 @@ class Sparsity(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         backend.sync_model_state(self.model)
-        start = backend.read_int(self.model.optimizer.iterations)
+        start = batches_applied(self.model.optimizer)
         if self._next_batch is not None:
             start = max(start, self._next_batch)
         self._epoch_start_batch = start
@@ -429,7 +448,7 @@ class Sparsity(keras.callbacks.Callback):
         """The next training step (optimizer updates applied so far)."""
         if self._next_batch is not None:
             return self._next_batch // self._accumulation()
-        return backend.read_int(self.model.optimizer.iterations) // self._accumulation()
+        return batches_applied(self.model.optimizer) // self._accumulation()
 
     def _batches_per_call(self):
         return int(getattr(self.model, "steps_per_execution", 1) or 1)

@@ -7,7 +7,8 @@ A sparse layer is a Keras layer subclass whose weight property (``kernel``,
 
 where ``latent`` is the float variable the optimizer trains and saves,
 ``transform`` is the layer's ``kernel_quantizer`` (identity when ``None``),
-and ``mask`` is a compact non-trainable boolean variable. An
+and ``mask`` is a compact non-trainable boolean variable, present only on
+a layer that is pruned (see :class:`SparseMixin`'s ``masked``). An
 ``input_quantizer`` quantizes the layer input before the parent's ``call``. The Keras parent's own
 ``call`` reads the property, so the forward pass is the parent's, unchanged,
 on every backend and under XLA.
@@ -26,6 +27,7 @@ import keras
 from keras import ops
 
 from keras_sparse import backend
+from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.initializers import SparseInitializer
@@ -54,6 +56,7 @@ SPARSE_ARGUMENTS = (
     "method",
     "kernel_quantizer",
     "input_quantizer",
+    "masked",
 )
 
 _MISSING_CALLBACK = (
@@ -113,6 +116,7 @@ def _merged_signature(parent):
         inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("kernel_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("input_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("masked", inspect.Parameter.KEYWORD_ONLY, default=None),
     ]
     return inspect.Signature(params + ours + var_kw)
 
@@ -160,6 +164,25 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
             weight is what is trained and saved.
         input_quantizer: a quantizer applied to the layer input (per
             tensor) before the parent's ``call``.
+        masked: whether the layer carries masks (a ``<name>_mask`` variable
+            per masked weight). ``None`` (default): masked iff it is pruned,
+            i.e. it has a ``schedule`` or a weight drawn by a
+            :class:`~keras_sparse.initializers.SparseInitializer`. A layer
+            that is only quantized has no mask: its effective weight is
+            ``kernel_quantizer(latent)``, with no pass over a mask. Pass
+            ``True`` for masks that stay fixed with no schedule (what
+            ``ks.prune_at_init`` leaves); it is saved in the config, so such
+            a layer reloads with its masks. A config written before this
+            argument existed loads as masked (every layer had masks then).
+
+    Masks are stored as 1-byte bools and are not counted as parameters:
+    ``layer.count_params()`` (and so the per-layer rows of
+    ``model.summary()``) leaves out masks and gradient probes. Keras'
+    model-level totals (``model.count_params()``, the "Total params" line of
+    ``model.summary()``) sum ``model.weights``, which does include them (a
+    mask is a non-trainable weight there, like a BatchNormalization moving
+    mean); ``ks.report`` shows parameters without them and the masks' bytes
+    separately.
 
     Example:
     >>> layer = ks.layers.SparseDense(64, kernel_quantizer="ste_sign",
@@ -198,29 +221,46 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         method=None,
         kernel_quantizer=None,
         input_quantizer=None,
+        masked=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self._pruning_callback_attached = False
         self._warned_missing_callback = False
         self._mask_sparsity_cache = {}
+        self._masked = False
         self._reset_quantization()
-        self.configure_pruning(schedule, pattern, scorer, global_pruning, method=method)
+        self.configure_pruning(schedule, pattern, scorer, global_pruning, method=method,
+                               masked=masked)
         self.configure_quantization(kernel_quantizer, input_quantizer)
 
     # ------------------------------------------------------------------ config
     def configure_pruning(self, schedule=None, pattern="unstructured",
-                          scorer="magnitude", global_pruning=False, method=None):
+                          scorer="magnitude", global_pruning=False, method=None,
+                          masked=None):
         """Set (or replace) this layer's schedule, pattern, scorer and
         sparsity method.
 
-        Everything is validated before anything is changed. On a built
-        layer, a gradient probe is added when the method or the scheduled
-        scorer reads the dense gradient, and removed when nothing does
-        (call before the optimizer is built: ``compile`` again after it).
-        """
-        from keras_sparse import methods as methods_lib
+        Everything is validated before anything is changed. A layer becomes
+        masked when it gets a schedule or a method (or ``masked=True``) and
+        stays masked afterwards (``schedule=None`` then freezes its masks);
+        on a built layer the masks are created now, all ``True``, and a
+        gradient probe is added when the method or the scheduled scorer
+        reads the dense gradient (removed when nothing does). A model holding
+        the layer must then be compiled again, and on torch re-register its
+        variables (:func:`keras_sparse.backend.track_variables`; ``ks.prune``
+        does both).
 
+        Args:
+            masked: ``None`` keeps the masks the layer has and adds them if
+                it is pruned (see :class:`SparseMixin`); ``True`` adds masks
+                without a schedule; ``False`` asks for no mask.
+
+        Raises:
+            ValueError: for an invalid argument, ``masked=False`` with a
+                schedule, or ``masked=False`` on a layer that has masks
+                (``ks.strip`` removes them).
+        """
         schedule = schedules_lib.get(schedule)
         pattern = patterns_lib.get(pattern)
         scorer = scorers_lib.get(scorer)
@@ -230,17 +270,35 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 "Global pruning only supports the unstructured pattern. "
                 f"Received: pattern={pattern!r}"
             )
+        if masked is not None and not isinstance(masked, bool):
+            raise ValueError(f"`masked` must be a bool or None. Received: masked={masked!r}")
+        if masked is False and (schedule is not None or method is not None):
+            raise ValueError(
+                "A pruning schedule or method needs masks. "
+                f"Received: masked=False, schedule={schedule!r}, method={method!r}"
+            )
+        if masked is False and self.has_masks:
+            raise ValueError(
+                f"Layer {self.name!r} already has masks; ks.strip removes them. "
+                "Received: masked=False"
+            )
         if self.built:
             for name in self.sparse_weight_layouts:
                 pattern.check_weight(
                     tuple(self.latent_weight(name).shape), self.weight_layout(name)
                 )
+        if masked is None:
+            masked = (self._masked or schedule is not None or method is not None
+                      or self._sparse_initialized())
         self.schedule = schedule
         self.pattern = pattern
         self.scorer = scorer
         self.global_pruning = bool(global_pruning)
         self.method = method
+        self._masked = masked
         if self.built and getattr(self, "_masks_ready", False):
+            if masked:
+                self._add_masks()
             self._sync_gradient_probe()
 
     def _sync_gradient_probe(self):
@@ -249,6 +307,14 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 self.enable_gradient_probe()
         else:
             self.disable_gradient_probe()
+
+    def _sparse_initialized(self):
+        """Whether a masked weight is drawn by a SparseInitializer (the
+        layer is then pruned from its first value)."""
+        return any(
+            isinstance(self._initializer_of(name), SparseInitializer)
+            for name in self.sparse_weight_layouts
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -263,9 +329,18 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 ),
                 "kernel_quantizer": quantizers_lib.serialize(self.kernel_quantizer),
                 "input_quantizer": quantizers_lib.serialize(self.input_quantizer),
+                "masked": self._masked,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        if "schedule" in config and "masked" not in config:
+            # Written before `masked` existed, when every layer had masks:
+            # its saved variables include them.
+            config = {**config, "masked": True}
+        return super().from_config(config)
 
     # ------------------------------------------------------------------- state
     def build(self, input_shape=None):
@@ -277,13 +352,15 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
             self.pattern.check_weight(
                 tuple(self.latent_weight(name).shape), self.weight_layout(name)
             )
-        self._add_masks()
-        # A kernel drawn by SparseInitializer is sparse from its first value:
-        # start the mask from its zeros so training keeps them at zero.
-        for name in self.sparse_weight_layouts:
-            if isinstance(self._initializer_of(name), SparseInitializer):
-                latent = ops.convert_to_tensor(self.latent_weight(name))
-                self.set_mask(name, ops.not_equal(latent, 0))
+        if self._masked:
+            self._add_masks()
+            # A kernel drawn by SparseInitializer is sparse from its first
+            # value: start the mask from its zeros so training keeps them at
+            # zero.
+            for name in self.sparse_weight_layouts:
+                if isinstance(self._initializer_of(name), SparseInitializer):
+                    latent = ops.convert_to_tensor(self.latent_weight(name))
+                    self.set_mask(name, ops.not_equal(latent, 0))
         self._build_quantizer_state(input_shape)
         self._masks_ready = True
         if self.wants_gradient_probe():
@@ -338,8 +415,33 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         return getattr(self, "_" + name)
 
     def get_mask(self, name):
-        """The boolean mask variable of weight ``name``."""
-        return getattr(self, name + "_mask")
+        """The boolean mask variable of weight ``name``, or ``None`` when the
+        layer has no masks (it is not pruned, see :attr:`has_masks`): every
+        entry is then kept."""
+        return getattr(self, name + "_mask", None)
+
+    @property
+    def has_masks(self):
+        """Whether the mask variables exist (the layer is built and pruned;
+        a layer that is only quantized has none)."""
+        names = self.sparse_weight_names
+        return bool(names) and all(
+            getattr(self, name + "_mask", None) is not None for name in names
+        )
+
+    def count_params(self):
+        """Parameters of the layer: its weights without masks and gradient
+        probes (masks are 1-byte bools, probes scratch space of training;
+        neither is a parameter of the model)."""
+        if not self.built:
+            return super().count_params()
+        skip = {
+            id(getattr(self, name + suffix))
+            for name in self.sparse_weight_names
+            for suffix in ("_mask", "_probe")
+            if getattr(self, name + suffix, None) is not None
+        }
+        return int(sum(math.prod(v.shape) for v in self.weights if id(v) not in skip))
 
     def effective_weight(self, name):
         """``mask * transform_weight(latent)`` as a tensor."""
@@ -413,13 +515,13 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
 
     # ----------------------------------------------------------- conversion
     def _adopt(self, schedule=None, pattern="unstructured", scorer="magnitude",
-               global_pruning=False):
+               global_pruning=False, masked=None):
         """Finish an in-place class swap of an existing Keras layer.
 
         Moves plain-attribute weights to their latent slot, refreshes the
-        call signature Keras cached, and adds masks if the layer is built.
-        The layer starts with no quantizer (see
-        :meth:`configure_quantization`).
+        call signature Keras cached, and, if the layer is built and pruned
+        (see ``masked``), adds masks. The layer starts with no quantizer
+        (see :meth:`configure_quantization`).
         """
         for name in self.sparse_weight_layouts:
             if name in self.__dict__:
@@ -427,11 +529,13 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         self._pruning_callback_attached = False
         self._warned_missing_callback = False
         self._mask_sparsity_cache = {}
+        self._masked = False
         self._reset_quantization()
         refresh_call_signature(self)
-        self.configure_pruning(schedule, pattern, scorer, global_pruning)
+        self.configure_pruning(schedule, pattern, scorer, global_pruning, masked=masked)
         if self.built:
-            self._add_masks()
+            if self._masked:
+                self._add_masks()
             self._masks_ready = True
         elif "build" in self.__dict__:
             # Keras' Layer.__new__ stored a wrapper of the *old* class's bound

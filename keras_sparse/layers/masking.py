@@ -48,6 +48,14 @@ class _PendingSparsity:
         return 1.0 - float(ops.convert_to_numpy(self.kept)) / self.size
 
 
+def _select(mask, value):
+    """``value`` where ``mask``, exactly 0 elsewhere: a select rather than a
+    product, so a NaN or infinite stored weight at a pruned position gives 0
+    (``NaN * 0`` is NaN)."""
+    value = ops.convert_to_tensor(value)
+    return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
+
+
 class MaskingMixin:
     """Masks, gradient probes and saved variables of
     :class:`~keras_sparse.layers.SparseMixin` (which inherits it; not used
@@ -61,9 +69,13 @@ class MaskingMixin:
         object.__setattr__(self, "_fused_weights", {})
 
     def masked_latent(self, name):
-        """``mask * latent`` (no transform): what magnitude scores are taken on."""
-        latent = ops.convert_to_tensor(self.latent_weight(name))
-        return ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype))
+        """The latent weight where the mask keeps, exactly 0 elsewhere (no
+        transform): what magnitude scores are taken on; the latent weight
+        itself on a layer without masks."""
+        mask = self.get_mask(name)
+        if mask is None:
+            return ops.convert_to_tensor(self.latent_weight(name))
+        return _select(mask, self.latent_weight(name))
 
     def write_mask(self, name, mask, *, rescale=False, zero_grown=False):
         """The single writer of the masks of weight ``name``: assign
@@ -89,6 +101,12 @@ class MaskingMixin:
             otherwise ``None``.
         """
         mask_var = self.get_mask(name)
+        if mask_var is None:
+            raise ValueError(
+                f"Layer {self.name!r} has no masks (it is not pruned): give it "
+                "masks first with `layer.configure_pruning(masked=True)` or "
+                f"`ks.prune`. Received: name={name!r}"
+            )
         mask = ops.cast(ops.convert_to_tensor(mask), "bool")
         if tuple(mask.shape) != tuple(mask_var.shape):
             raise ValueError(
@@ -185,8 +203,11 @@ class MaskingMixin:
         momentum moves them between mask updates; the forward pass is masked
         anyway, but stored weights should agree with the masks)."""
         for name in self.sparse_weight_names:
+            mask = self.get_mask(name)
+            if mask is None:
+                continue
             latent = self.latent_weight(name)
-            latent.assign(ops.multiply(latent, ops.cast(self.get_mask(name), latent.dtype)))
+            latent.assign(_select(mask, latent))
 
     def score_weight(self, name, gradient=None):
         """Importance of each entry of weight ``name`` under this layer's scorer."""
@@ -201,15 +222,24 @@ class MaskingMixin:
 
     def prune_to(self, sparsity):
         """Recompute every mask at ``sparsity`` with this layer's scorer and
-        pattern, and apply it."""
+        pattern, and apply it (the layer must have masks: see
+        :meth:`configure_pruning`)."""
+        if not self.has_masks:
+            raise ValueError(
+                f"Layer {self.name!r} has no masks to prune: give it a schedule or "
+                "masked=True (configure_pruning, ks.prune). "
+                f"Received: sparsity={sparsity!r}"
+            )
         for name in self.sparse_weight_names:
             self.set_mask(name, self.compute_mask_for(name, sparsity))
 
     def weight_sparsity(self, name):
-        """Fraction of removed entries of weight ``name`` (Python float)."""
+        """Fraction of removed entries of weight ``name`` (Python float;
+        0.0 without masks)."""
         value = self._mask_sparsity_cache.get(name)
         if value is None:
-            value = mask_sparsity(self.get_mask(name))
+            mask = self.get_mask(name)
+            value = 0.0 if mask is None else mask_sparsity(mask)
             self._mask_sparsity_cache[name] = value
         elif type(value) is _PendingSparsity:
             value = value.resolve()
@@ -218,7 +248,10 @@ class MaskingMixin:
 
     @property
     def sparsity(self):
-        """Fraction of removed entries over all masked weights of the layer."""
+        """Fraction of removed entries over all masked weights of the layer
+        (0.0 without masks)."""
+        if not self.has_masks:
+            return 0.0
         total = removed = 0
         for name in self.sparse_weight_names:
             size = int(ops.size(self.get_mask(name)))

@@ -162,19 +162,19 @@ class QuantizationMixin:
         )
 
     def _quantized_weight(self, name, raw):
-        """``mask * transform_weight(raw)``: the part of the effective
-        weight that :func:`backend.fuse` compiles."""
+        """``transform_weight(raw)`` where the mask keeps, exactly 0
+        elsewhere: the part of the effective weight that
+        :func:`backend.fuse` compiles."""
         value = ops.convert_to_tensor(self.transform_weight(name, raw))
         mask = getattr(self, name + "_mask", None)
         if mask is None or (
             self._masks_before_quantizer(name) and self.kernel_quantizer.keeps_zero
         ):
             return value
-        if self.kernel_quantizer is not None:
-            # Fused with the quantizer, a select is one pass less than a
-            # cast and a product.
-            return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
-        return ops.multiply(value, ops.cast(mask, value.dtype))
+        # A select, not a product: a pruned entry is exactly 0 even when the
+        # stored value is NaN or infinite (NaN * 0 = NaN), and it is one
+        # pass less than a cast and a product.
+        return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
 
 
 def _built_input_shape(layer):

@@ -4,8 +4,8 @@ masks and the variance-preserving rescale of sparse initialization.
 Pure functions on tensors (numpy arrays or backend tensors in, backend
 tensors out); they know nothing about layers or optimizers. Selections are
 exact and deterministic: a linear-time threshold (``numpy.partition``) and
-ties filled in row-major index order, the convention of
-:mod:`keras_sparse.ops.masks`.
+ties filled in row-major index order, with NaN scores ranked lowest (below
+``-inf``): the conventions of :mod:`keras_sparse.ops.masks`.
 """
 
 import math
@@ -79,34 +79,37 @@ def check_decay(decay):
     return decay
 
 
+def _top_of(values, count):
+    """Boolean array keeping the ``count`` highest-ranked ``values`` (1-D,
+    ``0 < count < size``): NaN lowest, ties in index order."""
+    nan = np.isnan(values)
+    key = np.where(nan, -np.inf, values) if nan.any() else values
+    threshold = np.partition(key, key.size - count)[key.size - count]
+    keep = key > threshold
+    missing = count - int(np.count_nonzero(keep))
+    for tier in (values == threshold, nan):
+        if missing <= 0:
+            break
+        chosen = np.flatnonzero(tier)[:missing]
+        keep[chosen] = True
+        missing -= chosen.size
+    return keep
+
+
 def _top_in(scores, allowed, count):
-    """Boolean array keeping the ``count`` highest ``scores`` among
-    ``allowed`` entries (1-D numpy arrays); ties in index order."""
+    """Boolean array keeping the ``count`` highest-ranked ``scores`` among
+    ``allowed`` entries (1-D numpy arrays); NaN lowest, ties in index
+    order."""
     n_allowed = int(np.count_nonzero(allowed))
     if count <= 0:
         return np.zeros(scores.shape, dtype=bool)
     if count >= n_allowed:
         return allowed.copy()
-    if 2 * n_allowed < allowed.size:
-        # Few candidates (the active entries of a sparse layer): select
-        # among them only.
-        candidates = np.flatnonzero(allowed)
-        values = scores[candidates]
-        threshold = np.partition(values, values.size - count)[values.size - count]
-        above = values > threshold
-        missing = count - int(np.count_nonzero(above))
-        keep = np.zeros(scores.shape, dtype=bool)
-        keep[candidates[above]] = True
-        if missing:
-            keep[candidates[np.flatnonzero(values == threshold)[:missing]]] = True
-        return keep
-    # Many candidates: rank everything with the others pushed to -inf.
-    values = np.where(allowed, scores, -np.inf)
-    threshold = np.partition(values, values.size - count)[values.size - count]
-    keep = values > threshold
-    missing = count - int(np.count_nonzero(keep))
-    if missing:
-        keep[np.flatnonzero((values == threshold) & allowed)[:missing]] = True
+    # Select among the candidates only (few of them for the active entries
+    # of a sparse layer; -inf padding would tie with real -inf scores).
+    candidates = np.flatnonzero(allowed)
+    keep = np.zeros(scores.shape, dtype=bool)
+    keep[candidates[_top_of(scores[candidates], count)]] = True
     return keep
 
 
@@ -235,28 +238,35 @@ def fan_in_mask(scores, keep, output_axes=(-1,)):
 
     Args:
         scores: tensor of any rank.
-        keep: inputs kept per unit, ``1 <= keep <= fan_in``.
+        keep: inputs kept per unit, ``0 <= keep <= fan_in``.
         output_axes: axes indexing output units (``(-1,)`` for Dense and
             Conv kernels).
 
     Returns:
         A boolean tensor shaped like ``scores``; every unit has exactly
-        ``keep`` ``True`` entries (ties in index order).
+        ``keep`` ``True`` entries (NaN scores lowest, ties in index order).
     """
     values = _to_numpy(scores, np.float32)
     flat, order, moved_shape = _unit_view(values, output_axes)
     fan_in = flat.shape[0]
     keep = int(keep)
-    if not 1 <= keep <= fan_in:
+    if not 0 <= keep <= fan_in:
         raise ValueError(
-            f"`keep` must be between 1 and the fan-in {fan_in}. Received: keep={keep}"
+            f"`keep` must be between 0 and the fan-in {fan_in}. Received: keep={keep}"
         )
-    threshold = np.partition(flat, fan_in - keep, axis=0)[fan_in - keep]
-    above = flat > threshold
-    missing = keep - above.sum(axis=0)
-    ties = flat == threshold
-    tie_rank = np.cumsum(ties, axis=0)
-    kept = above | (ties & (tie_rank <= missing))
+    if keep == 0:
+        kept = np.zeros(flat.shape, dtype=bool)
+        return ops.convert_to_tensor(_from_unit_view(kept, order, moved_shape))
+    nan = np.isnan(flat)
+    key = np.where(nan, -np.inf, flat)
+    threshold = np.partition(key, fan_in - keep, axis=0)[fan_in - keep]
+    kept = key > threshold
+    missing = keep - kept.sum(axis=0)
+    # Entries ranked equal to the threshold, in index order: real ties,
+    # then (when the threshold is -inf) NaNs.
+    for tier in (flat == threshold, nan):
+        kept = kept | (tier & (np.cumsum(tier, axis=0) <= missing))
+        missing = missing - tier.sum(axis=0)
     return ops.convert_to_tensor(_from_unit_view(kept, order, moved_shape))
 
 

@@ -8,10 +8,25 @@ Conventions shared by all functions:
 
 * A higher score means "more important, keep first".
 * ``sparsity`` is the fraction of entries (or groups) to remove. The number
-  removed is ``round(sparsity * count)``, so the result is within half an
-  entry of the target.
-* Ties are broken deterministically: among equal scores the entry with the
-  lower flat (row-major) index is kept.
+  removed is ``round(sparsity * count)``, capped at ``count - 1``: a mask
+  keeps at least one entry, and a structured mask at least one group (block,
+  unit), whatever the sparsity in ``[0, 1)``. A ``Dense(1)`` kernel on 32
+  features at sparsity 0.99 keeps 1 weight (``round(31.68) = 32`` would
+  remove them all). Pass ``allow_empty=True`` to lift the cap and allow an
+  all-``False`` mask. Below the cap the result is within half an entry of
+  the target.
+* Non-finite scores are ranked, never dropped from the count: ``NaN`` ranks
+  lowest (pruned first, below ``-inf``), then ``-inf``, then the finite
+  values, then ``+inf``. A mask keeps exactly as many entries with
+  non-finite scores as with finite ones.
+* Ties are broken deterministically: among equal scores (NaNs included)
+  the entry with the lower flat (row-major) index is kept.
+* Inside ``tf.function`` / ``jax.jit``, ``sparsity`` may be a scalar
+  tensor: the mask comes from a sorted threshold and a cumulative count of
+  ties, so no shape depends on the sparsity and one trace serves every
+  value. A tensor sparsity is not validated and ``sparsity * count`` is
+  rounded in float32 (it gives the mask of the same Python float unless
+  that product lies within float32 rounding of a half-integer).
 """
 
 import math
@@ -58,52 +73,194 @@ def check_sparsity(sparsity, name="sparsity"):
     return value
 
 
-def _num_pruned(sparsity, count):
-    return int(round(check_sparsity(sparsity) * count))
+def _is_static(value):
+    """Whether ``value`` is a Python or numpy number (not a tensor)."""
+    return isinstance(value, (numbers.Real, np.ndarray, np.generic))
 
 
-def _keep_top(flat_scores, keep):
-    """Boolean mask over a 1-D tensor keeping the ``keep`` largest entries.
+def _traced(value):
+    """Whether ``value`` is a symbolic tensor (``tf.function``, ``jax.jit``)."""
+    return not _is_static(value) and backend.is_traced(value)
+
+
+def _read_sparsity(sparsity):
+    """A validated Python float, or a float32 scalar tensor when
+    ``sparsity`` is a traced tensor (which cannot be read on the host)."""
+    if _is_static(sparsity):
+        return check_sparsity(sparsity)
+    if not backend.is_traced(sparsity):
+        return check_sparsity(np.asarray(ops.convert_to_numpy(sparsity)))
+    if len(sparsity.shape):
+        raise ValueError(
+            f"A tensor `sparsity` must be a scalar. Received: sparsity of shape "
+            f"{tuple(sparsity.shape)}"
+        )
+    return ops.cast(sparsity, "float32")
+
+
+def _num_kept(sparsity, count, min_keep):
+    """``count - round(sparsity * count)``, at least ``min_keep``: a Python
+    int for a float ``sparsity``, an int32 scalar tensor for a tensor one."""
+    max_removed = max(count - min_keep, 0)
+    if isinstance(sparsity, float):
+        return count - min(int(round(sparsity * count)), max_removed)
+    removed = ops.clip(ops.round(sparsity * float(count)), 0.0, float(max_removed))
+    return count - ops.cast(removed, "int32")
+
+
+def _keep_top_numpy(values, keep, forced=None):
+    """:func:`_keep_top` on a 1-D float32 numpy array, ``keep`` a Python
+    int; ``forced`` marks entries ranked above everything else."""
+    nan = np.isnan(values)
+    has_nan = bool(nan.any())
+    key = np.where(nan, np.float32(-np.inf), values) if has_nan else values
+    if forced is not None:
+        key = np.where(forced, np.float32(np.inf), key)
+    # A full SIMD sort is faster than partition here: pruned kernels hold
+    # many exact zeros, on which selection algorithms degrade.
+    threshold = np.sort(key)[values.size - keep]
+    keep_mask = key > threshold
+    missing = keep - int(np.count_nonzero(keep_mask))
+    for tier in _tie_tiers(values, threshold, keep_mask, nan if has_nan else None, forced):
+        if missing <= 0:
+            break
+        chosen = np.flatnonzero(tier)[:missing]
+        keep_mask[chosen] = True
+        missing -= chosen.size
+    return keep_mask
+
+
+def _tie_tiers(values, threshold, keep_mask, nan, forced):
+    """The entries ranked equal to the threshold, best first, each group
+    filled in index order: forced entries, then real ties, then (when the
+    threshold is -inf) NaNs. Lazily, as most updates need only the first."""
+    free = None if forced is None else ~forced
+    if forced is not None:
+        yield forced & ~keep_mask
+    ties = values == threshold
+    yield ties if free is None else ties & free
+    if nan is not None:
+        yield nan if free is None else nan & free
+
+
+def _best_numpy(values):
+    """Index of the highest-ranked entry of a non-empty 1-D array."""
+    nan = np.isnan(values)
+    if nan.all():
+        return 0
+    hits = np.flatnonzero(values == np.max(values[~nan]))
+    return int(hits[0])
+
+
+def _best_one_hot(flat):
+    """Boolean 1-D tensor marking the highest-ranked entry of ``flat``."""
+    n = int(flat.shape[0])
+    key = ops.where(ops.isnan(flat), ops.full((), -np.inf, flat.dtype), flat)
+    hits = ops.equal(flat, ops.max(key))
+    first = ops.cast(ops.argmax(ops.cast(hits, "int32")), "int32")
+    index = ops.where(ops.any(hits), first, ops.zeros((), "int32"))
+    return ops.equal(ops.arange(n, dtype="int32"), index)
+
+
+def _keep_top_along_last(scores, keep, forced=None):
+    """Boolean mask keeping the ``keep`` highest-ranked entries along the
+    last axis of ``scores`` (float32), in ``keras.ops``.
+
+    ``keep`` is an int or an int32 scalar tensor in ``[0, length]``. The
+    threshold is read from a sort at a dynamic index and the entries equal
+    to it are filled in index order with a cumulative sum, so no shape
+    depends on ``keep`` (one trace serves every sparsity). ``forced`` marks
+    entries ranked above everything else.
+    """
+    length = int(scores.shape[-1])
+    nan = ops.isnan(scores)
+    key = ops.where(nan, ops.full((), -np.inf, scores.dtype), scores)
+    if forced is not None:
+        key = ops.where(forced, ops.full((), np.inf, scores.dtype), key)
+    keep = ops.cast(keep, "int32")
+    index = ops.clip(length - keep, 0, length - 1)
+    index = ops.broadcast_to(
+        ops.reshape(index, (1,) * len(scores.shape)), tuple(scores.shape[:-1]) + (1,)
+    )
+    threshold = ops.take_along_axis(ops.sort(key, axis=-1), index, axis=-1)
+    keep_mask = ops.greater(key, threshold)
+    missing = keep - ops.sum(ops.cast(keep_mask, "int32"), axis=-1, keepdims=True)
+    tiers = [ops.equal(scores, threshold), nan]
+    if forced is not None:
+        free = ops.logical_not(forced)
+        tiers = [ops.logical_and(forced, ops.logical_not(keep_mask))] + [
+            ops.logical_and(tier, free) for tier in tiers
+        ]
+    for tier in tiers:
+        counts = ops.cast(tier, "int32")
+        rank = ops.cumsum(counts, axis=-1)
+        keep_mask = ops.logical_or(
+            keep_mask, ops.logical_and(tier, ops.less_equal(rank, missing))
+        )
+        missing = missing - ops.sum(counts, axis=-1, keepdims=True)
+    return keep_mask
+
+
+def _keep_top(flat_scores, keep, segments=None):
+    """Boolean mask over a 1-D tensor keeping the ``keep`` highest-ranked
+    entries (the module's ranking: NaN lowest, ties in index order).
 
     Eagerly, the threshold (the ``keep``-th largest value) is read on the
     host with a vectorized sort and ties at the threshold are filled in index
     order: no traced shape depends on ``keep`` (no recompilation as a
     schedule moves) and an update costs a fraction of a device top-k. Inside
-    ``tf.function``/``jax.jit`` a top-k gives the same mask.
+    ``tf.function``/``jax.jit`` the same threshold rule runs in
+    ``keras.ops`` (:func:`_keep_top_along_last`), where ``keep`` may be a
+    tensor.
+
+    ``segments``: sizes of consecutive parts of ``flat_scores`` that each
+    keep their best entry (``keep`` must be at least the number of non-empty
+    parts).
     """
     n = int(flat_scores.shape[0])
-    if keep >= n:
-        return ops.ones((n,), dtype="bool")
-    if keep <= 0:
-        return ops.zeros((n,), dtype="bool")
+    if isinstance(keep, numbers.Integral):
+        if keep >= n:
+            return ops.ones((n,), dtype="bool")
+        if keep <= 0:
+            return ops.zeros((n,), dtype="bool")
     scores = ops.cast(flat_scores, "float32")
-    if backend.is_traced(scores):
-        # Compiled callers: top-k keeps the lower index among equal values.
-        _, indices = ops.top_k(scores, keep, sorted=True)
-        hits = ops.scatter(
-            ops.expand_dims(indices, -1), ops.ones((keep,), dtype="int32"), (n,)
-        )
-        return ops.greater(hits, 0)
+    if _traced(scores) or not isinstance(keep, numbers.Integral):
+        forced = None
+        if segments is not None:
+            parts, start = [], 0
+            for size in segments:
+                part = scores[start : start + size]
+                parts.append(_best_one_hot(part) if size else ops.zeros((0,), "bool"))
+                start += size
+            forced = ops.concatenate(parts, axis=0)
+        return _keep_top_along_last(scores, keep, forced)
     values = np.asarray(ops.convert_to_numpy(scores), dtype=np.float32)
-    # A full SIMD sort is faster than partition here: pruned kernels hold
-    # many exact zeros, on which selection algorithms degrade.
-    threshold = np.sort(values)[n - keep]
-    keep_mask = values > threshold
-    missing = keep - int(np.count_nonzero(keep_mask))
-    if missing:
-        keep_mask[np.flatnonzero(values == threshold)[:missing]] = True
-    return ops.convert_to_tensor(keep_mask)
+    forced = None
+    if segments is not None:
+        forced, start = np.zeros(n, dtype=bool), 0
+        for size in segments:
+            if size:
+                forced[start + _best_numpy(values[start : start + size])] = True
+            start += size
+    return ops.convert_to_tensor(_keep_top_numpy(values, keep, forced))
 
 
-def topk_mask(scores, sparsity):
+def topk_mask(scores, sparsity, allow_empty=False):
     """Unstructured mask keeping the largest scores of one tensor.
 
     .. math::
-        m_i = [\\,\\mathrm{rank}(s_i) < n - \\mathrm{round}(\\rho\\,n)\\,]
+        m_i = [\\,\\mathrm{rank}(s_i) < n - r\\,], \\qquad
+        r = \\min(\\mathrm{round}(\\rho\\,n),\\; n - 1)
+
+    (``r = round(rho n)`` with ``allow_empty=True``). Ranks follow the module
+    conventions (NaN lowest, ties to the lower index).
 
     Args:
         scores: tensor of any shape.
-        sparsity: fraction of entries to remove, in ``[0, 1)``.
+        sparsity: fraction of entries to remove, in ``[0, 1)``; inside
+            ``tf.function``/``jax.jit`` also a scalar tensor.
+        allow_empty: remove ``round(sparsity * n)`` entries even when that
+            is all of them (default: at least one entry is kept).
 
     Returns:
         A boolean tensor shaped like ``scores``.
@@ -111,15 +268,18 @@ def topk_mask(scores, sparsity):
     Example:
     >>> topk_mask(np.array([[0.1, 3.0], [2.0, 0.5]]), 0.5)
     [[False, True], [True, False]]
+    >>> topk_mask(np.arange(10.0), 0.99)   # round(9.9) = 10, capped at 9
+    [False, ..., False, True]
     """
     scores = ops.convert_to_tensor(scores)
+    sparsity = _read_sparsity(sparsity)
     n = int(math.prod(scores.shape))
-    keep = n - _num_pruned(sparsity, n)
+    keep = _num_kept(sparsity, n, 0 if allow_empty else 1)
     flat = _keep_top(ops.reshape(scores, (-1,)), keep)
     return ops.reshape(flat, scores.shape)
 
 
-def global_topk_masks(scores_list, sparsity):
+def global_topk_masks(scores_list, sparsity, allow_empty=False):
     """Masks for several tensors from one threshold across all of them.
 
     The ``round(sparsity * total)`` lowest scores over the concatenation of
@@ -127,22 +287,42 @@ def global_topk_masks(scores_list, sparsity):
     (global magnitude pruning). Ties are broken by position in the
     concatenation (earlier tensors first).
 
+    Every tensor keeps at least one entry, its highest-ranked one: that
+    entry is kept first and the rest of the budget goes by the shared
+    threshold, so a tensor that would lose everything takes its best entry
+    from the lowest-ranked entries kept elsewhere. The total removed is
+    ``min(round(sparsity * total), total - T)`` for ``T`` non-empty tensors,
+    as close to the target as the rule allows. With ``allow_empty=True``
+    there is no such reservation and a tensor may lose every entry.
+
     Args:
         scores_list: list of tensors of any shapes.
-        sparsity: fraction of all entries to remove, in ``[0, 1)``.
+        sparsity: fraction of all entries to remove, in ``[0, 1)``; inside
+            ``tf.function``/``jax.jit`` also a scalar tensor.
+        allow_empty: let a tensor lose all its entries.
 
     Returns:
         A list of boolean tensors shaped like the inputs.
+
+    Example:
+    >>> global_topk_masks([np.full(2, 0.1), np.full(4, 5.0)], 0.5)
+    [[True, False], [True, True, False, False]]  # 0.1 tensor keeps its best
     """
     tensors = [ops.convert_to_tensor(s) for s in scores_list]
     if not tensors:
         return []
+    sparsity = _read_sparsity(sparsity)
     sizes = [int(math.prod(t.shape)) for t in tensors]
     flat = ops.concatenate(
         [ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors], axis=0
     )
     total = sum(sizes)
-    keep_flat = _keep_top(flat, total - _num_pruned(sparsity, total))
+    if allow_empty:
+        keep = _num_kept(sparsity, total, 0)
+        keep_flat = _keep_top(flat, keep)
+    else:
+        keep = _num_kept(sparsity, total, sum(1 for size in sizes if size))
+        keep_flat = _keep_top(flat, keep, segments=sizes)
     masks, start = [], 0
     for t, size in zip(tensors, sizes):
         masks.append(ops.reshape(keep_flat[start : start + size], t.shape))
@@ -157,6 +337,8 @@ def nm_mask(scores, n, m, axis=-2):
     For a Keras ``Dense`` kernel ``(in, out)`` or a convolution kernel
     ``(..., in, out)`` the input axis is ``-2``, which matches the layout
     sparse tensor cores expect (groups along the reduction dimension).
+    Scores are ranked as everywhere in this module (NaN lowest, ties to the
+    lower index); with ``n >= 1`` no group is ever empty.
 
     Args:
         scores: tensor of rank >= 1.
@@ -192,21 +374,27 @@ def nm_mask(scores, n, m, axis=-2):
 
 
 def _keep_top_n_in_groups(grouped, n, m):
-    """Boolean mask of the ``n`` largest entries along the last axis (size
-    ``m``), ties kept in index order (lower index first) on every backend."""
-    if m > 8 and backend.name() != "torch":
-        # TensorFlow's and JAX's top-k keep the lower index among ties.
-        _, idx = ops.top_k(grouped, n, sorted=True)
-        return ops.sum(ops.one_hot(idx, m, dtype="int32"), axis=-2) > 0
-    # Rank of each entry in its group: the entries scoring higher, plus the
-    # equal ones before it (torch's top-k leaves the order of ties open). The
-    # pairwise comparison costs m times the group's size, so larger groups on
-    # the other backends use their top-k.
-    mine, other = ops.expand_dims(grouped, -1), ops.expand_dims(grouped, -2)
+    """Boolean mask of the ``n`` highest-ranked entries along the last axis
+    (size ``m``): NaN lowest, ties kept in index order (lower index first),
+    on every backend."""
+    if m > 8:
+        # The pairwise ranking below costs m times the group's size.
+        return _keep_top_along_last(grouped, n)
+    # Rank of each entry in its group: the entries ranked higher, plus the
+    # equal ones before it (NaNs compare as -inf, below a real -inf).
+    nan = ops.isnan(grouped)
+    key = ops.where(nan, ops.full((), -np.inf, grouped.dtype), grouped)
+    mine, other = ops.expand_dims(key, -1), ops.expand_dims(key, -2)
+    mine_nan, other_nan = ops.expand_dims(nan, -1), ops.expand_dims(nan, -2)
     position = ops.arange(m)
     before = ops.expand_dims(position, -1) > ops.expand_dims(position, 0)
+    tie_break = ops.where(
+        ops.equal(other_nan, mine_nan),
+        before,
+        ops.logical_and(ops.logical_not(other_nan), mine_nan),
+    )
     beats = ops.logical_or(
-        ops.greater(other, mine), ops.logical_and(ops.equal(other, mine), before)
+        ops.greater(other, mine), ops.logical_and(ops.equal(other, mine), tie_break)
     )
     return ops.sum(ops.cast(beats, "int32"), axis=-1) < n
 
@@ -260,11 +448,13 @@ def full_block_shape(block_shape, shape):
     return full
 
 
-def block_mask(scores, block_shape, sparsity):
+def block_mask(scores, block_shape, sparsity, allow_empty=False):
     """Block mask: whole blocks of ``block_shape`` are kept or removed.
 
     A block's score is the sum of its entries' scores; the
-    ``round(sparsity * n_blocks)`` lowest blocks are removed.
+    ``round(sparsity * n_blocks)`` lowest blocks are removed, at most
+    ``n_blocks - 1`` (at least one block is kept) unless ``allow_empty``.
+    A block holding a NaN (or both infinities) scores NaN and goes first.
 
     Args:
         scores: tensor of any rank.
@@ -272,7 +462,9 @@ def block_mask(scores, block_shape, sparsity):
             with ones (so ``(4, 4)`` on a ``(3, 3, 64, 64)`` kernel means
             4x4 blocks over the last two axes). Each entry must divide the
             matching dimension.
-        sparsity: fraction of blocks to remove, in ``[0, 1)``.
+        sparsity: fraction of blocks to remove, in ``[0, 1)``; inside
+            ``tf.function``/``jax.jit`` also a scalar tensor.
+        allow_empty: let every block be removed.
 
     Returns:
         A boolean tensor shaped like ``scores``.
@@ -287,25 +479,28 @@ def block_mask(scores, block_shape, sparsity):
         ops.reshape(ops.cast(scores, "float32"), split),
         axis=tuple(range(1, 2 * len(shape), 2)),
     )
-    keep = topk_mask(blocks, sparsity)
+    keep = topk_mask(blocks, sparsity, allow_empty=allow_empty)
     for axis, b in enumerate(full):
         if b > 1:
             keep = ops.repeat(keep, b, axis=axis)
     return keep
 
 
-def channel_mask(scores, sparsity, axes=(-1,)):
+def channel_mask(scores, sparsity, axes=(-1,), allow_empty=False):
     """Structured mask keeping whole output units (neurons / filters).
 
     A unit's score is the sum of the scores over every axis not in
-    ``axes``; the ``round(sparsity * n_units)`` lowest units are removed and
-    the decision is broadcast back to the full tensor.
+    ``axes``; the ``round(sparsity * n_units)`` lowest units are removed
+    (at most ``n_units - 1``: at least one unit is kept unless
+    ``allow_empty``) and the decision is broadcast back to the full tensor.
 
     Args:
         scores: tensor of any rank.
-        sparsity: fraction of units to remove, in ``[0, 1)``.
+        sparsity: fraction of units to remove, in ``[0, 1)``; inside
+            ``tf.function``/``jax.jit`` also a scalar tensor.
         axes: the axes that index a unit (``(-1,)`` for Dense and Conv
             kernels).
+        allow_empty: let every unit be removed.
 
     Returns:
         A boolean tensor shaped like ``scores``.
@@ -317,7 +512,7 @@ def channel_mask(scores, sparsity, axes=(-1,)):
     unit_scores = ops.cast(scores, "float32")
     if reduce_axes:
         unit_scores = ops.sum(unit_scores, axis=reduce_axes, keepdims=True)
-    keep = topk_mask(unit_scores, sparsity)
+    keep = topk_mask(unit_scores, sparsity, allow_empty=allow_empty)
     return ops.broadcast_to(keep, scores.shape)
 
 

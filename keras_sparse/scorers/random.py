@@ -27,7 +27,7 @@ class RandomScorer(Scorer):
     He, LeCun) then keeps its pre-activation variance on the sparse network:
     ``Var(sum_i w_i x_i) ∝ k Var(w)`` is unchanged (sparsity-aware
     initialization, Evci et al. 2022, "Gradient flow in sparse neural
-    networks"). This is the rule ``ks.prune(..., schedule=OneShot(0),
+    networks"). This is the rule ``ks.prune_at_init(model, None, s,
     scorer="random")`` uses for sparse initialization.
 
     Args:
@@ -37,8 +37,8 @@ class RandomScorer(Scorer):
         rescale: scale survivors to keep each unit's variance.
 
     Example:
-    >>> model = ks.prune(model, 0.9, schedule=ks.schedules.OneShot(0),
-    ...                  scorer="random", distribution="erk")
+    >>> model = ks.prune_at_init(model, None, 0.9, scorer="random",
+    ...                          distribution="erk")
     """
 
     def __init__(self, seed=None, rescale=True):

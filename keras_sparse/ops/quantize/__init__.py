@@ -26,6 +26,11 @@ ways:
 Conventions shared by all functions:
 
 * ``sign(0) = +1``: a binary weight is never 0.
+* NaN propagates: every quantizer outputs NaN where its input is NaN (a
+  diverged network keeps a NaN loss, so ``keras.callbacks.TerminateOnNaN``
+  stops it), as Larq's ``sign(NaN) = NaN``. The binary and ternary
+  quantizers treat infinities as numbers (``sign(-inf) = -1``). Finite
+  outputs and the gradients are the same as without this rule.
 * The output has the input's dtype. ``float16``/``bfloat16`` inputs are
   computed in ``float32`` and cast back, so scales and rounding do not
   depend on the half-precision format.

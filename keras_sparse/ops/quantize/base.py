@@ -101,6 +101,17 @@ def gated_straight_through(x, forward, gate=None):
     return function(x)
 
 
+def _nan_or(x, value):
+    """The constant ``value`` where ``x`` is a number (``inf`` included), NaN
+    where ``x`` is NaN: ``clip(x, value, value)``.
+
+    A select sends NaN to its second branch (every comparison with NaN is
+    false); putting this there instead of the constant makes a quantizer
+    propagate NaN for the price of one clip, as Larq's ``sign(NaN) = NaN``.
+    """
+    return ops.clip(x, value, value)
+
+
 def reduce_axes(ndim, output_axes):
     """Axes to reduce for per-channel statistics: every axis of an
     ``ndim``-dimensional tensor not in ``output_axes`` (``()`` means

@@ -6,9 +6,9 @@ import keras
 from keras import ops
 
 from keras_sparse.ops.quantize.base import _check_clip
-from keras_sparse.ops.quantize.base import _gate
 from keras_sparse.ops.quantize.base import _like
 from keras_sparse.ops.quantize.base import _mean_abs
+from keras_sparse.ops.quantize.base import _nan_or
 from keras_sparse.ops.quantize.base import _to_compute
 from keras_sparse.ops.quantize.base import _within
 from keras_sparse.ops.quantize.base import gated_straight_through
@@ -33,13 +33,20 @@ def sign(x):
     .. math::
         \\mathrm{sign}(x) = \\begin{cases} +1 & x \\ge 0 \\\\ -1 & x < 0 \\end{cases}
 
+    and ``sign(NaN) = NaN`` (``keras.ops.sign`` is 0 at 0, and 0 at NaN on
+    torch).
+
     Example:
-    >>> sign([-0.5, 0.0, 2.0])
-    [-1., 1., 1.]
+    >>> sign([-0.5, 0.0, 2.0, float("nan")])
+    [-1., 1., 1., nan]
     """
     x = ops.convert_to_tensor(x)
-    one = ops.ones((), x.dtype)
-    return ops.where(ops.greater_equal(x, 0), one, ops.negative(one))
+    if keras.backend.is_float_dtype(x.dtype):
+        # NaN fails `x < 0` and takes the clip branch, which is 1 for numbers.
+        positive = _nan_or(x, 1.0)
+    else:
+        positive = ops.ones((), x.dtype)
+    return ops.where(ops.less(x, 0), ops.full((), -1, x.dtype), positive)
 
 
 def ste_sign(x, clip_value=1.0):
@@ -169,8 +176,11 @@ def stochastic_binary(x, seed=None, clip_value=1.0):
     x, dtype = _to_compute(x)
     probability = ops.clip((x + 1.0) / 2.0, 0.0, 1.0)
     noise = keras.random.uniform(ops.shape(x), dtype=x.dtype, seed=seed)
-    value = ops.where(noise < probability, ops.ones_like(x), ops.negative(ops.ones_like(x)))
-    surrogate = x if clip_value is None else x * _gate(ops.abs(x) <= clip_value, x)
+    value = ops.where(noise < probability, ops.ones((), x.dtype), _nan_or(x, -1.0))
+    # A select, not a product with the gate: inf * 0 would be NaN.
+    surrogate = x if clip_value is None else ops.where(
+        ops.abs(x) <= clip_value, x, ops.zeros((), x.dtype)
+    )
     return ops.cast(straight_through(ops.stop_gradient(value), surrogate), dtype)
 
 
@@ -186,11 +196,12 @@ def ste_heaviside(x, clip_value=1.0):
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
-    return ops.cast(
-        gated_straight_through(x, lambda t: ops.cast(ops.greater(t, 0), t.dtype),
-                               _within(clip_value)),
-        dtype,
-    )
+
+    def forward(t):
+        # NaN fails `t <= 0` and takes the clip branch (1 for numbers).
+        return ops.where(ops.less_equal(t, 0), ops.zeros((), t.dtype), _nan_or(t, 1.0))
+
+    return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
 
 
 # ------------------------------------------------------------------ ternary
@@ -232,7 +243,9 @@ def ste_tern(
         else:
             threshold = _like(threshold_value, t)
         above = ops.greater(magnitude, threshold)
-        value = ops.where(above, sign(t), ops.zeros((), t.dtype))
+        # NaN is never above the threshold; the clip keeps it NaN (and
+        # turns -0.0 into 0.0 through the magnitude).
+        value = ops.where(above, sign(t), _nan_or(magnitude, 0.0))
         if not scaled:
             return value
         kept = ops.cast(above, t.dtype)
