@@ -288,7 +288,8 @@ class Gradual(SparsityMethod):
         sparsity = group[0].schedule.sparsity(step)
         shared = len(group) > 1 or group[0].global_pruning
         if shared:
-            keep = [compiled_ops.keep_count(sparsity, total)]
+            nonempty = sum(1 for layer, name in entries if math.prod(layer.get_mask(name).shape))
+            keep = [compiled_ops.keep_count(sparsity, total, nonempty)]
         else:
             layer = group[0]
             keep = [

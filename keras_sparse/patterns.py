@@ -100,7 +100,7 @@ class Unstructured(Pattern):
         return _allow_empty_config(self)
 
     def dynamic_keep(self, sparsity, shape, layout):
-        return compiled_ops.keep_count(sparsity, math.prod(shape))
+        return compiled_ops.keep_count(sparsity, math.prod(shape), 0 if self.allow_empty else 1)
 
     def dynamic_mask(self, scores, keep, layout):
         return compiled_ops.topk_mask_dynamic(scores, keep)
@@ -241,7 +241,7 @@ class Channel(Pattern):
     def dynamic_keep(self, sparsity, shape, layout):
         rank = len(shape)
         units = math.prod(int(shape[a % rank]) for a in set(a % rank for a in layout.output_axes))
-        return compiled_ops.keep_count(sparsity, units)
+        return compiled_ops.keep_count(sparsity, units, 0 if self.allow_empty else 1)
 
     def dynamic_mask(self, scores, keep, layout):
         scores = ops.convert_to_tensor(scores)

@@ -22,7 +22,15 @@ def _score_sets(rng, shape):
     pruned = np.abs(dense) * (rng.random(shape) > 0.6)  # exact zeros
     zeros = np.zeros(shape, np.float32)
     zeros.flat[::3] = -0.0
-    return {"dense": dense, "ties": ties, "pruned": pruned, "zeros": zeros}
+    nonfinite = dense.copy()
+    flat = nonfinite.reshape(-1)
+    picks = rng.permutation(flat.size)
+    third = max(1, flat.size // 3)
+    flat[picks[:third // 3 + 1]] = np.nan
+    flat[picks[third // 3 + 1: 2 * (third // 3) + 1]] = np.inf
+    flat[picks[2 * (third // 3) + 1: third]] = -np.inf
+    return {"dense": dense, "ties": ties, "pruned": pruned, "zeros": zeros,
+            "nonfinite": nonfinite, "all_nan": np.full(shape, np.nan, np.float32)}
 
 
 def _traced(function):
@@ -40,6 +48,10 @@ def test_dynamic_topk_equals_eager(rng, shape):
             expected = to_np(mask_ops.topk_mask(scores, sparsity))
             got = to_np(traced(scores, keep))
             assert np.array_equal(got, expected), (label, sparsity)
+            assert got.sum() == max(1, n - round(sparsity * n))
+            empty = np.array([compiled_ops.keep_count(sparsity, n, 0)], np.int32)
+            expected = to_np(mask_ops.topk_mask(scores, sparsity, allow_empty=True))
+            assert np.array_equal(to_np(traced(scores, empty)), expected), (label, sparsity)
 
 
 def test_dynamic_global_topk_equals_eager(rng):
@@ -47,10 +59,15 @@ def test_dynamic_global_topk_equals_eager(rng):
     traced = _traced(
         lambda a, b, c, keep: compiled_ops.global_topk_masks_dynamic([a, b, c], keep[0]))
     total = sum(int(np.prod(s)) for s in shapes)
-    for label in ("dense", "ties", "pruned"):
-        scores = [_score_sets(rng, s)[label] for s in shapes]
+    for label in ("dense", "ties", "pruned", "nonfinite", "all_nan", "mixed"):
+        if label == "mixed":  # one tensor of tiny scores loses all but its best
+            scores = [_score_sets(rng, shapes[0])["dense"] * 1e-6,
+                      _score_sets(rng, shapes[1])["nonfinite"],
+                      _score_sets(rng, shapes[2])["dense"] + 10.0]
+        else:
+            scores = [_score_sets(rng, s)[label] for s in shapes]
         for sparsity in SPARSITIES:
-            keep = np.array([compiled_ops.keep_count(sparsity, total)], np.int32)
+            keep = np.array([compiled_ops.keep_count(sparsity, total, len(shapes))], np.int32)
             expected = [to_np(m) for m in mask_ops.global_topk_masks(scores, sparsity)]
             got = [to_np(m) for m in traced(*scores, keep)]
             for e, g in zip(expected, got):

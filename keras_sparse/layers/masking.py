@@ -107,13 +107,25 @@ class MaskingMixin:
                 "masks first with `layer.configure_pruning(masked=True)` or "
                 f"`ks.prune`. Received: name={name!r}"
             )
-        mask = ops.cast(ops.convert_to_tensor(mask), "bool")
+        if isinstance(mask, np.ndarray):
+            mask = mask.astype(bool, copy=False)
+        else:
+            mask = ops.cast(ops.convert_to_tensor(mask), "bool")
         if tuple(mask.shape) != tuple(mask_var.shape):
             raise ValueError(
                 f"Mask shape {tuple(mask.shape)} does not match weight "
                 f"{name!r} of shape {tuple(mask_var.shape)}. Received: mask"
             )
         latent = self.latent_weight(name)
+        if isinstance(mask, np.ndarray) and not (rescale or zero_grown):
+            # A mask computed on the host: select on the host too (one read
+            # and two assignments instead of device ops and a device count).
+            weights = np.asarray(ops.convert_to_numpy(backend.read(latent)))
+            mask_var.assign(mask)
+            latent.assign(np.where(mask, weights, weights.dtype.type(0)))
+            self._mask_sparsity_cache[name] = (
+                1.0 - np.count_nonzero(mask) / mask.size if mask.size else 0.0)
+            return None
         before = None
         if rescale or zero_grown:
             # A host copy: on TF a read of the variable can alias its buffer.
@@ -210,8 +222,27 @@ class MaskingMixin:
             latent.assign(_select(mask, latent))
 
     def score_weight(self, name, gradient=None):
-        """Importance of each entry of weight ``name`` under this layer's scorer."""
-        return self.scorer.score(self.masked_latent(name), gradient)
+        """Importance of each entry of weight ``name`` under this layer's
+        scorer (not differentiable: scores rank entries for a mask update).
+        Eagerly the masked weight is read once to the host and scored there
+        when the scorer allows it (magnitude), which costs a fraction of a
+        sequence of eager device ops; traced, it stays a tensor."""
+        weight = self._host_masked_latent(name)
+        if weight is None:
+            weight = self.masked_latent(name)
+        return self.scorer.score(weight, gradient)
+
+    def _host_masked_latent(self, name):
+        """:meth:`masked_latent` as a numpy array, or ``None`` when traced."""
+        value = backend.read(self.latent_weight(name))
+        if backend.is_traced(value):
+            return None
+        weight = np.asarray(ops.convert_to_numpy(value))
+        mask = self.get_mask(name)
+        if mask is None:
+            return weight
+        mask = np.asarray(ops.convert_to_numpy(mask), dtype=bool)
+        return np.where(mask, weight, weight.dtype.type(0))
 
     def compute_mask_for(self, name, sparsity, scores=None):
         """The mask this layer's pattern gives for ``sparsity``."""

@@ -9,9 +9,11 @@ only, with static shapes, and take the number of entries to keep as a
 built from them is traced once and serves every sparsity of a schedule.
 
 Same masks, bit for bit, as :func:`~keras_sparse.ops.masks.topk_mask` and
-:func:`~keras_sparse.ops.masks.global_topk_masks` for finite scores: the
-``keep`` largest scores are kept, ties at the threshold to the lower flat
-index (``-0.0`` and ``0.0`` are equal, as for numpy).
+:func:`~keras_sparse.ops.masks.global_topk_masks`, with their rules: the
+``keep`` highest-ranked scores are kept, ties at the threshold to the lower
+flat index (``-0.0`` and ``0.0`` are equal, as for numpy), ``NaN`` ranked
+lowest (below ``-inf``), and (with :func:`keep_count`'s default) at least
+one entry kept, in a global group at least one per tensor (its best).
 
 The threshold is found by radix selection on an order-preserving integer
 view of the float32 scores (passes of 8- or 16-bit digits, each a
@@ -24,6 +26,7 @@ import math
 
 from keras import ops
 
+from keras_sparse.ops.masks import _best_one_hot
 from keras_sparse.ops.masks import check_sparsity
 
 __all__ = [
@@ -37,27 +40,41 @@ __all__ = [
 SMALL_SIZE = 1 << 17
 
 
-def keep_count(sparsity, n):
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+
+
+def keep_count(sparsity, n, min_keep=1):
     """Entries kept out of ``n`` at ``sparsity``: ``n - round(sparsity * n)``
-    (Python's rounding, as the eager mask functions)."""
-    return n - int(round(check_sparsity(sparsity) * n))
+    (Python's rounding, as the eager mask functions), at least ``min_keep``
+    (1: the mask functions' default; 0 with ``allow_empty``; the number of
+    non-empty tensors for a global group)."""
+    removed = int(round(check_sparsity(sparsity) * n))
+    return n - min(removed, max(n - min_keep, 0))
 
 
-def _ordered_keys(flat_scores):
+def _ordered_keys(flat_scores, forced=None):
     """int32 keys ordered as the float32 scores (``-0.0`` mapped to ``0.0``;
-    for negative floats the lower 31 bits are flipped)."""
+    for negative floats the lower 31 bits are flipped). ``NaN`` gets the
+    lowest key (below ``-inf``) and ``forced`` entries the highest (above
+    ``+inf``)."""
     values = ops.cast(flat_scores, "float32")
     # A select, not ``+ 0.0`` (which graph optimizers fold away).
     values = ops.where(ops.equal(values, 0.0), ops.zeros((), "float32"), values)
     bits = ops.view(values, "int32")
     flipped = ops.bitwise_xor(bits, ops.convert_to_tensor(0x7FFFFFFF, "int32"))
-    return ops.where(ops.less(bits, 0), flipped, bits)
+    keys = ops.where(ops.less(bits, 0), flipped, bits)
+    keys = ops.where(ops.isnan(values), ops.convert_to_tensor(_INT32_MIN, "int32"), keys)
+    if forced is not None:
+        keys = ops.where(forced, ops.convert_to_tensor(_INT32_MAX, "int32"), keys)
+    return keys
 
 
-def _keep_top_dynamic(flat_scores, keep):
+def _keep_top_dynamic(flat_scores, keep, forced=None):
     """Boolean mask over 1-D ``flat_scores`` keeping the ``keep`` (a scalar
-    integer tensor) largest, ties to the lower index."""
-    keys = _ordered_keys(flat_scores)
+    integer tensor) highest-ranked, ties to the lower index; ``forced``
+    entries rank first."""
+    keys = _ordered_keys(flat_scores, forced)
     need = ops.cast(ops.reshape(keep, ()), "int32")
     n = int(keys.shape[0])
     # Histograms no larger than the scores: 8-bit digits (4 passes) for
@@ -108,17 +125,27 @@ def topk_mask_dynamic(scores, keep):
     return ops.reshape(flat, scores.shape)
 
 
-def global_topk_masks_dynamic(scores_list, keep):
+def global_topk_masks_dynamic(scores_list, keep, allow_empty=False):
     """One threshold across several tensors keeping ``keep`` (a scalar
-    integer tensor) entries in all: the masks of
+    integer tensor, ``keep_count(sparsity, total, T)`` for ``T`` non-empty
+    tensors) entries in all: the masks of
     :func:`keras_sparse.ops.masks.global_topk_masks` (ties by position in
-    the concatenation)."""
+    the concatenation; each tensor keeps its best entry unless
+    ``allow_empty``)."""
     tensors = [ops.convert_to_tensor(s) for s in scores_list]
     if not tensors:
         return []
     sizes = [int(math.prod(t.shape)) for t in tensors]
-    flat = ops.concatenate([ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors], 0)
-    keep_flat = _keep_top_dynamic(flat, keep)
+    parts = [ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors]
+    flat = ops.concatenate(parts, 0)
+    forced = None
+    if not allow_empty:
+        # Each tensor's best entry first: the at-least-one rule of
+        # global_topk_masks (``keep`` counts them: keep_count(s, total, T)).
+        forced = ops.concatenate(
+            [_best_one_hot(part) if size else ops.zeros((0,), "bool")
+             for part, size in zip(parts, sizes)], 0)
+    keep_flat = _keep_top_dynamic(flat, keep, forced)
     masks, start = [], 0
     for t, size in zip(tensors, sizes):
         masks.append(ops.reshape(keep_flat[start : start + size], t.shape))

@@ -218,11 +218,14 @@ def _keep_top(flat_scores, keep, segments=None):
     parts).
     """
     n = int(flat_scores.shape[0])
+    host = isinstance(flat_scores, np.ndarray)
     if isinstance(keep, numbers.Integral):
         if keep >= n:
-            return ops.ones((n,), dtype="bool")
+            return np.ones((n,), dtype=bool) if host else ops.ones((n,), dtype="bool")
         if keep <= 0:
-            return ops.zeros((n,), dtype="bool")
+            return np.zeros((n,), dtype=bool) if host else ops.zeros((n,), dtype="bool")
+        if host:
+            return _keep_top_host(flat_scores.astype(np.float32, copy=False), keep, segments)
     scores = ops.cast(flat_scores, "float32")
     if _traced(scores) or not isinstance(keep, numbers.Integral):
         forced = None
@@ -235,14 +238,20 @@ def _keep_top(flat_scores, keep, segments=None):
             forced = ops.concatenate(parts, axis=0)
         return _keep_top_along_last(scores, keep, forced)
     values = np.asarray(ops.convert_to_numpy(scores), dtype=np.float32)
+    return ops.convert_to_tensor(_keep_top_host(values, keep, segments))
+
+
+def _keep_top_host(values, keep, segments):
+    """:func:`_keep_top` on a 1-D float32 numpy array with an integer
+    ``keep``: a numpy boolean array."""
     forced = None
     if segments is not None:
-        forced, start = np.zeros(n, dtype=bool), 0
+        forced, start = np.zeros(values.size, dtype=bool), 0
         for size in segments:
             if size:
                 forced[start + _best_numpy(values[start : start + size])] = True
             start += size
-    return ops.convert_to_tensor(_keep_top_numpy(values, keep, forced))
+    return _keep_top_numpy(values, keep, forced)
 
 
 def topk_mask(scores, sparsity, allow_empty=False):
@@ -271,8 +280,12 @@ def topk_mask(scores, sparsity, allow_empty=False):
     >>> topk_mask(np.arange(10.0), 0.99)   # round(9.9) = 10, capped at 9
     [False, ..., False, True]
     """
-    scores = ops.convert_to_tensor(scores)
     sparsity = _read_sparsity(sparsity)
+    if isinstance(scores, np.ndarray) and isinstance(sparsity, float):
+        # Host scores, host mask: no device round trip.
+        keep = _num_kept(sparsity, scores.size, 0 if allow_empty else 1)
+        return _keep_top(scores.reshape(-1), keep).reshape(scores.shape)
+    scores = ops.convert_to_tensor(scores)
     n = int(math.prod(scores.shape))
     keep = _num_kept(sparsity, n, 0 if allow_empty else 1)
     flat = _keep_top(ops.reshape(scores, (-1,)), keep)
@@ -308,14 +321,19 @@ def global_topk_masks(scores_list, sparsity, allow_empty=False):
     >>> global_topk_masks([np.full(2, 0.1), np.full(4, 5.0)], 0.5)
     [[True, False], [True, True, False, False]]  # 0.1 tensor keeps its best
     """
-    tensors = [ops.convert_to_tensor(s) for s in scores_list]
-    if not tensors:
+    if not len(scores_list):
         return []
     sparsity = _read_sparsity(sparsity)
+    host = isinstance(sparsity, float) and all(isinstance(s, np.ndarray) for s in scores_list)
+    if host:
+        tensors = list(scores_list)
+        flat = np.concatenate([np.asarray(t, np.float32).reshape(-1) for t in tensors])
+    else:
+        tensors = [ops.convert_to_tensor(s) for s in scores_list]
+        flat = ops.concatenate(
+            [ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors], axis=0
+        )
     sizes = [int(math.prod(t.shape)) for t in tensors]
-    flat = ops.concatenate(
-        [ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors], axis=0
-    )
     total = sum(sizes)
     if allow_empty:
         keep = _num_kept(sparsity, total, 0)
@@ -325,7 +343,8 @@ def global_topk_masks(scores_list, sparsity, allow_empty=False):
         keep_flat = _keep_top(flat, keep, segments=sizes)
     masks, start = [], 0
     for t, size in zip(tensors, sizes):
-        masks.append(ops.reshape(keep_flat[start : start + size], t.shape))
+        part = keep_flat[start : start + size]
+        masks.append(part.reshape(t.shape) if host else ops.reshape(part, t.shape))
         start += size
     return masks
 

@@ -1,5 +1,6 @@
 """The scorer base class, the alias registry and the magnitude scorer."""
 
+import numpy as np
 from keras import ops
 
 from keras_sparse import config as config_lib
@@ -58,6 +59,8 @@ class MagnitudeScorer(Scorer):
     traceable = True
 
     def score(self, weight, gradient=None):
+        if isinstance(weight, np.ndarray):
+            return np.abs(weight)
         return ops.abs(weight)
 
 
