@@ -84,7 +84,7 @@ def test_dense1_kernel_keeps_one_weight():
 
 
 def test_sparse_dense1_layer_keeps_one_weight():
-    layer = ks.layers.SparseDense(1)
+    layer = ks.layers.SparseDense(1, masked=True)
     layer.build((None, 32))
     layer.prune_to(0.99)
     assert int(to_np(layer.get_mask("kernel")).sum()) == 1
@@ -464,7 +464,7 @@ def test_effective_kernel_is_zero_where_pruned(features, units, quantizer, mask,
     mask = np.array(mask[:size]).reshape(features, units)
     poison = np.array(poison[:size], np.float32).reshape(features, units)
     latent = np.random.default_rng(seed).uniform(-2, 2, size=(features, units)).astype("float32")
-    layer = ks.layers.SparseDense(units, kernel_quantizer=quantizer)
+    layer = ks.layers.SparseDense(units, kernel_quantizer=quantizer, masked=True)
     layer.build((None, features))
     layer.set_mask("kernel", mask)
     # Optimizer momentum (or divergence) leaves NaN / inf in stored weights

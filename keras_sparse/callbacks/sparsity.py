@@ -203,7 +203,7 @@ class Sparsity(keras.callbacks.Callback):
         self._due_at = None
         self._observers = []
         self._layers = [
-            layer for layer in sparse_layers(self.model) if getattr(layer, "has_masks", True)
+            layer for layer in sparse_layers(self.model) if getattr(layer, "is_masked", True)
         ]
         for layer in self._layers:
             layer._pruning_callback_attached = True

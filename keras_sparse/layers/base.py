@@ -421,6 +421,13 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         return getattr(self, name + "_mask", None)
 
     @property
+    def is_masked(self):
+        """Whether the layer is pruned and so carries masks (once built):
+        it has a schedule or a method, was given ``masked=True`` or has a
+        sparse initializer. A layer that is only quantized is not."""
+        return bool(self._masked) or self.has_masks
+
+    @property
     def has_masks(self):
         """Whether the mask variables exist (the layer is built and pruned;
         a layer that is only quantized has none)."""
