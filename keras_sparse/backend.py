@@ -6,23 +6,28 @@ kernels, compiling mask updates, autodiff of a scalar function for pruning
 at initialization) lives here so the rest of the package is written with
 ``keras.ops`` only.
 
-Compiled mask updates (:func:`compile_update`) are on by default where the
-backend has them (TensorFlow). Set the environment variable
-``KERAS_SPARSE_COMPILED_UPDATES=0`` before importing the package, or
-``keras_sparse.backend.COMPILED_UPDATES = False`` at run time, to run every
-mask update eagerly (the same masks, computed on the host).
+Mask updates run on the host by default: each masked weight is read once,
+scored and thresholded with numpy (a SIMD sort) and written back with two
+assignments. On a CPU this was measured faster than the compiled update at
+every kernel size (``benchmarks/pruning_overhead.py``). Compiled updates
+(:func:`compile_update`: one traced function per group, score -> threshold
+-> mask -> write, on TensorFlow) are kept for devices where host round
+trips cost more: set ``KERAS_SPARSE_COMPILED_UPDATES=1`` before importing
+the package, or ``keras_sparse.backend.COMPILED_UPDATES = True`` at run
+time. Both give the same masks, bit for bit.
 """
 
 import os
 
 import keras
+import numpy as np
 from keras import ops
 
 #: Whether mask updates may run as compiled functions (see
-#: :func:`compile_update`); from ``KERAS_SPARSE_COMPILED_UPDATES`` (``"0"``
-#: turns them off).
-COMPILED_UPDATES = os.environ.get("KERAS_SPARSE_COMPILED_UPDATES", "1").strip().lower() not in (
-    "0", "false", "no", "off")
+#: :func:`compile_update`); off by default, on with
+#: ``KERAS_SPARSE_COMPILED_UPDATES=1``.
+COMPILED_UPDATES = os.environ.get("KERAS_SPARSE_COMPILED_UPDATES", "0").strip().lower() in (
+    "1", "true", "yes", "on")
 
 
 def name():
@@ -101,6 +106,30 @@ def read(value):
     return ops.convert_to_tensor(value)
 
 
+def host_read(variable):
+    """The value of Keras variable ``variable`` as a numpy array, read
+    eagerly with the fewest framework calls (mask updates on the host read
+    every masked weight at each update)."""
+    value = variable.value
+    backend = name()
+    if backend == "tensorflow":
+        return value.numpy()
+    if backend == "torch":
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def host_assign(variable, array):
+    """Assign numpy ``array`` (of the variable's shape and dtype) to Keras
+    variable ``variable`` eagerly: on TensorFlow straight to the underlying
+    ``tf.Variable`` (a mirrored one under ``tf.distribute``, which assigns
+    every replica), elsewhere through ``Variable.assign``."""
+    if name() == "tensorflow":
+        variable.value.assign(array)
+    else:
+        variable.assign(array)
+
+
 def fuse(function):
     """``function`` (pure tensor math) compiled into fused kernels where the
     backend would otherwise run it op by op.
@@ -130,12 +159,10 @@ def fusing():
     return not tf.executing_eagerly()
 
 
-#: Largest number of mask entries a compiled update handles on TensorFlow.
-#: Measured on a shared 2-core CPU (TF 2.21): up to a few ten thousand
-#: entries the compiled update costs a fraction of the eager one (eager op
-#: dispatch dominates); on larger kernels each elementwise pass of a graph
-#: costs several times numpy's, and the eager update (one host sort) is
-#: faster.
+#: Largest number of mask entries a compiled update handles on TensorFlow
+#: (when :data:`COMPILED_UPDATES` is on). On a CPU each elementwise pass of
+#: the traced radix select over a large kernel costs several times numpy's,
+#: so larger groups stay on the host.
 COMPILED_UPDATE_MAX_SIZE = 1 << 15
 
 

@@ -33,14 +33,18 @@ def _score_sets(rng, shape):
             "nonfinite": nonfinite, "all_nan": np.full(shape, np.nan, np.float32)}
 
 
-def _traced(function):
+def _traced(function, monkeypatch):
+    """``function`` compiled where the backend compiles updates (the switch
+    is turned on: updates run on the host by default)."""
+    monkeypatch.setattr(backend, "COMPILED_UPDATES", True)
     compiled = backend.compile_update(function)
     return function if compiled is None else compiled
 
 
 @pytest.mark.parametrize("shape", [(7,), (40, 30), (3, 3, 8, 16), (300, 500)])
-def test_dynamic_topk_equals_eager(rng, shape):
-    traced = _traced(lambda scores, keep: compiled_ops.topk_mask_dynamic(scores, keep[0]))
+def test_dynamic_topk_equals_eager(rng, shape, monkeypatch):
+    traced = _traced(lambda scores, keep: compiled_ops.topk_mask_dynamic(scores, keep[0]),
+                     monkeypatch)
     n = int(np.prod(shape))
     for label, scores in _score_sets(rng, shape).items():
         for sparsity in SPARSITIES:
@@ -54,10 +58,11 @@ def test_dynamic_topk_equals_eager(rng, shape):
             assert np.array_equal(to_np(traced(scores, empty)), expected), (label, sparsity)
 
 
-def test_dynamic_global_topk_equals_eager(rng):
+def test_dynamic_global_topk_equals_eager(rng, monkeypatch):
     shapes = [(20, 10), (3, 3, 2, 4), (50,)]
     traced = _traced(
-        lambda a, b, c, keep: compiled_ops.global_topk_masks_dynamic([a, b, c], keep[0]))
+        lambda a, b, c, keep: compiled_ops.global_topk_masks_dynamic([a, b, c], keep[0]),
+        monkeypatch)
     total = sum(int(np.prod(s)) for s in shapes)
     for label in ("dense", "ties", "pruned", "nonfinite", "all_nan", "mixed"):
         if label == "mixed":  # one tensor of tiny scores loses all but its best

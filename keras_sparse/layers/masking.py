@@ -56,6 +56,21 @@ def _select(mask, value):
     return ops.where(ops.convert_to_tensor(mask), value, ops.zeros((), value.dtype))
 
 
+_SAME_SIZE_INT = {2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _select_host(mask, weights):
+    """``np.where(mask, weights, 0)`` for numpy arrays, as a bitwise AND of
+    the float bits with an all-ones/all-zeros word (a select: a NaN or Inf
+    at a pruned position gives +0.0). ``np.where`` branches per element and
+    costs ten times as much on an irregular mask."""
+    int_type = _SAME_SIZE_INT.get(weights.dtype.itemsize)
+    if int_type is None or weights.dtype.kind != "f":
+        return np.where(mask, weights, weights.dtype.type(0))
+    words = np.negative(mask.view(np.int8), dtype=int_type)
+    return np.bitwise_and(np.ascontiguousarray(weights).view(int_type), words).view(weights.dtype)
+
+
 class MaskingMixin:
     """Masks, gradient probes and saved variables of
     :class:`~keras_sparse.layers.SparseMixin` (which inherits it; not used
@@ -108,7 +123,7 @@ class MaskingMixin:
                 f"`ks.prune`. Received: name={name!r}"
             )
         if isinstance(mask, np.ndarray):
-            mask = mask.astype(bool, copy=False)
+            mask = np.ascontiguousarray(mask, dtype=bool)
         else:
             mask = ops.cast(ops.convert_to_tensor(mask), "bool")
         if tuple(mask.shape) != tuple(mask_var.shape):
@@ -120,9 +135,9 @@ class MaskingMixin:
         if isinstance(mask, np.ndarray) and not (rescale or zero_grown):
             # A mask computed on the host: select on the host too (one read
             # and two assignments instead of device ops and a device count).
-            weights = np.asarray(ops.convert_to_numpy(backend.read(latent)))
-            mask_var.assign(mask)
-            latent.assign(np.where(mask, weights, weights.dtype.type(0)))
+            weights = backend.host_read(latent)
+            backend.host_assign(mask_var, mask)
+            backend.host_assign(latent, _select_host(mask, weights))
             self._mask_sparsity_cache[name] = (
                 1.0 - np.count_nonzero(mask) / mask.size if mask.size else 0.0)
             return None
@@ -234,15 +249,14 @@ class MaskingMixin:
 
     def _host_masked_latent(self, name):
         """:meth:`masked_latent` as a numpy array, or ``None`` when traced."""
-        value = backend.read(self.latent_weight(name))
-        if backend.is_traced(value):
+        latent = self.latent_weight(name)
+        if backend.is_traced(latent.value):
             return None
-        weight = np.asarray(ops.convert_to_numpy(value))
+        weight = backend.host_read(latent)
         mask = self.get_mask(name)
         if mask is None:
             return weight
-        mask = np.asarray(ops.convert_to_numpy(mask), dtype=bool)
-        return np.where(mask, weight, weight.dtype.type(0))
+        return _select_host(np.ascontiguousarray(backend.host_read(mask), dtype=bool), weight)
 
     def compute_mask_for(self, name, sparsity, scores=None):
         """The mask this layer's pattern gives for ``sparsity``."""
