@@ -441,6 +441,25 @@ def test_prune_heads_by_score_and_head_mask_zeroes_contribution(rng):
     np.testing.assert_allclose(outputs(pruned, x), outputs(plain, x), atol=1e-6)
 
 
+def test_prune_heads_by_sparsity_keeps_one_head_and_removes_nan_heads_first(rng):
+    keras.utils.set_random_seed(13)
+    model = make_transformer()
+    set_biases(model, rng, scale=0.1)
+    # round(0.99 * 4) = 4 heads: the layer keeps its best one.
+    pruned = ks.prune_heads(model, 0.99)
+    scores = head_scores(model.get_layer("mha"), "l1_norm")
+    assert pruned.get_layer("mha").kept_heads == [int(np.argmax(scores))]
+    # A head whose weights hold NaN scores NaN and goes before finite ones.
+    mha = model.get_layer("mha")
+    kernel = to_np(mha._query_dense.kernel).copy()
+    best = int(np.argmax(scores))
+    kernel[:, best, 0] = np.nan
+    mha._query_dense.kernel.assign(kernel)
+    pruned = ks.prune_heads(model, 0.25)
+    assert best not in pruned.get_layer("mha").kept_heads
+    assert len(pruned.get_layer("mha").kept_heads) == 3
+
+
 # ------------------------------------------------------- model structure
 def test_nested_submodel_is_inlined(rng):
     keras.utils.set_random_seed(12)

@@ -133,11 +133,9 @@ class MaskingMixin:
             )
         latent = self.latent_weight(name)
         if isinstance(mask, np.ndarray) and not (rescale or zero_grown):
-            # A mask computed on the host: select on the host too (one read
-            # and two assignments instead of device ops and a device count).
-            weights = backend.host_read(latent)
-            backend.host_assign(mask_var, mask)
-            backend.host_assign(latent, _select_host(mask, weights))
+            # A mask computed on the host: one conversion, two assignments,
+            # and the sparsity counted on the host (no device reduction).
+            backend.write_mask_and_select(mask_var, latent, mask, _select_host)
             self._mask_sparsity_cache[name] = (
                 1.0 - np.count_nonzero(mask) / mask.size if mask.size else 0.0)
             return None

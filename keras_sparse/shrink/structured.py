@@ -20,6 +20,7 @@ from keras_sparse.convert import select_layers
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention
 from keras_sparse.ops.masks import check_sparsity
+from keras_sparse.ops.masks import topk_mask
 from keras_sparse.patterns import Channel
 from keras_sparse.scorers.structured import BatchNormGammaScorer
 from keras_sparse.shrink.fast_init import from_config_zero_init
@@ -189,7 +190,8 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
     Args:
         model: a Sequential or functional model.
         sparsity: fraction of heads removed per layer (rounded to the
-            nearest count), chosen by ``scorer``.
+            nearest count; every layer keeps at least one head), chosen by
+            ``scorer``.
         heads: instead of ``sparsity``, ``{layer name: [head indices]}`` to
             remove.
         scorer: ``"l1_norm"`` or ``"l2_norm"`` of each head's weights.
@@ -243,11 +245,9 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
             scores = head_scores(layer, scorer)
             if isinstance(layer, HeadMaskedMultiHeadAttention):
                 scores = np.where(ops.convert_to_numpy(layer.head_mask), scores, -np.inf)
-            removed = int(round(sparsity * count))
-            order = np.lexsort((np.arange(count), scores))  # lowest score first
-            mask = np.ones(count, dtype=bool)
-            mask[order[:removed]] = False
-            plan[layer.name] = mask
+            # The mask functions' rules: at least one head kept, NaN scores
+            # removed first, ties to the lower index.
+            plan[layer.name] = np.asarray(topk_mask(np.asarray(scores, np.float32), sparsity))
     for name, mask in plan.items():
         layer = names[name]
         if isinstance(layer, HeadMaskedMultiHeadAttention):
