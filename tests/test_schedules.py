@@ -393,8 +393,10 @@ _TFMOT_SCRIPT = textwrap.dedent(
     for key, theirs in pairs.items():
         ours = ks.schedules.get(theirs)
         rows = []
-        for step in [0, 4, 5, 10, 15, 25, 30, 55, 100, 105, 190, 200, 210, 1000]:
-            update, value = theirs(step)
+        # tfmot's first batch is its step 1, ours 0: our step s is its s + 1.
+        for step in [0, 3, 4, 5, 9, 10, 15, 24, 25, 30, 55, 99, 100, 104, 105, 190, 199, 200,
+                     210, 1000]:
+            update, value = theirs(step + 1)
             rows.append([step, bool(np.asarray(update)), float(np.asarray(value)),
                          *map(lambda v: v if isinstance(v, bool) else float(v), ours(step))])
         out[key] = {"class": type(ours).__name__, "config": ours.get_config(), "rows": rows}
@@ -426,22 +428,22 @@ def test_real_tfmot_schedules_are_converted():
     assert out["constant"]["class"] == "ConstantSparsity"
     assert out["constant"]["config"] == {
         "target_sparsity": 0.5, "begin_step": 10, "end_step": 200, "frequency": 20,
+        "step_origin": 1,
     }
     assert out["constant_no_end"]["config"]["end_step"] == -1
     assert out["polynomial"]["class"] == "PolynomialDecay"
     assert out["polynomial"]["config"] == {
         "initial_sparsity": 0.1, "final_sparsity": 0.8, "begin_step": 5,
-        "end_step": 105, "power": 2, "frequency": 10,
+        "end_step": 105, "power": 2, "frequency": 10, "step_origin": 1,
     }
-    for key in ["constant", "constant_no_end"]:
+    # tfmot's origin is kept: the same update batches and the same values,
+    # no extra update at end_step.
+    for key in ["constant", "constant_no_end", "polynomial"]:
+        begin = out[key]["config"]["begin_step"]
         for step, their_update, their_value, our_update, our_value in out[key]["rows"]:
             assert our_update == their_update, (key, step)
-            if step >= out[key]["config"]["begin_step"]:
+            if step + 1 >= begin:
                 assert our_value == pytest.approx(their_value, abs=1e-6), (key, step)
-    for step, their_update, their_value, our_update, our_value in out["polynomial"]["rows"]:
-        assert our_value == pytest.approx(their_value, abs=1e-6), step
-        # Same update steps, except that ours also updates at end_step.
-        assert our_update == (their_update or step == 105), step
 
 
 # ---------------------------------------------------------------------------
