@@ -205,6 +205,14 @@ class Sparsity(keras.callbacks.Callback):
         self._layers = [
             layer for layer in sparse_layers(self.model) if getattr(layer, "is_masked", True)
         ]
+        if not self._layers:
+            warnings.warn(
+                f"{type(self).__name__} found no sparse layer with masks in model "
+                f"{self.model.name!r}: it has nothing to update during this fit. Convert "
+                "the model first, e.g. `model = ks.prune(model, sparsity)`, and pass the "
+                "converted model to `fit`.",
+                stacklevel=2,
+            )
         for layer in self._layers:
             layer._pruning_callback_attached = True
         self._pending_steps = []
