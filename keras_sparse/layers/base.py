@@ -489,9 +489,12 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         another pattern or input) starts clean."""
         before = {id(v) for v in self._trainable_variables + self._non_trainable_variables}
         input_spec = self.input_spec
+        tracked_parameters = backend.tracks_parameters(self)
         try:
             yield
         except Exception:
+            if not tracked_parameters:
+                backend.forget_parameters(self)
             created = [
                 v for v in self._trainable_variables + self._non_trainable_variables
                 if id(v) not in before
