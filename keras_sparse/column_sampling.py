@@ -148,6 +148,9 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
         ValueError: for ``keep <= 0`` or larger than a layer's input, an
             unknown method, a selected layer that is not ``Dense``, or a
             subclassed model.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> sampled = ks.sample_columns(model, 0.5, data=x_train[:512])

@@ -258,6 +258,16 @@ def prune(
 
     Raises:
         ValueError: for an invalid argument; the model is left untouched.
+            A pattern is checked on every selected layer before any is
+            converted; on an unbuilt layer, a dimension its arguments do
+            not give (the input size) is checked when it is built, and a
+            failed build leaves the layer unbuilt.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
+
+    Warns:
+        UserWarning: once, when no selected layer can be pruned.
 
     Example:
     >>> model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(

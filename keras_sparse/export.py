@@ -273,6 +273,8 @@ def export(model, path):
 
     Raises:
         ValueError: for an unbuilt model.
+        TypeError: for a ``model`` that is not a Keras model or a ``path``
+            that is not a file path.
 
     Example:
     >>> info = ks.export(model, "model.kspk")

@@ -102,6 +102,9 @@ def factorize(model, rank=None, energy=0.9, layers=None, kernel_quantizer=None, 
     Raises:
         ValueError: for a bad ``rank``/``energy``, a selected layer that
             cannot be factorized, or a subclassed model.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> small = ks.factorize(model, energy=0.9)

@@ -84,6 +84,9 @@ def quantize(
 
     Raises:
         ValueError: for an invalid argument; the model is left untouched.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> model = ks.quantize(model, "binary", activations="ste_sign", skip_first=True)

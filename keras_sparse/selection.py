@@ -74,7 +74,8 @@ def select_layers(model, layers):
             )
         return [layer for layer in candidates if layer.name in set(wanted)]
     raise type_error(
-        "layers", layers, "None, a name, a regular expression, a list of names, a dict or a callable"
+        "layers", layers,
+        "None, a name, a regular expression, a list of names, a dict or a callable",
     )
 
 

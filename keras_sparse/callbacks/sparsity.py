@@ -91,7 +91,10 @@ class Sparsity(keras.callbacks.Callback):
     step of each ``fit``: an update due then waits one step for a real
     gradient.
 
-    **Checks**: when training begins and Keras knows the planned number of
+    **Checks**: when training begins on a model without a masked sparse
+    layer, a warning says the callback has nothing to update (the model was
+    not converted, or the unconverted one was passed to ``fit``); when
+    training begins and Keras knows the planned number of
     steps, a warning names every layer whose schedule cannot reach its final
     sparsity in the planned steps (its last update step and the planned last
     step); when training ends, a warning names every layer that ended below

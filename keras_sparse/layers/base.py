@@ -28,12 +28,12 @@ from keras import ops
 
 from keras_sparse import backend
 from keras_sparse import methods as methods_lib
-from keras_sparse.checks import check_bool
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.initializers import SparseInitializer
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.checks import check_bool
 from keras_sparse.layers.masking import MaskingMixin
 from keras_sparse.layers.masking import _gradient_tap
 from keras_sparse.layers.quantization import QuantizationMixin
@@ -41,6 +41,7 @@ from keras_sparse.layers.quantization import QuantizationMixin
 __all__ = [
     "SparseMixin",
     "Layout",
+    "check_pattern_fits",
     "config_weight_shapes",
     "is_sparse_layer",
     "pattern_problems",

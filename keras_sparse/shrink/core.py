@@ -135,6 +135,9 @@ def shrink(model, *, drop_inputs=True, verify=True, strict=False, return_info=Fa
     Raises:
         ValueError: for an unbuilt model, a subclassed model that cannot be
             copied, or (``strict=True``) pruned units that cannot be removed.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> pruned = ks.prune(model, 0.5, pattern="channel", layers=["conv1", "dense1"])
