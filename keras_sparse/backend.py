@@ -64,6 +64,23 @@ def track_variables(model):
             layer._track_variables()
 
 
+def tracks_parameters(layer):
+    """Whether ``layer`` keeps the torch ``ParameterDict`` of its variables
+    already (torch makes it when a layer is built or its parameters are
+    first listed). Always ``False`` on the other backends."""
+    return name() == "torch" and "_torch_params" in layer_attributes(layer)
+
+
+def forget_parameters(layer):
+    """Drop ``layer``'s torch ``ParameterDict`` (torch makes it again from
+    the layer's variables when it is next needed): after a failed build the
+    layer is as it was before, and variables added by the next build (bool
+    masks too) are not pushed into a dict made for the failed one. Nothing
+    to do on the other backends."""
+    if tracks_parameters(layer):
+        delattr(layer, "_torch_params")
+
+
 def layer_attributes(layer):
     """The attributes set on ``layer``, as a dict. On torch a layer is a
     ``torch.nn.Module``, which keeps the sublayers set as attributes in its

@@ -15,6 +15,12 @@ model input features).
 import keras
 import numpy as np
 
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import check_int
+from keras_sparse.checks import check_model
+from keras_sparse.checks import check_number
+from keras_sparse.checks import describe
+from keras_sparse.checks import type_error
 from keras_sparse.utils import clone_replacing
 from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse.convert import select_layers
@@ -142,20 +148,32 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
         ValueError: for ``keep <= 0`` or larger than a layer's input, an
             unknown method, a selected layer that is not ``Dense``, or a
             subclassed model.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> sampled = ks.sample_columns(model, 0.5, data=x_train[:512])
     >>> small = ks.shrink(sampled)   # also drops unused model inputs
     """
+    check_model(model)
     if not is_graph_model(model):
         raise ValueError(
             "sample_columns converts Sequential and functional models. "
-            f"Received: model of type {type(model).__name__}"
+            f"Received: model={describe(model)} of type {type(model).__name__}"
         )
     if method not in COLUMN_METHODS:
         raise ValueError(f"`method` must be one of {COLUMN_METHODS}. Received: method={method!r}")
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
-        raise ValueError(f"`ridge` must be a number >= 0. Received: ridge={ridge!r}")
+    check_number(ridge, "ridge", minimum=0.0)
+    check_int(seed, "seed", allow_none=True)
+    check_int(rank, "rank", minimum=1, allow_none=True)
+    check_bool(return_info, "return_info")
+    if data is not None and (
+        isinstance(data, (str, bytes, dict)) or not hasattr(data, "__len__")
+    ):
+        raise type_error("data", data, "an array of inputs x, an (x, y) tuple or None")
+    if not isinstance(keep, dict):
+        resolve_keep(keep, keep if isinstance(keep, (int, np.integer)) and keep > 0 else 1)
     candidates = select_layers(model, layers)
     if layers is not None:
         bad = [f"{layer.name} ({type(layer).__name__})" for layer in candidates if not _plain_dense(layer)]

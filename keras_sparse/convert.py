@@ -26,7 +26,10 @@ from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
+from keras_sparse.layers.base import check_pattern_fits
 from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
 from keras_sparse.cloning import clone
@@ -59,6 +62,11 @@ def _layouts(layer):
     return list(cls.sparse_weight_layouts.values())
 
 
+def _layout_map(layer):
+    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    return dict(zip(cls.sparse_weight_layouts, _layouts(layer)))
+
+
 def _warn_or_raise_unsupported(unsupported, strict):
     if not unsupported:
         return
@@ -73,7 +81,10 @@ def _warn_or_raise_unsupported(unsupported, strict):
 
 def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
           method=None):
-    """Validate every argument and decide each layer's settings, touching nothing."""
+    """Validate every argument and decide each layer's settings, touching
+    nothing. Returns the plan and whether selected layers were reported as
+    unsupported (a warning was given)."""
+    check_model(model)
     method = None if method is None else methods_lib.get(method)
     if sparsity is not None:
         sparsity = check_sparsity(sparsity)
@@ -83,8 +94,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
     if isinstance(layers, dict):
         distribution = layers
     distribution = distributions_lib.get(distribution)
-    if not isinstance(strict, bool):
-        raise ValueError(f"`strict` must be a bool. Received: strict={strict!r}")
+    check_bool(strict, "strict")
     if distribution.is_global and not pattern.supports_global:
         raise ValueError(
             "distribution='global' needs the unstructured pattern. "
@@ -121,12 +131,13 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             )
     per_layer = distribution.layer_sparsities(shapes, sparsity)
     base = schedule if schedule is not None else schedules_lib.ConstantSparsity(sparsity)
+    chosen = [layer for layer in convertible if layer.name in per_layer]
+    # Every layer is checked before any is converted (a subclassed model is
+    # converted in place): built layers on their weights, unbuilt ones on
+    # what their arguments give; the rest is checked when they are built.
+    check_pattern_fits(pattern, [(layer, _layout_map(layer)) for layer in chosen])
     plan = {}
-    for layer in convertible:
-        if layer.name not in per_layer:
-            continue
-        for shape, layout in zip(shapes[layer.name], _layouts(layer)):
-            pattern.check_weight(shape, layout)
+    for layer in chosen:
         plan[id(layer)] = dict(
             schedule=base.with_target(per_layer[layer.name]),
             pattern=pattern,
@@ -138,7 +149,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
         for layer in convertible:
             if id(layer) in plan:
                 method.check_pattern(pattern, layer.name)
-    return plan
+    return plan, bool(unsupported)
 
 
 def _sparse_from(layer, settings):
@@ -247,6 +258,16 @@ def prune(
 
     Raises:
         ValueError: for an invalid argument; the model is left untouched.
+            A pattern is checked on every selected layer before any is
+            converted; on an unbuilt layer, a dimension its arguments do
+            not give (the input size) is checked when it is built, and a
+            failed build leaves the layer unbuilt.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
+
+    Warns:
+        UserWarning: once, when no selected layer can be pruned.
 
     Example:
     >>> model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(
@@ -254,12 +275,26 @@ def prune(
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> model.fit(x, y, callbacks=[ks.callbacks.Pruning()])
     """
-    plan = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
-                 method=method)
+    plan, reported = _plan(model, sparsity, schedule, pattern, scorer, distribution, layers,
+                           strict, method=method)
+    if not plan and not reported:
+        warnings.warn(_nothing_to_prune(layers, distribution), stacklevel=2)
     pruned = convert(model, plan, "configure_pruning")
     backend.track_variables(pruned)
     _apply_sparse_initialization(pruned, warn=_warn_initial_masks)
     return pruned
+
+
+def _nothing_to_prune(layers, distribution):
+    supported = ", ".join(sorted({cls.__name__ for cls in SPARSE_CLASS_FOR}))
+    listed = ""
+    if isinstance(distribution, dict) or isinstance(layers, dict):
+        listed = " and listed in the per-layer sparsities"
+    return (
+        "ks.prune found no layer to prune: it looks for layers of the types "
+        f"{supported} (or layers of the keras_sparse family) among the layers selected "
+        f"by layers={layers!r}{listed}. Nothing is pruned."
+    )
 
 
 def _apply_sparse_initialization(model, warn=True):
@@ -303,6 +338,7 @@ def strip(model):
     >>> plain = ks.strip(model)
     >>> plain.save("model.keras")
     """
+    check_model(model)
     dropped = [
         layer.name for layer in leaf_layers(model)
         if isinstance(layer, SparseMixin) and layer.input_quantizer is not None

@@ -1,6 +1,8 @@
 """Distributions: *how much* sparsity each layer gets for a model target."""
 
 from keras_sparse import config as config_lib
+from keras_sparse.checks import check_number
+from keras_sparse.checks import type_error
 from keras_sparse.ops.formulas import erk_densities
 from keras_sparse.ops.masks import check_sparsity
 
@@ -78,7 +80,7 @@ class ERK(Distribution):
     """
 
     def __init__(self, power_scale=1.0):
-        self.power_scale = float(power_scale)
+        self.power_scale = check_number(power_scale, "power_scale")
 
     def layer_sparsities(self, shapes, sparsity):
         sparsity = check_sparsity(sparsity)
@@ -117,7 +119,11 @@ class PerLayer(Distribution):
     """
 
     def __init__(self, sparsities=None):
-        sparsities = dict(sparsities or {})
+        if sparsities is None:
+            sparsities = {}
+        if not isinstance(sparsities, dict) or not all(isinstance(k, str) for k in sparsities):
+            raise type_error("sparsities", sparsities, "a dict mapping layer names to sparsities")
+        sparsities = dict(sparsities)
         for name, value in sparsities.items():
             check_sparsity(value, f"distribution[{name!r}]")
         self.sparsities = sparsities

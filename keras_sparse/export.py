@@ -51,6 +51,9 @@ import numpy as np
 from keras import ops
 
 from keras_sparse import quantizers as q
+from keras_sparse.checks import check_model
+from keras_sparse.checks import check_path
+from keras_sparse.checks import describe
 from keras_sparse.convert import strip
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.ops.packing import pack_bits
@@ -690,6 +693,8 @@ def export(model, path):
 
     Raises:
         ValueError: for an unbuilt model.
+        TypeError: for a ``model`` that is not a Keras model or a ``path``
+            that is not a file path.
         OSError: when the file cannot be written (``path`` is then
             unchanged).
 
@@ -699,8 +704,12 @@ def export(model, path):
     >>> # A subclassed model: its weights, into a fresh plain instance.
     >>> ks.load_exported("model.kspk", model=MyModel().build_for(x))
     """
+    check_model(model)
+    check_path(path)
     if not model.built:
-        raise ValueError("Build the model before exporting it. Received: an unbuilt model")
+        raise ValueError(
+            f"Build the model before exporting it. Received: model={describe(model)} (unbuilt)"
+        )
     arrays, layers_meta, summary = {}, [], []
     for index, layer in enumerate(leaf_layers(model)):
         variables = layer.weights
@@ -778,6 +787,10 @@ def load_exported(path, model=None):
     >>> plain = ks.load_exported("model.kspk")
     >>> plain.predict(x)
     """
+    if not hasattr(path, "read"):
+        check_path(path)
+    if model is not None:
+        check_model(model)
     name = _file_name(path)
     header, arrays = _read(path)
     if model is None:
@@ -798,7 +811,7 @@ def load_exported(path, model=None):
                              f"{type(model).__name__}, not a Keras model")
     elif not model.built:
         raise ValueError("`model` must be built before loading weights into it. "
-                         "Received: an unbuilt model")
+                         f"Received: model={describe(model)} (unbuilt)")
     layers = leaf_layers(model)
     if len(layers) != len(header["layers"]):
         raise ValueError(

@@ -16,6 +16,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import check_int
+from keras_sparse.checks import check_model
+from keras_sparse.checks import check_number
+from keras_sparse.checks import describe
 from keras_sparse.utils import clone_replacing
 from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse import quantizers as quantizers_lib
@@ -97,20 +102,28 @@ def factorize(model, rank=None, energy=0.9, layers=None, kernel_quantizer=None, 
     Raises:
         ValueError: for a bad ``rank``/``energy``, a selected layer that
             cannot be factorized, or a subclassed model.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> small = ks.factorize(model, energy=0.9)
     >>> ks.report(small)
     """
+    check_model(model)
     if not is_graph_model(model):
         raise ValueError(
             "factorize converts Sequential and functional models. "
-            f"Received: model of type {type(model).__name__}"
+            f"Received: model={describe(model)} of type {type(model).__name__}"
         )
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < energy <= 1.0:
-        raise ValueError(f"`energy` must be in (0, 1]. Received: energy={energy!r}")
-    if rank is not None and not isinstance(rank, dict):
-        lowrank_ops.check_rank(rank, (rank + 1, rank + 1))  # type and >= 1
+    check_number(energy, "energy", minimum=0.0, maximum=1.0, low_open=True)
+    if isinstance(rank, dict):
+        for value in rank.values():
+            if value is not None:
+                check_int(value, "rank", minimum=1)
+    elif rank is not None:
+        check_int(rank, "rank", minimum=1)
+    check_bool(return_info, "return_info")
     quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
     candidates = select_layers(model, layers)
     if layers is not None:

@@ -41,7 +41,11 @@ class Pattern(config_lib.ConfigObject):
         raise NotImplementedError
 
     def check_weight(self, shape, layout):
-        """Raise ``ValueError`` if this pattern cannot apply to ``shape``."""
+        """Raise ``ValueError`` if this pattern cannot apply to ``shape``.
+
+        A dimension of ``shape`` may be ``None``: unknown until the layer is
+        built (its input channels); it passes, and is checked again on the
+        built weight."""
 
     def effective_sparsity(self, sparsity):
         """The sparsity the mask will really have for a requested one."""
@@ -135,7 +139,7 @@ class NByM(Pattern):
                 f"{tuple(shape)} has none. Received: pattern={self!r}"
             )
         axis = layout.input_axes[-1]
-        if shape[axis] % self.m:
+        if shape[axis] is not None and shape[axis] % self.m:
             raise ValueError(
                 f"N:M groups of m={self.m} must divide the input dimension "
                 f"{shape[axis]} of a weight of shape {tuple(shape)}. "
@@ -173,6 +177,7 @@ class Block(Pattern):
     """
 
     def __init__(self, block_shape=(1, 1), allow_empty=False):
+        given = block_shape
         if isinstance(block_shape, numbers.Integral):
             block_shape = (block_shape,)
         block_shape = tuple(block_shape) if isinstance(block_shape, (tuple, list)) else ()
@@ -182,7 +187,7 @@ class Block(Pattern):
         ):
             raise ValueError(
                 "`block_shape` must be a non-empty tuple of positive integers. "
-                f"Received: block_shape={block_shape!r}"
+                f"Received: block_shape={given!r}"
             )
         self.block_shape = tuple(int(b) for b in block_shape)
         self.allow_empty = _check_allow_empty(allow_empty)
@@ -293,6 +298,8 @@ def _fan_in(shape, output_axes):
     fan_in = 1
     for axis, size in enumerate(shape):
         if axis not in outs:
+            if size is None:
+                return None
             fan_in *= int(size)
     return fan_in
 
@@ -343,7 +350,7 @@ class FanIn(Pattern):
                 f"has none. Received: pattern={self!r}"
             )
         fan_in = _fan_in(shape, layout.output_axes)
-        if self.k is not None and self.k > fan_in:
+        if self.k is not None and fan_in is not None and self.k > fan_in:
             raise ValueError(
                 f"FanIn(k={self.k}) exceeds the fan-in {fan_in} of a weight of shape "
                 f"{tuple(shape)}. Received: pattern={self!r}"

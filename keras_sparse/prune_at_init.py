@@ -12,12 +12,17 @@ state updates such as BatchNorm statistics made while scoring are
 discarded).
 """
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_sparse import scorers as scorers_lib
 from keras_sparse import schedules as schedules_lib
+from keras_sparse.checks import check_int
+from keras_sparse.checks import check_model
+from keras_sparse.checks import type_error
 from keras_sparse.convert import prune
 from keras_sparse.scorers import at_init
 from keras_sparse.ops.masks import global_topk_masks
@@ -38,6 +43,8 @@ def _batches(data, batches):
         )
     if isinstance(data, (tuple, list)) and len(data) in (2, 3) and hasattr(data[0], "shape"):
         return [tuple(data[:2])]
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise type_error("data", data, "a batch (x, y) or an iterable of such batches")
     found = []
     for item in data:
         if not isinstance(item, (tuple, list)) or len(item) < 2:
@@ -170,11 +177,19 @@ def prune_at_init(
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> model.fit(x, y, epochs=10)          # no callback: the masks are fixed
     """
+    check_model(model)
     criterion, layer_scorer = _resolve(scorer)
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"`rounds` must be a positive integer. Received: rounds={rounds!r}")
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"`batches` must be a positive integer. Received: batches={batches!r}")
+    check_int(rounds, "rounds", minimum=1)
+    check_int(batches, "batches", minimum=1)
+    if input_shape is not None:
+        if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in input_shape
+        ):
+            raise type_error("input_shape", input_shape, "a tuple of integers or None")
+        if any(d < 1 for d in input_shape):
+            raise ValueError(
+                f"`input_shape` must hold positive sizes. Received: input_shape={input_shape!r}"
+            )
     needs_data = criterion in ("snip", "grasp") or (
         criterion is None and layer_scorer.needs_gradient
     )
@@ -250,6 +265,7 @@ def apply_initial_masks(model):
     """
     import warnings
 
+    check_model(model)
     warnings.warn(
         "ks.apply_initial_masks is deprecated: make a model sparse before training "
         "with ks.prune_at_init(model, data, sparsity, scorer=...) (data=None for "

@@ -15,6 +15,10 @@ import keras
 import numpy as np
 
 from keras_sparse import quantizers as quantizers_lib
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import check_int
+from keras_sparse.checks import check_model
+from keras_sparse.checks import type_error
 from keras_sparse.convert import convert
 from keras_sparse.selection import has_kernel_like_weights
 from keras_sparse.selection import leaf_layers
@@ -23,12 +27,6 @@ from keras_sparse.selection import split_convertible
 from keras_sparse.selection import supports
 
 __all__ = ["quantize", "calibrate"]
-
-
-def _check_bool(value, name):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return value
 
 
 def _explicit_names(model, layers):
@@ -86,12 +84,16 @@ def quantize(
 
     Raises:
         ValueError: for an invalid argument; the model is left untouched.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> model = ks.quantize(model, "binary", activations="ste_sign", skip_first=True)
     >>> model = ks.quantize(model, 8)            # 8-bit weights
     >>> model = ks.prune(ks.quantize(model, 4), 0.8)   # compose with pruning
     """
+    check_model(model)
     weight_quantizer = quantizers_lib.get(weights, "weights")
     input_quantizer = quantizers_lib.get(activations, "activations")
     if weight_quantizer is None and input_quantizer is None:
@@ -99,9 +101,9 @@ def quantize(
             "Give a `weights` or an `activations` quantizer. "
             f"Received: weights={weights!r}, activations={activations!r}"
         )
-    _check_bool(skip_first, "skip_first")
-    _check_bool(skip_last, "skip_last")
-    _check_bool(strict, "strict")
+    check_bool(skip_first, "skip_first")
+    check_bool(skip_last, "skip_last")
+    check_bool(strict, "strict")
 
     selected = select_layers(model, layers)
     explicit = _explicit_names(model, layers)
@@ -143,8 +145,12 @@ def quantize(
 def _calibration_batches(data, batches, batch_size):
     """The first ``batches`` input batches of ``data`` (an array, an
     ``(x, y)`` tuple of arrays, or an iterable of batches)."""
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"`batches` must be a positive integer. Received: batches={batches!r}")
+    check_int(batches, "batches", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    if data is None or isinstance(data, (str, bytes, dict)):
+        raise type_error(
+            "data", data, "an array, an (x, y) tuple of arrays or an iterable of batches"
+        )
     if isinstance(data, (tuple, list)) and data and hasattr(data[0], "shape"):
         data = data[0]
     if hasattr(data, "shape") and hasattr(data, "__getitem__"):
@@ -154,10 +160,9 @@ def _calibration_batches(data, batches, batch_size):
             )
         return [data[i:i + batch_size]
                 for i in range(0, min(len(data), batches * batch_size), batch_size)]
-    if isinstance(data, dict) or not hasattr(data, "__iter__"):
-        raise ValueError(
-            "`data` must be an array, an (x, y) tuple or an iterable of batches. "
-            f"Received: data={type(data).__name__}"
+    if not hasattr(data, "__iter__"):
+        raise type_error(
+            "data", data, "an array, an (x, y) tuple of arrays or an iterable of batches"
         )
     found = []
     for item in data:
@@ -165,7 +170,7 @@ def _calibration_batches(data, batches, batch_size):
         if len(found) == batches:
             break
     if not found:
-        raise ValueError("`data` yielded no batch.")
+        raise ValueError(f"`data` yielded no batch. Received: data={data!r}")
     return found
 
 
@@ -199,6 +204,7 @@ def calibrate(model, data, batches=1, batch_size=256):
     """
     from keras_sparse.utils import sparse_layers
 
+    check_model(model)
     inputs = _calibration_batches(data, batches, batch_size)
     if not model.built:
         model(inputs[0], training=False)

@@ -12,6 +12,9 @@ import numbers
 import keras
 from keras import ops
 
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import check_model
+from keras_sparse.checks import check_number
 from keras_sparse.config import PACKAGE
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.utils import walk_layers
@@ -131,6 +134,7 @@ def slimming(model, l=1e-4):
     >>> ks.regularizers.slimming(model, 1e-4)
     >>> model.compile(...)
     """
+    check_model(model)
     if isinstance(l, bool) or not isinstance(l, numbers.Real) or not float(l) >= 0:
         raise ValueError(f"`l` must be a number >= 0. Received: l={l!r}")
     regularized = []
@@ -167,9 +171,10 @@ def threshold_groups(model, threshold=1e-3, groups="units", relative=True):
     Example:
     >>> ks.regularizers.threshold_groups(model, 1e-2, groups="units")
     """
+    check_model(model)
     _check_groups(groups)
-    if not threshold >= 0:
-        raise ValueError(f"`threshold` must be >= 0. Received: threshold={threshold!r}")
+    check_number(threshold, "threshold", minimum=0.0)
+    check_bool(relative, "relative")
     removed = {}
     for layer in walk_layers(model):
         if not isinstance(layer, SparseMixin) or not layer.has_masks:

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sparse.checks import check_callable
+from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.patterns import Block
 from keras_sparse.patterns import Channel
@@ -411,6 +413,8 @@ def report(model, print_fn=print):
     >>> r.totals["sparsity"]
     0.9
     """
+    check_model(model)
+    check_callable(print_fn, "print_fn", allow_none=True)
     rows = [
         _layer_row(layer)
         for layer in walk_layers(model)

@@ -6,6 +6,7 @@ import re
 
 import keras
 
+from keras_sparse.checks import type_error
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
 from keras_sparse.utils import is_container
@@ -36,6 +37,8 @@ def select_layers(model, layers):
 
     Raises:
         ValueError: if a name matches no layer.
+        ArgumentTypeError: for a selector of another type, or a list
+            holding something other than names.
     """
     candidates = leaf_layers(model)
     names = [layer.name for layer in candidates]
@@ -61,16 +64,18 @@ def select_layers(model, layers):
         return chosen
     if isinstance(layers, (list, tuple, set, dict)):
         wanted = list(layers)
+        if not all(isinstance(n, str) for n in wanted):
+            raise type_error("layers", layers, "a list of layer names (strings)")
         missing = [n for n in wanted if n not in names]
-        if missing or not all(isinstance(n, str) for n in wanted):
+        if missing:
             raise ValueError(
                 f"`layers` names layers the model does not have: {missing} "
                 f"(layers: {names}). Received: layers={layers!r}"
             )
         return [layer for layer in candidates if layer.name in set(wanted)]
-    raise ValueError(
-        "`layers` must be None, a name, a regular expression, a list of names, "
-        f"a dict or a callable. Received: layers={layers!r}"
+    raise type_error(
+        "layers", layers,
+        "None, a name, a regular expression, a list of names, a dict or a callable",
     )
 
 

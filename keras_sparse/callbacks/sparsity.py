@@ -91,7 +91,10 @@ class Sparsity(keras.callbacks.Callback):
     step of each ``fit``: an update due then waits one step for a real
     gradient.
 
-    **Checks**: when training begins and Keras knows the planned number of
+    **Checks**: when training begins on a model without a masked sparse
+    layer, a warning says the callback has nothing to update (the model was
+    not converted, or the unconverted one was passed to ``fit``); when
+    training begins and Keras knows the planned number of
     steps, a warning names every layer whose schedule cannot reach its final
     sparsity in the planned steps (its last update step and the planned last
     step); when training ends, a warning names every layer that ended below
@@ -205,6 +208,14 @@ class Sparsity(keras.callbacks.Callback):
         self._layers = [
             layer for layer in sparse_layers(self.model) if getattr(layer, "is_masked", True)
         ]
+        if not self._layers:
+            warnings.warn(
+                f"{type(self).__name__} found no sparse layer with masks in model "
+                f"{self.model.name!r}: it has nothing to update during this fit. Convert "
+                "the model first, e.g. `model = ks.prune(model, sparsity)`, and pass the "
+                "converted model to `fit`.",
+                stacklevel=2,
+            )
         for layer in self._layers:
             layer._pruning_callback_attached = True
         self._pending_steps = []

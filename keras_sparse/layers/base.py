@@ -33,11 +33,19 @@ from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.initializers import SparseInitializer
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.checks import check_bool
 from keras_sparse.layers.masking import MaskingMixin
 from keras_sparse.layers.masking import _gradient_tap
 from keras_sparse.layers.quantization import QuantizationMixin
 
-__all__ = ["SparseMixin", "Layout", "is_sparse_layer"]
+__all__ = [
+    "SparseMixin",
+    "Layout",
+    "check_pattern_fits",
+    "config_weight_shapes",
+    "is_sparse_layer",
+    "pattern_problems",
+]
 
 Layout = patterns_lib.Layout
 
@@ -82,6 +90,130 @@ def refresh_call_signature(layer):
             arg: arg in layer.call_signature_parameters
             for arg in layer._call_has_context_arg
         }
+
+
+def _conv_kernel_size(layer):
+    return tuple(int(k) for k in layer.kernel_size)
+
+
+def _dense_shapes(layer):
+    return {"kernel": (None, int(layer.units))}
+
+
+def _conv_shapes(layer):
+    return {"kernel": _conv_kernel_size(layer) + (None, int(layer.filters))}
+
+
+def _transpose_shapes(layer):
+    return {"kernel": _conv_kernel_size(layer) + (int(layer.filters), None)}
+
+
+def _depthwise_shapes(layer):
+    return {"kernel": _conv_kernel_size(layer) + (None, int(layer.depth_multiplier))}
+
+
+def _separable_shapes(layer):
+    size = _conv_kernel_size(layer)
+    return {
+        "depthwise_kernel": size + (None, int(layer.depth_multiplier)),
+        "pointwise_kernel": (1,) * len(size) + (None, int(layer.filters)),
+    }
+
+
+def _embedding_shapes(layer):
+    return {"embeddings": (int(layer.input_dim), int(layer.output_dim))}
+
+
+_CONFIG_SHAPES = {
+    keras.layers.Dense: _dense_shapes,
+    keras.layers.Conv1D: _conv_shapes,
+    keras.layers.Conv2D: _conv_shapes,
+    keras.layers.Conv3D: _conv_shapes,
+    keras.layers.Conv1DTranspose: _transpose_shapes,
+    keras.layers.Conv2DTranspose: _transpose_shapes,
+    keras.layers.Conv3DTranspose: _transpose_shapes,
+    keras.layers.DepthwiseConv1D: _depthwise_shapes,
+    keras.layers.DepthwiseConv2D: _depthwise_shapes,
+    keras.layers.SeparableConv1D: _separable_shapes,
+    keras.layers.SeparableConv2D: _separable_shapes,
+    keras.layers.Embedding: _embedding_shapes,
+}
+
+
+def config_weight_shapes(layer):
+    """The shapes of ``layer``'s masked weights as far as its arguments
+    tell before it is built: a dict ``name -> shape`` with ``None`` for a
+    dimension that depends on the input (the input channels of a Dense or
+    convolution kernel). Empty for a layer whose shapes the arguments do
+    not give (``EinsumDense``, a user's own layer).
+
+    ``layer`` is a Keras layer with a counterpart in the sparse family, or a
+    sparse layer.
+    """
+    parent = layer._keras_parent if isinstance(layer, SparseMixin) else type(layer)
+    shapes = _CONFIG_SHAPES.get(parent)
+    if shapes is None:
+        return {}
+    try:
+        return shapes(layer)
+    except (AttributeError, TypeError, ValueError):
+        return {}
+
+
+def _shape_text(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def pattern_problems(pattern, layer, layouts):
+    """Why ``pattern`` cannot apply to the masked weights of ``layer``: a
+    list of ``"layer 'name': its kernel of shape (...) ..."`` sentences,
+    empty when it fits.
+
+    Args:
+        pattern: a :class:`keras_sparse.patterns.Pattern`.
+        layer: a built layer (shapes of its variables) or an unbuilt one
+            (shapes from :func:`config_weight_shapes`; a dimension that is
+            not known yet passes and is checked when the layer is built).
+        layouts: dict ``weight name -> Layout``.
+    """
+    if layer.built:
+        if isinstance(layer, SparseMixin):
+            shapes = {name: tuple(layer.latent_weight(name).shape) for name in layouts}
+        else:
+            shapes = {name: tuple(getattr(layer, name).shape) for name in layouts}
+    else:
+        shapes = config_weight_shapes(layer)
+    problems = []
+    for name, layout in layouts.items():
+        shape = shapes.get(name)
+        if shape is None:
+            continue
+        try:
+            pattern.check_weight(shape, layout)
+        except ValueError as error:
+            reason = str(error).split(" Received: ")[0].rstrip(". ")
+            problems.append(
+                f"layer {layer.name!r}: its {name} of shape {_shape_text(shape)} does not "
+                f"fit ({reason})"
+            )
+        except TypeError:
+            # A pattern that cannot read unknown dimensions: checked at build.
+            if None not in shape:
+                raise
+    return problems
+
+
+def check_pattern_fits(pattern, layers_and_layouts):
+    """Raise one ``ValueError`` naming every layer ``pattern`` cannot apply
+    to (see :func:`pattern_problems`); ``layers_and_layouts`` is a list of
+    ``(layer, {weight name: Layout})``."""
+    problems = []
+    for layer, layouts in layers_and_layouts:
+        problems.extend(pattern_problems(pattern, layer, layouts))
+    if problems:
+        raise ValueError(
+            f"The pattern cannot apply to {'; '.join(problems)}. Received: pattern={pattern!r}"
+        )
 
 
 def _weight_property(name):
@@ -129,8 +261,9 @@ def _finishing_build(build):
 
     @functools.wraps(build)
     def wrapper(self, *args, **kwargs):
-        build(self, *args, **kwargs)
-        self._finish_sparse_build(args[0] if args else kwargs.get("input_shape"))
+        with self._undone_if_failed():
+            build(self, *args, **kwargs)
+            self._finish_sparse_build(args[0] if args else kwargs.get("input_shape"))
 
     wrapper._keras_sparse_build = True
     return wrapper
@@ -265,6 +398,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         pattern = patterns_lib.get(pattern)
         scorer = scorers_lib.get(scorer)
         method = None if method is None else methods_lib.get(method)
+        global_pruning = check_bool(global_pruning, "global_pruning")
         if global_pruning and not pattern.supports_global:
             raise ValueError(
                 "Global pruning only supports the unstructured pattern. "
@@ -282,11 +416,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 f"Layer {self.name!r} already has masks; ks.strip removes them. "
                 "Received: masked=False"
             )
-        if self.built:
-            for name in self.sparse_weight_layouts:
-                pattern.check_weight(
-                    tuple(self.latent_weight(name).shape), self.weight_layout(name)
-                )
+        check_pattern_fits(pattern, [(self, self._weight_layouts())])
         if masked is None:
             masked = (self._masked or schedule is not None or method is not None
                       or self._sparse_initialized())
@@ -344,14 +474,44 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
 
     # ------------------------------------------------------------------- state
     def build(self, input_shape=None):
-        super().build(input_shape)
-        self._finish_sparse_build(input_shape)
+        with self._undone_if_failed():
+            super().build(input_shape)
+            self._finish_sparse_build(input_shape)
+
+    def _weight_layouts(self):
+        return {name: self.weight_layout(name) for name in self.sparse_weight_layouts}
+
+    @contextlib.contextmanager
+    def _undone_if_failed(self):
+        """Leave the layer unbuilt, as before, if the build inside fails
+        (a pattern that does not fit the weight shapes the input gave):
+        the variables it created are untracked and the built flag, the
+        input spec and the state lock restored, so a later build (with
+        another pattern or input) starts clean."""
+        before = {id(v) for v in self._trainable_variables + self._non_trainable_variables}
+        input_spec = self.input_spec
+        tracked_parameters = backend.tracks_parameters(self)
+        try:
+            yield
+        except Exception:
+            if not tracked_parameters:
+                backend.forget_parameters(self)
+            created = [
+                v for v in self._trainable_variables + self._non_trainable_variables
+                if id(v) not in before
+            ]
+            for variable in created:
+                self._untrack_variable(variable)
+            self.built = False
+            self._masks_ready = False
+            tracker = getattr(self, "_tracker", None)
+            if tracker is not None and tracker.locked:
+                tracker.unlock()
+            self.input_spec = input_spec
+            raise
 
     def _finish_sparse_build(self, input_shape=None):
-        for name in self.sparse_weight_layouts:
-            self.pattern.check_weight(
-                tuple(self.latent_weight(name).shape), self.weight_layout(name)
-            )
+        check_pattern_fits(self.pattern, [(self, self._weight_layouts())])
         if self._masked:
             self._add_masks()
             # A kernel drawn by SparseInitializer is sparse from its first
@@ -417,7 +577,16 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
     def get_mask(self, name):
         """The boolean mask variable of weight ``name``, or ``None`` when the
         layer has no masks (it is not pruned, see :attr:`has_masks`): every
-        entry is then kept."""
+        entry is then kept.
+
+        Raises:
+            ValueError: if the layer has no masked weight ``name``.
+        """
+        if name not in self.sparse_weight_layouts:
+            raise ValueError(
+                f"Layer {self.name!r} has no masked weight {name!r}; its masked weights "
+                f"are {list(self.sparse_weight_layouts)}. Received: name={name!r}"
+            )
         return getattr(self, name + "_mask", None)
 
     @property
@@ -551,7 +720,8 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
 
             @functools.wraps(keras_build)
             def build(*args, **kwargs):
-                keras_build(*args, **kwargs)
-                self._finish_sparse_build(args[0] if args else kwargs.get("input_shape"))
+                with self._undone_if_failed():
+                    keras_build(*args, **kwargs)
+                    self._finish_sparse_build(args[0] if args else kwargs.get("input_shape"))
 
             object.__setattr__(self, "build", build)

@@ -19,6 +19,8 @@ import numpy as np
 from keras import ops
 
 from keras_sparse import quantizers as quantizers_lib
+from keras_sparse.checks import check_int
+from keras_sparse.checks import type_error
 from keras_sparse.config import PACKAGE
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
@@ -36,10 +38,7 @@ def resolve_keep(keep, in_features):
         ValueError: for ``keep <= 0``, ``keep > in`` or a non-number.
     """
     if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise ValueError(
-            f"`keep` must be an int (features) or a float fraction in (0, 1]. "
-            f"Received: keep={keep!r}"
-        )
+        raise type_error("keep", keep, "an int (features) or a float fraction in (0, 1]")
     if isinstance(keep, (float, np.floating)):
         if not 0.0 < keep <= 1.0:
             raise ValueError(
@@ -119,7 +118,7 @@ class ColumnSampledDense(keras.layers.Layer):
         self.units = int(units)
         self.keep = keep
         self.method = method
-        self.seed = seed
+        self.seed = check_int(seed, "seed", allow_none=True)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

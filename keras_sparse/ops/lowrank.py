@@ -16,6 +16,9 @@ import math
 import numpy as np
 from keras import ops
 
+from keras_sparse.checks import check_int
+from keras_sparse.checks import type_error
+
 __all__ = [
     "as_matrix",
     "check_rank",
@@ -91,7 +94,7 @@ def check_rank(rank, shape, allow_full=False):
     """
     limit = min(shape)
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
-        raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+        raise type_error("rank", rank, "a positive integer")
     if rank < 1 or rank > limit or (rank == limit and not allow_full):
         bound = f"<= {limit}" if allow_full else f"< min(in, out) = {limit}"
         raise ValueError(
@@ -175,9 +178,7 @@ def leverage_scores(matrix, rank=None):
 
 def _check_keep(keep, in_features):
     if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)):
-        raise ValueError(
-            f"`keep` must be an integer number of input features. Received: keep={keep!r}"
-        )
+        raise type_error("keep", keep, "an integer number of input features")
     if keep < 1 or keep > in_features:
         raise ValueError(
             f"`keep` must be in [1, {in_features}] (the number of input features). "
@@ -208,6 +209,8 @@ def select_columns(matrix, keep, method="leverage", rank=None, seed=None):
         raise ValueError(
             f"`method` must be one of {COLUMN_METHODS}. Received: method={method!r}"
         )
+    check_int(seed, "seed", allow_none=True)
+    check_int(rank, "rank", minimum=1, allow_none=True)
     if method == "random":
         rng = np.random.default_rng(seed)
         chosen = rng.choice(in_features, size=keep, replace=False)

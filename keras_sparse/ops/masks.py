@@ -36,6 +36,8 @@ import numpy as np
 from keras import ops
 
 from keras_sparse import backend
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import type_error
 
 __all__ = [
     "check_sparsity",
@@ -86,7 +88,8 @@ def _traced(value):
 def _read_sparsity(sparsity):
     """A validated Python float, or a float32 scalar tensor when
     ``sparsity`` is a traced tensor (which cannot be read on the host)."""
-    if _is_static(sparsity):
+    if _is_static(sparsity) or not hasattr(sparsity, "shape"):
+        # Numbers, and whatever is not a tensor (a string, a list, None).
         return check_sparsity(sparsity)
     if not backend.is_traced(sparsity):
         return check_sparsity(np.asarray(ops.convert_to_numpy(sparsity)))
@@ -280,6 +283,7 @@ def topk_mask(scores, sparsity, allow_empty=False):
     >>> topk_mask(np.arange(10.0), 0.99)   # round(9.9) = 10, capped at 9
     [False, ..., False, True]
     """
+    check_bool(allow_empty, "allow_empty")
     sparsity = _read_sparsity(sparsity)
     if isinstance(scores, np.ndarray) and isinstance(sparsity, float):
         # Host scores, host mask: no device round trip.
@@ -321,9 +325,12 @@ def global_topk_masks(scores_list, sparsity, allow_empty=False):
     >>> global_topk_masks([np.full(2, 0.1), np.full(4, 5.0)], 0.5)
     [[True, False], [True, True, False, False]]  # 0.1 tensor keeps its best
     """
-    if not len(scores_list):
-        return []
+    if not isinstance(scores_list, (list, tuple)):
+        raise type_error("scores_list", scores_list, "a list of score tensors")
+    check_bool(allow_empty, "allow_empty")
     sparsity = _read_sparsity(sparsity)
+    if not scores_list:
+        return []
     host = isinstance(sparsity, float) and all(isinstance(s, np.ndarray) for s in scores_list)
     if host:
         tensors = list(scores_list)
@@ -432,6 +439,8 @@ def check_nm(n, m):
 
 
 def _normalize_axis(axis, rank):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise type_error("axis", axis, "an integer")
     if not -rank <= axis < rank:
         raise ValueError(
             f"`axis` is out of range for a tensor of rank {rank}. "
@@ -459,7 +468,7 @@ def full_block_shape(block_shape, shape):
             f"Received: block_shape={block_shape}"
         )
     full = (1,) * (len(shape) - len(block_shape)) + block_shape
-    if any(int(d) % b for d, b in zip(shape, full)):
+    if any(d is not None and int(d) % b for d, b in zip(shape, full)):
         raise ValueError(
             f"`block_shape` {full} does not divide the tensor shape "
             f"{tuple(shape)}. Received: block_shape={block_shape}"
@@ -524,6 +533,7 @@ def channel_mask(scores, sparsity, axes=(-1,), allow_empty=False):
     Returns:
         A boolean tensor shaped like ``scores``.
     """
+    check_bool(allow_empty, "allow_empty")
     scores = ops.convert_to_tensor(scores)
     rank = len(scores.shape)
     axes = tuple(sorted(_normalize_axis(a, rank) for a in axes))
@@ -537,6 +547,8 @@ def channel_mask(scores, sparsity, axes=(-1,), allow_empty=False):
 
 def mask_sparsity(mask):
     """Fraction of ``False`` entries in a mask, as a Python float."""
+    if mask is None or isinstance(mask, (str, bytes, dict)):
+        raise type_error("mask", mask, "a boolean tensor or array")
     mask = ops.convert_to_tensor(mask)
     n = int(math.prod(mask.shape))
     if n == 0:

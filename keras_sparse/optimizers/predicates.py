@@ -6,6 +6,8 @@ import re
 
 import keras
 
+from keras_sparse.checks import check_int
+from keras_sparse.checks import check_model
 from keras_sparse.config import PACKAGE
 from keras_sparse.config import ConfigObject
 
@@ -102,6 +104,8 @@ def quantized_weights(model, bits=1):
     from keras_sparse.layers.base import SparseMixin
     from keras_sparse.utils import walk_layers
 
+    check_model(model)
+    bits = check_int(bits, "bits", minimum=1)
     found = []
     for layer in walk_layers(model):
         quantizer = getattr(layer, "kernel_quantizer", None)
@@ -127,6 +131,7 @@ def binary_kernels(model):
     ...     (ks.optimizers.binary_kernels(model), ks.optimizers.Bop()),
     ...     default=keras.optimizers.Adam(1e-3))
     """
+    check_model(model)
     tails = []
     for _, _, variable in quantized_weights(model, bits=1):
         path = getattr(variable, "path", None) or variable.name

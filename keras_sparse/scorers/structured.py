@@ -25,6 +25,7 @@ import math
 from keras import ops
 
 from keras_sparse import config as config_lib
+from keras_sparse.checks import type_error
 from keras_sparse.scorers.base import REGISTRY
 from keras_sparse.scorers.base import Scorer
 
@@ -111,6 +112,8 @@ class BatchNormGammaScorer(Scorer):
     """
 
     def __init__(self, batchnorm=None):
+        if batchnorm is not None and not isinstance(batchnorm, str):
+            raise type_error("batchnorm", batchnorm, "the name of a BatchNormalization layer")
         self.batchnorm = batchnorm
         self._layer = None
 

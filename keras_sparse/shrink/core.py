@@ -27,6 +27,8 @@ import numpy as np
 from keras import tree
 
 from keras_sparse import backend
+from keras_sparse.checks import check_bool
+from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.shrink.analysis import _analyse
 from keras_sparse.shrink.graph import Graph
@@ -133,6 +135,9 @@ def shrink(model, *, drop_inputs=True, verify=True, strict=False, return_info=Fa
     Raises:
         ValueError: for an unbuilt model, a subclassed model that cannot be
             copied, or (``strict=True``) pruned units that cannot be removed.
+        TypeError: for a ``model`` that is not a Keras model, or an argument
+            of the wrong type (:class:`keras_sparse.checks.ArgumentTypeError`,
+            also a ``ValueError``).
 
     Example:
     >>> pruned = ks.prune(model, 0.5, pattern="channel", layers=["conv1", "dense1"])
@@ -141,17 +146,14 @@ def shrink(model, *, drop_inputs=True, verify=True, strict=False, return_info=Fa
     >>> small.count_params() < model.count_params()
     True
     """
-    for name, value in (("drop_inputs", drop_inputs), ("verify", verify), ("strict", strict)):
-        if not isinstance(value, bool):
-            raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    check_model(model)
+    for name, value in (("drop_inputs", drop_inputs), ("verify", verify), ("strict", strict),
+                        ("return_info", return_info)):
+        check_bool(value, name)
     if is_graph_model(model):
         new_model, info = _shrink_graph(model, drop_inputs, verify, strict)
-    elif isinstance(model, keras.Model):
-        new_model, info = _shrink_subclassed(model, verify, strict)
     else:
-        raise ValueError(
-            f"shrink needs a Keras model. Received: model={type(model).__name__}"
-        )
+        new_model, info = _shrink_subclassed(model, verify, strict)
     if info.dropped_inputs and not return_info:
         warnings.warn(
             f"shrink removed input features no layer reads: {info.dropped_inputs}. The new "
@@ -227,7 +229,10 @@ def _shrink_subclassed(model, verify, strict):
     gets the (stripped) weights of the matching layer of ``model``, which is
     never modified."""
     if not model.built:
-        raise ValueError(f"Model {model.name!r} must be built before shrinking.")
+        raise ValueError(
+            f"Model {model.name!r} must be built before shrinking. Received: model={model!r} "
+            "(unbuilt)"
+        )
     info = ShrinkInfo()
     info.params_before = _count_params(model)
     fresh = _fresh_instance(model)

@@ -78,7 +78,8 @@ class Graph:
             )
         if not model.built or not getattr(model, "outputs", None):
             raise ValueError(
-                f"Model {model.name!r} must be built (give it an Input) before shrinking."
+                f"Model {model.name!r} must be built (give it an Input) before shrinking. "
+                f"Received: model={model!r} (unbuilt)"
             )
         self.model = model
         self.tensors = {}

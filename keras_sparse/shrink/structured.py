@@ -15,6 +15,9 @@ from keras import ops
 
 from keras_sparse import backend
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.checks import check_model
+from keras_sparse.checks import describe
+from keras_sparse.checks import type_error
 from keras_sparse.convert import prune
 from keras_sparse.convert import select_layers
 from keras_sparse.layers.base import SparseMixin
@@ -126,6 +129,7 @@ def prune_channels(model, sparsity, *, scorer="l1_norm", layers=None, distributi
     >>> pruned.compile(...); pruned.fit(x, y, epochs=2)
     >>> small = ks.shrink(pruned)
     """
+    check_model(model)
     sparsity = check_sparsity(sparsity)
     scorer = scorers_lib.get(scorer)
     gradients = None
@@ -204,9 +208,11 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
     >>> pruned = ks.prune_heads(model, 0.5)
     >>> small = ks.shrink(pruned)
     """
+    check_model(model)
     if not is_graph_model(model):
         raise ValueError(
-            f"prune_heads converts Sequential and functional models. Received: {type(model).__name__}"
+            "prune_heads converts Sequential and functional models. "
+            f"Received: model={describe(model)} of type {type(model).__name__}"
         )
     if (sparsity is None) == (heads is None):
         raise ValueError(
@@ -223,7 +229,13 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
     plan = {}
     names = {layer.name: layer for layer in selected}
     if heads is not None:
-        if not isinstance(heads, dict) or any(name not in names for name in heads):
+        if not isinstance(heads, dict) or not all(
+            isinstance(v, (list, tuple, set, range, np.ndarray)) for v in heads.values()
+        ):
+            raise type_error(
+                "heads", heads, "a dict mapping attention layer names to lists of head indices"
+            )
+        if any(name not in names for name in heads):
             raise ValueError(
                 f"`heads` must map attention layer names ({sorted(names)}) to head indices. "
                 f"Received: heads={heads!r}"
