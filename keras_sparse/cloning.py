@@ -3,6 +3,14 @@ the weights copied layer by layer (latent weights, masks, probes and
 quantizer state). A nested subclassed model is rebuilt from its config as
 a whole; sublayers it had made sparse in place are made sparse again in the
 copy (or left plain, for ``ks.strip``).
+
+The model-surgery helpers shared by the model tools live here too:
+:func:`clone_replacing` (rebuild a model with some layers replaced) and
+zero-initialised construction (:func:`from_config_zero_init`,
+:func:`restore_initializers`): tools that build layers only to overwrite
+their weights create them with ``"zeros"`` initializers (a random
+initializer compiles a program per shape on JAX) and put the layer's own
+initializers back once it is built, its config unchanged.
 """
 
 import keras
@@ -157,3 +165,73 @@ def reset_compiled_functions(model):
     for attr in ("train_function", "test_function", "predict_function"):
         if hasattr(model, attr):
             setattr(model, attr, None)
+
+
+# ------------------------------------------------------------ construction
+def _initializer_keys(config):
+    return [k for k, v in config.items() if k.endswith("_initializer") and v is not None]
+
+
+def from_config_zero_init(cls, config):
+    """``cls.from_config(config)`` with every ``*_initializer`` set to
+    ``"zeros"``; call :func:`restore_initializers` after building."""
+    keys = _initializer_keys(config)
+    quick = dict(config)
+    for key in keys:
+        quick[key] = "zeros"
+    layer = cls.from_config(quick)
+    layer._keras_sparse_initializers = {key: config[key] for key in keys}
+    return layer
+
+
+def restore_initializers(layer):
+    """Put back the initializers a :func:`from_config_zero_init` layer was
+    configured with (no-op for other layers)."""
+    saved = layer.__dict__.pop("_keras_sparse_initializers", None)
+    if not saved:
+        return layer
+    for key, value in saved.items():
+        initializer = keras.initializers.get(value)
+        for attr in (key, "_" + key):
+            if attr in layer.__dict__ or hasattr(type(layer), attr) or hasattr(layer, attr):
+                object.__setattr__(layer, attr, initializer)
+                break
+    return layer
+
+
+def clone_replacing(model, plan, make_layer, set_weights):
+    """Clone ``model`` with the layers in ``plan`` replaced and every weight
+    carried over.
+
+    Args:
+        model: a Sequential or functional model (nested too).
+        plan: dict ``id(layer) -> row`` of the layers to replace.
+        make_layer: ``(layer, row) -> new layer`` for a planned layer (made
+            with :func:`from_config_zero_init`);
+            the other layers are rebuilt from their configs.
+        set_weights: ``(new layer, row) -> None`` fills a built planned
+            layer; the others get a copy of their own weights.
+
+    Returns:
+        ``(clone, pairs)``, with ``pairs`` the ``(old, new)`` layers in clone
+        order.
+    """
+    pairs = []
+
+    def clone_function(layer):
+        if id(layer) in plan:
+            new = make_layer(layer, plan[id(layer)])
+        else:
+            new = from_config_zero_init(layer.__class__, layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    for old, new in pairs:
+        if old.built:
+            if id(old) in plan:
+                set_weights(new, plan[id(old)])
+            else:
+                new.set_weights([np.array(w) for w in old.get_weights()])
+        restore_initializers(new)
+    return clone, pairs

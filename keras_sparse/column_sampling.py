@@ -21,7 +21,7 @@ from keras_sparse.checks import check_model
 from keras_sparse.checks import check_number
 from keras_sparse.checks import describe
 from keras_sparse.checks import type_error
-from keras_sparse.utils import clone_replacing
+from keras_sparse.cloning import clone_replacing
 from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse.convert import select_layers
 from keras_sparse.layers.base import SparseMixin
@@ -29,7 +29,7 @@ from keras_sparse.layers.column_sampled import ColumnSampledDense
 from keras_sparse.layers.column_sampled import resolve_keep
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
-from keras_sparse.shrink.fast_init import from_config_zero_init
+from keras_sparse.cloning import from_config_zero_init
 from keras_sparse.shrink.graph import is_graph_model
 
 __all__ = ["sample_columns", "least_squares_refit"]

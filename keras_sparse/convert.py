@@ -26,6 +26,7 @@ from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
+from keras_sparse.at_init import _apply_initial_masks
 from keras_sparse.checks import check_bool
 from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
@@ -301,8 +302,6 @@ def _apply_sparse_initialization(model, warn=True):
     """Apply the step-0 masks of layers with a random scorer right away
     (static sparse initialization): the returned model is then sparse
     before ``fit`` and its first step trains the sparse network."""
-    from keras_sparse.prune_at_init import _apply_initial_masks
-
     chosen = [
         layer
         for layer in sparse_layers(model)

@@ -21,7 +21,7 @@ from keras_sparse.checks import check_int
 from keras_sparse.checks import check_model
 from keras_sparse.checks import check_number
 from keras_sparse.checks import describe
-from keras_sparse.utils import clone_replacing
+from keras_sparse.cloning import clone_replacing
 from keras_sparse.utils import kernel_layer_arguments
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.convert import select_layers
@@ -29,7 +29,7 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 from keras_sparse.ops import lowrank as lowrank_ops
-from keras_sparse.shrink.fast_init import from_config_zero_init
+from keras_sparse.cloning import from_config_zero_init
 from keras_sparse.shrink.graph import is_graph_model
 
 __all__ = ["factorize", "factorizable"]

@@ -24,8 +24,9 @@ from keras_sparse.checks import check_int
 from keras_sparse.checks import check_model
 from keras_sparse.checks import type_error
 from keras_sparse.convert import prune
-from keras_sparse.scorers import at_init
-from keras_sparse.ops.masks import global_topk_masks
+from keras_sparse import at_init
+from keras_sparse.at_init import _apply_initial_masks
+from keras_sparse.at_init import _set_masks
 from keras_sparse.utils import sparse_layers
 
 __all__ = ["prune_at_init", "apply_initial_masks", "CRITERIA"]
@@ -77,18 +78,6 @@ def _loss_function(model, loss):
         return ops.mean(fn(y_true, y_pred))
 
     return compute
-
-
-def _set_masks(entries, scores, targets, global_pruning, rescale):
-    if global_pruning:
-        masks = global_topk_masks(scores, targets[0])
-    else:
-        masks = [
-            layer.compute_mask_for(name, target, ops.convert_to_tensor(score))
-            for (layer, name), score, target in zip(entries, scores, targets)
-        ]
-    for (layer, name), mask in zip(entries, masks):
-        layer.write_mask(name, mask, rescale=rescale)
 
 
 def _resolve(scorer):
@@ -276,23 +265,3 @@ def apply_initial_masks(model):
     return _apply_initial_masks(sparse_layers(model))
 
 
-def _apply_initial_masks(layers):
-    updated = []
-    for layer in layers:
-        schedule = layer.schedule
-        if (
-            schedule is None
-            or layer.global_pruning
-            or layer.scorer.needs_gradient
-            or not schedule.should_update(0)
-        ):
-            continue
-        sparsity = schedule.sparsity(0)
-        if sparsity <= 0.0:
-            continue
-        entries = at_init.weight_entries([layer])
-        scores = [layer.score_weight(name) for _, name in entries]
-        _set_masks(entries, scores, [sparsity] * len(entries), False,
-                   rescale=layer.scorer.rescale_survivors)
-        updated.append(layer)
-    return updated

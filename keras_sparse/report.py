@@ -21,6 +21,7 @@ from keras import ops
 from keras_sparse.checks import check_callable
 from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
+from keras_sparse.layers.cost import stored_cost_row  # noqa: F401 (public here too)
 from keras_sparse.patterns import Block
 from keras_sparse.patterns import Channel
 from keras_sparse.patterns import NByM
@@ -153,7 +154,9 @@ _COST_FUNCTIONS = {}
 
 def register_cost(layer_cls):
     """Decorator registering ``fn(layer) -> row`` as the cost model of
-    ``layer_cls`` (and its subclasses) in :func:`report`. The row holds the
+    ``layer_cls`` (and its subclasses) in :func:`report`, for a class you
+    cannot edit; a layer class of your own defines ``report_row(self)``
+    returning the row instead (the keras_sparse layers do). The row holds the
     keys ``params, nonzeros, masked_params, masked_nonzeros, pattern,
     dense_bytes, compressed_bytes, dense_flops, effective_flops, sparsity``
     (``layer`` and ``type`` are filled in) and optionally ``bits``,
@@ -161,7 +164,8 @@ def register_cost(layer_cls):
     precision, ``compressed_bytes`` and 0).
 
     Example:
-    >>> @ks.report_lib.register_cost(MyLayer)
+    >>> from keras_sparse.report import register_cost
+    >>> @register_cost(MyLayer)
     ... def _cost(layer): return {...}
     """
 
@@ -172,16 +176,28 @@ def register_cost(layer_cls):
     return decorator
 
 
-def _layer_row(layer):
+def _cost_function(layer):
+    """The layer's own ``report_row`` (the protocol: a layer answers its
+    cost), else a function registered for its class or a base class."""
+    own = getattr(layer, "report_row", None)
+    if callable(own):
+        return lambda _: own()
     for klass in type(layer).__mro__:
         if klass in _COST_FUNCTIONS:
-            row = dict(_COST_FUNCTIONS[klass](layer))
-            row.update(layer=layer.name, type=type(layer).__name__)
-            row.setdefault("bits", _weight_bits(layer))
-            row.setdefault("packed_bytes", row["compressed_bytes"])
-            row.setdefault("binary_flops", 0)
-            row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
-            return row
+            return _COST_FUNCTIONS[klass]
+    return None
+
+
+def _layer_row(layer):
+    cost = _cost_function(layer)
+    if cost is not None:
+        row = dict(cost(layer))
+        row.update(layer=layer.name, type=type(layer).__name__)
+        row.setdefault("bits", _weight_bits(layer))
+        row.setdefault("packed_bytes", row["compressed_bytes"])
+        row.setdefault("binary_flops", 0)
+        row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
+        return row
     sparse = isinstance(layer, SparseMixin)
     masks = {id(v) for v in layer.auxiliary_variables()} if sparse else set()
     latents = {id(layer.latent_weight(n)): n for n in layer.sparse_weight_names} if sparse else {}
@@ -282,48 +298,10 @@ def _kernel_names(layer):
     return names
 
 
-def stored_cost_row(layer, quantized, macs, positions, pattern):
-    """Report row of a layer whose weights are all stored and used as they
-    are (low-rank factors, sampled columns): real parameters, bytes, packed
-    bytes (``quantized`` variables at the kernel quantizer's precision) and
-    ``2 * macs * positions`` FLOPs per example (``None`` when ``positions``
-    is unknown)."""
-    quantizer = getattr(layer, "kernel_quantizer", None)
-    bits = quantizer.precision if quantizer is not None else 32
-    quantized = {id(v) for v in quantized}
-    params = nbytes = packed = nonzeros = 0
-    for variable in layer.weights:
-        size = int(math.prod(variable.shape))
-        value_bytes = 2 if variable.dtype == "bfloat16" else np.dtype(variable.dtype).itemsize
-        params += size
-        nbytes += size * value_bytes
-        nonzeros += int(np.count_nonzero(ops.convert_to_numpy(variable)))
-        if id(variable) in quantized and quantizer is not None:
-            packed += math.ceil(size * bits / 8)
-        else:
-            packed += size * value_bytes
-    flops = None if positions is None else 2 * int(macs) * positions
-    return dict(
-        params=params,
-        nonzeros=nonzeros,
-        masked_params=0,
-        masked_nonzeros=0,
-        pattern=pattern,
-        bits=bits,
-        dense_bytes=nbytes,
-        compressed_bytes=nbytes,
-        packed_bytes=packed,
-        dense_flops=flops,
-        effective_flops=flops,
-        binary_flops=flops if bits == 1 and flops is not None else 0,
-        sparsity=1.0 - nonzeros / params if params else 0.0,
-    )
-
-
 def _owns_weighted_layers(layer):
     """A composite layer (MultiHeadAttention, ...) whose weights all belong
     to sub-layers: those get the rows, so nothing is counted twice."""
-    if type(layer) in _COST_FUNCTIONS or isinstance(layer, SparseMixin):
+    if _cost_function(layer) is not None or isinstance(layer, SparseMixin):
         return False
     own = {id(v) for v in layer._trainable_variables + layer._non_trainable_variables}
     return not own and any(child.weights for child in _children(layer))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_sparse as ks
-from keras_sparse.scorers import at_init
+from keras_sparse import at_init
 from keras_sparse.utils import sparse_layers
 
 pai = importlib.import_module("keras_sparse.prune_at_init")

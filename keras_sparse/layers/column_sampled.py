@@ -24,8 +24,7 @@ from keras_sparse.checks import type_error
 from keras_sparse.config import PACKAGE
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
-from keras_sparse.report import register_cost
-from keras_sparse.report import stored_cost_row
+from keras_sparse.layers.cost import stored_cost_row
 
 __all__ = ["ColumnSampledDense", "resolve_keep"]
 
@@ -238,6 +237,11 @@ class ColumnSampledDense(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def report_row(self):
+        """This layer's row in :func:`keras_sparse.report`: its stored
+        parameters and bytes and the FLOPs it computes."""
+        return _column_sampled_cost(self)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -260,7 +264,6 @@ class ColumnSampledDense(keras.layers.Layer):
         return config
 
 
-@register_cost(ColumnSampledDense)
 def _column_sampled_cost(layer):
     shapes = getattr(layer, "_build_shapes_dict", None) or {}
     shape = next(iter(shapes.values())) if len(shapes) == 1 else None

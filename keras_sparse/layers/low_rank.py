@@ -21,8 +21,7 @@ from keras import ops
 
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.config import PACKAGE
-from keras_sparse.report import register_cost
-from keras_sparse.report import stored_cost_row
+from keras_sparse.layers.cost import stored_cost_row
 
 __all__ = ["LowRankDense", "LowRankConv2D"]
 
@@ -227,6 +226,11 @@ class LowRankDense(_FactorizedKernel):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def report_row(self):
+        """This layer's row in :func:`keras_sparse.report`: its stored
+        parameters and bytes and the FLOPs it computes."""
+        return _low_rank_dense_cost(self)
+
     def get_config(self):
         config = super().get_config()
         config["units"] = self.units
@@ -384,6 +388,11 @@ class LowRankConv2D(_FactorizedKernel):
             return (input_shape[0],) + out + (self.filters,)
         return (input_shape[0], self.filters) + out
 
+    def report_row(self):
+        """This layer's row in :func:`keras_sparse.report`: its stored
+        parameters and bytes and the FLOPs it computes."""
+        return _low_rank_conv_cost(self)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -423,7 +432,6 @@ def factorized_cost_row(layer, positions):
     )
 
 
-@register_cost(LowRankDense)
 def _low_rank_dense_cost(layer):
     shape = _built_input_shape(layer)
     positions = None
@@ -432,7 +440,6 @@ def _low_rank_dense_cost(layer):
     return factorized_cost_row(layer, positions)
 
 
-@register_cost(LowRankConv2D)
 def _low_rank_conv_cost(layer):
     shape = _built_input_shape(layer)
     positions = None
@@ -442,4 +449,3 @@ def _low_rank_conv_cost(layer):
         if all(d is not None for d in spatial):
             positions = int(math.prod(spatial))
     return factorized_cost_row(layer, positions)
-

@@ -6,8 +6,8 @@ and layers during the rebuild. Rules call its methods.
 import keras
 import numpy as np
 
-from keras_sparse.shrink.fast_init import from_config_zero_init
-from keras_sparse.shrink.fast_init import restore_initializers
+from keras_sparse.cloning import from_config_zero_init
+from keras_sparse.cloning import restore_initializers
 
 
 class _Context:

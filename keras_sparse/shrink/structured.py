@@ -26,8 +26,8 @@ from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.ops.masks import topk_mask
 from keras_sparse.patterns import Channel
 from keras_sparse.scorers.structured import BatchNormGammaScorer
-from keras_sparse.shrink.fast_init import from_config_zero_init
-from keras_sparse.shrink.fast_init import restore_initializers
+from keras_sparse.cloning import from_config_zero_init
+from keras_sparse.cloning import restore_initializers
 from keras_sparse.shrink.graph import Graph
 from keras_sparse.shrink.graph import is_graph_model
 from keras_sparse.utils import walk_layers

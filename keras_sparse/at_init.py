@@ -1,7 +1,10 @@
-"""Whole-model criteria for pruning at initialization: loss gradients
-(SNIP), the Hessian-gradient product (GraSP) and SynFlow's data-free
-synaptic flow, each computed with the backend's autodiff inside
-``keras.StatelessScope`` (no variable of the model is modified).
+"""Pruning at initialization, the parts below the public functions:
+whole-model criteria (loss gradients for SNIP, the Hessian-gradient product
+for GraSP, SynFlow's data-free synaptic flow, each computed with the
+backend's autodiff inside ``keras.StatelessScope``, so no variable of the
+model is modified), and the writing of the resulting masks through each
+layer's ``write_mask`` (used by :func:`keras_sparse.prune_at_init` and by
+:func:`keras_sparse.prune` for sparse initial masks).
 """
 
 import keras
@@ -9,6 +12,7 @@ import numpy as np
 from keras import ops
 
 from keras_sparse import backend
+from keras_sparse.ops.masks import global_topk_masks
 from keras_sparse.utils import walk_layers
 
 
@@ -161,3 +165,35 @@ def synflow_gradient(model, entries, input_shape):
 
 
 # --------------------------------------------------------------------- masks
+def _set_masks(entries, scores, targets, global_pruning, rescale):
+    if global_pruning:
+        masks = global_topk_masks(scores, targets[0])
+    else:
+        masks = [
+            layer.compute_mask_for(name, target, ops.convert_to_tensor(score))
+            for (layer, name), score, target in zip(entries, scores, targets)
+        ]
+    for (layer, name), mask in zip(entries, masks):
+        layer.write_mask(name, mask, rescale=rescale)
+
+
+def _apply_initial_masks(layers):
+    updated = []
+    for layer in layers:
+        schedule = layer.schedule
+        if (
+            schedule is None
+            or layer.global_pruning
+            or layer.scorer.needs_gradient
+            or not schedule.should_update(0)
+        ):
+            continue
+        sparsity = schedule.sparsity(0)
+        if sparsity <= 0.0:
+            continue
+        entries = weight_entries([layer])
+        scores = [layer.score_weight(name) for _, name in entries]
+        _set_masks(entries, scores, [sparsity] * len(entries), False,
+                   rescale=layer.scorer.rescale_survivors)
+        updated.append(layer)
+    return updated
