@@ -66,6 +66,48 @@ def serialize(obj):
     return None if obj is None else keras.saving.serialize_keras_object(obj)
 
 
+def public_register(registry, base_cls, family, *aliases, package="Custom", name=None):
+    """The ``register`` of a family module: a class decorator for a user's
+    subclass of ``base_cls``, made Keras-serializable (as ``package>name``)
+    and resolvable by the family's ``get`` under each alias."""
+    for alias in aliases:
+        if not isinstance(alias, str) or not alias.strip() or alias != alias.strip().lower():
+            raise ValueError(
+                f"{family} aliases are non-empty lowercase strings. Received: alias={alias!r}"
+            )
+        if alias in registry:
+            raise ValueError(
+                f"The {family} alias {alias!r} is taken by {registry[alias].__name__}. "
+                f"Received: alias={alias!r}"
+            )
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, base_cls)):
+            raise TypeError(
+                f"Only subclasses of {base_cls.__name__} can be registered as a {family}. "
+                f"Received: {cls!r}"
+            )
+        cls = keras.saving.register_keras_serializable(package=package, name=name)(cls)
+        for alias in aliases:
+            registry[alias] = cls
+        return cls
+
+    return decorator
+
+
+def deserialize_in(config, base_cls, registry, arg_name, parse_string=None):
+    """The ``deserialize`` of a family module: the object of a config dict
+    made by ``serialize`` (``None`` for ``None``)."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"`{arg_name}` must be a config dict made by `serialize`. "
+            f"Received: {arg_name}={config!r} (of type {type(config).__name__})"
+        )
+    return lookup(config, base_cls, registry, arg_name, parse_string)
+
+
 class ConfigObject:
     """Base for hyperparameter-only objects: equality and repr by config."""
 

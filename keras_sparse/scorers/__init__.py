@@ -12,7 +12,9 @@ Aliases: ``"magnitude"``, ``"random"``, ``"saliency"`` (= ``"snip"``),
 from keras_sparse.scorers.base import REGISTRY
 from keras_sparse.scorers.base import MagnitudeScorer
 from keras_sparse.scorers.base import Scorer
+from keras_sparse.scorers.base import deserialize
 from keras_sparse.scorers.base import get
+from keras_sparse.scorers.base import register
 from keras_sparse.scorers.base import serialize
 from keras_sparse.scorers.gradient import MovementScorer
 from keras_sparse.scorers.gradient import SaliencyScorer
@@ -38,3 +40,5 @@ from keras_sparse.scorers.structured import L2NormScorer  # noqa: E402
 from keras_sparse.scorers.structured import TaylorChannelScorer  # noqa: E402
 
 __all__ += ["BatchNormGammaScorer", "L1NormScorer", "L2NormScorer", "TaylorChannelScorer"]
+
+__all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]
