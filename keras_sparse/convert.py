@@ -333,11 +333,31 @@ def strip(model):
     equivalent and are dropped, with a warning: the stripped model then
     computes on float inputs.
 
+    Layers that are not masked copies of a Keras layer stay as they are,
+    with a warning naming them: the factorized layers
+    (``LowRankDense``, ``LowRankConv2D``), ``ColumnSampledDense`` and
+    ``HeadMaskedMultiHeadAttention`` (``ks.shrink`` rebuilds the latter as a
+    plain ``MultiHeadAttention`` with fewer heads). Their configs then name
+    keras_sparse classes, so loading the file needs ``import keras_sparse``.
+
     Example:
     >>> plain = ks.strip(model)
     >>> plain.save("model.keras")
     """
     check_model(model)
+    staying = [
+        f"{layer.name} ({type(layer).__name__})" for layer in leaf_layers(model)
+        if not isinstance(layer, SparseMixin)
+        and type(layer).__module__.startswith("keras_sparse.")
+    ]
+    if staying:
+        warnings.warn(
+            f"ks.strip keeps these keras_sparse layers, which have no plain Keras "
+            f"equivalent: {staying}. The stripped model's config names them, so "
+            "loading it needs `import keras_sparse` (ks.shrink rebuilds head-masked "
+            "attention as plain MultiHeadAttention).",
+            stacklevel=2,
+        )
     dropped = [
         layer.name for layer in leaf_layers(model)
         if isinstance(layer, SparseMixin) and layer.input_quantizer is not None

@@ -544,3 +544,22 @@ def test_weightless_layers_keras_refuses_to_rebuild_are_reused():
     broken.build((None, 3))
     with pytest.raises(ValueError, match="cannot rebuild"):
         _rebuild(broken)
+
+
+def test_strip_warns_naming_the_keras_sparse_layers_it_keeps():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6, 8))
+    att = keras.layers.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
+    flat = keras.layers.Flatten()(att)
+    out = keras.layers.Dense(3, name="head")(keras.layers.Dense(16, name="wide")(flat))
+    model = keras.Model(inputs, out)
+    factorized = ks.factorize(model, rank=2, layers=["wide"])
+    with pytest.warns(UserWarning, match=r"wide \(LowRankDense\)"):
+        ks.strip(factorized)
+    heads = ks.prune_heads(model, heads={"mha": [1]})
+    with pytest.warns(UserWarning, match=r"mha \(HeadMaskedMultiHeadAttention\)"):
+        ks.strip(heads)
+    plain = ks.prune(model, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ks.strip(plain)
