@@ -103,12 +103,12 @@ _common.quiet_tensorflow()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import keras_sparse as ks  # noqa: E402
-from keras_sparse.demo import digits_mlp  # noqa: E402
-from keras_sparse.demo import load_digits_split  # noqa: E402
-from keras_sparse.utils import sparse_layers  # noqa: E402
-
+import _sparse_timing  # noqa: E402
 import digits_sparsity  # noqa: E402
+import keras_sparse as ks  # noqa: E402
+from _common import digits_mlp  # noqa: E402
+from _common import load_digits_split  # noqa: E402
+from _common import sparse_layers  # noqa: E402
 
 EPOCHS = 60
 BATCH = 32
@@ -421,13 +421,14 @@ def main(argv=None):
         payload["checks"] = [{"check": n, "verdict": v, "passed": v == "PASS", "detail": d}
                              for n, v, d in verdicts]
     if not args.no_timing:
-        import _sparse_timing
-
         rounds, steps = (2, 200) if args.quick else (7, 1000)
         log(f"step timing: {rounds} interleaved rounds x {steps} steps")
-        steps_summary = _sparse_timing.step_time(rounds, steps, log)
-        updates = _sparse_timing.update_time(5 if args.quick else 25, log)
-        tables.extend(_sparse_timing.timing_table(steps_summary, updates))
+        steps_summary = _sparse_timing.step_time(rounds, steps, log, batch=BATCH,
+                                                 delta_t=DELTA_T, compile_model=_compile)
+        updates = _sparse_timing.update_time(5 if args.quick else 25, log,
+                                             compile_model=_compile)
+        tables.extend(_sparse_timing.timing_table(steps_summary, updates, batch=BATCH,
+                                                  delta_t=DELTA_T))
         payload["step_time"] = steps_summary
         payload["update_time"] = updates
     print()

@@ -119,7 +119,7 @@ _common.quiet_tensorflow()
 import numpy as np  # noqa: E402
 
 import sparse_training as st  # noqa: E402
-from keras_sparse.demo import load_digits_split  # noqa: E402
+from _common import load_digits_split  # noqa: E402
 
 FOLDS = 4
 DELTA_T = (25, 50, 100)
