@@ -273,7 +273,7 @@ def main(argv=None):
                         help="comma-separated subset of: mlp,cnn")
     parser.add_argument("--no-tfmot", action="store_true", help="skip the tfmot comparison")
     parser.add_argument("--output", default=None,
-                        help="results file name (default quant_overhead[_quick])")
+                        help="results file name (default quant_overhead[_<backend>][_quick])")
     parser.add_argument("--tfmot-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--plan", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -292,9 +292,11 @@ def main():
     table = format_rows(rows)
     print()
     print(table)
-    name = "real_savings_quick" if args.quick else "real_savings"
+    name = "real_savings"
     if args.models != parser.get_default("models"):
         name += "_" + args.models.replace(",", "_")
+    if args.quick:
+        name += "_quick"  # git-ignored: smoke runs are not kept
     path = _common.write_json(name, {"plan": plan, "rows": rows, "table": table})
     print(f"\nwrote {path}")
 
