@@ -141,6 +141,47 @@ def format_table(header, rows, title=None):
     return "\n".join(lines)
 
 
+# ------------------------------------------------------- keras_sparse models
+def sparse_layers(model):
+    """The sparse layers of ``model`` (nested models included), in layer
+    order, found with the public ``ks.layers.is_sparse_layer``."""
+    import keras
+
+    import keras_sparse as ks
+
+    found = []
+    for layer in model.layers:
+        if ks.layers.is_sparse_layer(layer):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(sparse_layers(layer))
+    return found
+
+
+# ------------------------------------------------------------- digits data
+def load_digits_split(seed=0):
+    """scikit-learn's digits (8x8, 1797 images) scaled to [0, 1], stratified
+    75/25 split (1347 train / 450 test): ``(x_train, x_test, y_train,
+    y_test)``. The ANCHORS split, as in ``keras-sparse demo``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    return train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
+
+
+def digits_mlp(hidden=(300, 100)):
+    """The ANCHORS digits MLP 64-300-100-10 (logits out), as in
+    ``keras-sparse demo``; ``hidden`` sets the hidden widths."""
+    import keras
+
+    layers = [keras.Input((64,))]
+    layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
+    layers += [keras.layers.Dense(10)]
+    return keras.Sequential(layers)
+
+
 # ------------------------------------------------ overhead benchmark models
 #: Batch size of the step-overhead benchmarks (pruning and quantization).
 OVERHEAD_BATCH = 128

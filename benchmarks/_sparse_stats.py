@@ -17,7 +17,7 @@ reaches -0.5.
 
 Re-evaluate a saved result file without retraining::
 
-    python benchmarks/_sparse_stats.py results/sparse_training_10seeds.json
+    python benchmarks/_sparse_stats.py benchmarks/results/archive/sparse_training_10seeds.json
 """
 
 import json

@@ -4,6 +4,9 @@ The mean training-step time of RigL (ΔT = 100) against GMP (updates every
 100 steps) and dense on the digits MLP, in interleaved rounds, and the time
 of one RigL / SET drop-and-grow update of a 1024 x 1024 Dense kernel
 (1,048,576 weights). Run through ``sparse_training.py --timing-only``.
+
+``sparse_training.py`` passes its batch size, update interval and compile
+function in, so this module does not import it (no import cycle).
 """
 
 import time
@@ -13,56 +16,57 @@ import numpy as np
 
 import _common
 import keras_sparse as ks
-from keras_sparse.callbacks.optimizer_state import add_gradient_probes
-from keras_sparse.demo import digits_mlp
-from keras_sparse.utils import sparse_layers
-from sparse_training import BATCH, DELTA_T, _compile
+from _common import digits_mlp
+from _common import sparse_layers
 
 
-def _timing_model(method, total):
+def _timing_model(method, total, delta_t, compile_model):
     keras.utils.set_random_seed(0)
     model = digits_mlp()
     callbacks = []
     if method == "gmp":
         model = ks.prune(model, 0.9, schedule=ks.schedules.PolynomialDecay(
-            0.0, 0.9, begin_step=0, end_step=total, frequency=DELTA_T))
+            0.0, 0.9, begin_step=0, end_step=total, frequency=delta_t))
         callbacks = [ks.callbacks.Pruning(log_per_layer=False)]
     elif method == "rigl":
         model = ks.prune(model, 0.9, distribution="erk")
-        callbacks = [ks.callbacks.RigL(update_freq=DELTA_T, end_step=total, seed=0,
+        callbacks = [ks.callbacks.RigL(update_freq=delta_t, end_step=total, seed=0,
                                        log_per_layer=False)]
-    return _compile(model), callbacks
+    return compile_model(model), callbacks
 
 
-def step_time(rounds, steps, log):
+def step_time(rounds, steps, log, *, batch, delta_t, compile_model):
     """Step time per variant in interleaved rounds (ratios paired per round).
 
     The machine is shared, so a plain mean is dominated by stray slow steps.
     Per round we take the median of the ordinary steps and the median of the
     update steps, and report the *amortized* step time
     ``median + (update - median) / ΔT``, the mean a quiet machine would see.
+    ``compile_model(model)`` compiles a model with the benchmark's optimizer
+    and returns it.
     """
     timer_cls = _common.make_step_timer(keras.callbacks.Callback)
     rng = np.random.default_rng(0)
-    x = rng.random((steps * BATCH, 64), dtype=np.float32)
-    y = rng.integers(0, 10, steps * BATCH)
+    x = rng.random((steps * batch, 64), dtype=np.float32)
+    y = rng.integers(0, 10, steps * batch)
     total = (rounds + 1) * steps * 4
-    variants = {name: _timing_model(name, total) for name in ("dense", "gmp", "rigl")}
+    variants = {name: _timing_model(name, total, delta_t, compile_model)
+                for name in ("dense", "gmp", "rigl")}
 
     def run(name, _round):
         model, callbacks = variants[name]
         timer = timer_cls()
         first = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
                   callbacks=[timer] + callbacks)
         # Skip each fit's first step (iterator start-up, first trace).
         times = timer.times[1:]
-        is_update = [(first + i + 1) % DELTA_T == 0 for i in range(len(times))]
+        is_update = [(first + i + 1) % delta_t == 0 for i in range(len(times))]
         normal = float(np.median([t for t, u in zip(times, is_update) if not u]))
         updates = [t for t, u in zip(times, is_update) if u]
         update = float(np.median(updates)) if updates else normal
         return {"median": normal, "update": update,
-                "amortized": normal + (update - normal) / DELTA_T,
+                "amortized": normal + (update - normal) / delta_t,
                 "mean": float(np.mean(times))}
 
     for name in variants:
@@ -87,25 +91,30 @@ def step_time(rounds, steps, log):
     return summary
 
 
-def update_time(repeats, log):
-    """One drop-and-grow update of a 1024 x 1024 kernel at 90 % sparsity."""
+def update_time(repeats, log, *, compile_model):
+    """One drop-and-grow update of a 1024 x 1024 kernel at 90 % sparsity.
+
+    The RigL update reads the dense gradient from the layers' gradient
+    probes: the sparse layers get them (``enable_gradient_probe``) before
+    the model is compiled, so the callbacks neither add nor remove them.
+    """
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(1024, name="big"),
                               keras.layers.Dense(10)])
     model = ks.prune(model, 0.9)
-    _compile(model)
+    for layer in sparse_layers(model):
+        layer.enable_gradient_probe()
+    compile_model(model)
     rng = np.random.default_rng(0)
     x = rng.random((256, 1024), dtype=np.float32)
     y = rng.integers(0, 10, 256)
     out = {}
     for name, cls in (("rigl", ks.callbacks.RigL), ("set", ks.callbacks.SET)):
         callback = cls(update_freq=10**6, end_step=10**7, seed=0)
+        # One epoch with the callback: it plans its layers and the probes
+        # hold the last step's gradient afterwards.
         model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[callback])
         layer = sparse_layers(model)[0]
-        add_gradient_probes(model, [layer])
-        model.fit(x, y, batch_size=128, epochs=1, verbose=0)  # fill the probe
-        callback.set_model(model)
-        callback._layers = sparse_layers(model)
         wall, cpu = [], []
         for _ in range(repeats):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -121,7 +130,7 @@ def update_time(repeats, log):
     return out
 
 
-def timing_table(steps_summary, updates):
+def timing_table(steps_summary, updates, *, batch, delta_t):
     header = ["variant", "median step ms", "update step ms", "amortized ms", "x GMP (amortized)",
               "x GMP (median)", "x dense (amortized)"]
     body = []
@@ -131,8 +140,8 @@ def timing_table(steps_summary, updates):
                      f"{s['median_ratio_to_gmp']:.3f}", f"{s['amortized_ratio_to_dense']:.3f}"])
     table = _common.format_table(
         header, body,
-        title=(f"Training-step time, MLP 64-300-100-10, batch {BATCH}, updates every "
-               f"{DELTA_T} steps; amortized = median + (update - median) / {DELTA_T}; "
+        title=(f"Training-step time, MLP 64-300-100-10, batch {batch}, updates every "
+               f"{delta_t} steps; amortized = median + (update - median) / {delta_t}; "
                "ratios paired per interleaved round"))
     header2 = ["algorithm", "weights", "median ms (wall)", "min ms (wall)", "median ms (CPU)"]
     body2 = [[name, f"{u['weights']:,}", f"{u['median_wall_ms']:.1f}",

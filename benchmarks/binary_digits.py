@@ -43,7 +43,7 @@ activation between layers change:
   CosineDecay``). Binary weights flip sign until the last step at a constant
   rate, so the accuracy after the last epoch swings from epoch to epoch and
   seed to seed; the decay settles them. Chosen on the validation split
-  (``--validation``, 3 seeds, results/binary_digits_validation_cosine.json):
+  (``--validation``, 3 seeds, results/archive/binary_digits_validation_cosine.json):
   binary weights 97.88 % constant vs 98.28 % cosine (min 96.83 vs 98.02),
   binary w+a 95.77 % vs 97.35 %. The rest of the recipe is the Larq one.
 * ``8-bit`` / ``4-bit``: ``Uniform(bits, per_channel=True)`` symmetric

@@ -41,8 +41,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse as ks  # noqa: E402
-from keras_sparse.demo import digits_mlp  # noqa: E402
-from keras_sparse.demo import load_digits_split  # noqa: E402
+from _common import digits_mlp  # noqa: E402
+from _common import load_digits_split  # noqa: E402
 
 EPOCHS = 60
 SEEDS = (0, 1, 2)

@@ -196,7 +196,7 @@ def run_keras3(kind, p, log):
     import keras
 
     import keras_sparse as ks
-    from keras_sparse.utils import sparse_layers
+    from _common import sparse_layers
 
     # The schedule spans every round, so each round's fit (correctly) warns
     # that it alone does not reach the target.
@@ -345,8 +345,7 @@ def profile_update(kinds, log, repeats=15):
     import keras
 
     import keras_sparse as ks
-    from keras_sparse.ops import masks as mask_ops
-    from keras_sparse.utils import sparse_layers
+    from _common import sparse_layers
 
     def timed(fn):
         for _ in range(2):
@@ -378,14 +377,14 @@ def profile_update(kinds, log, repeats=15):
                 "update_masks_ms": timed(lambda: callback.update_masks(step)),
                 "largest_kernel": tuple(int(d) for d in big.get_mask("kernel").shape),
                 "score_ms": timed(lambda: big.score_weight("kernel")),
-                "topk_mask_ms": timed(lambda: mask_ops.topk_mask(scores, sparsity)),
+                "topk_mask_ms": timed(lambda: ks.ops.topk_mask(scores, sparsity)),
                 "set_mask_ms": timed(lambda: big.set_mask("kernel", mask)),
                 "read_iterations_ms": timed(
                     lambda: int(keras.ops.convert_to_numpy(model.optimizer.iterations))),
             }
             flat = np.abs(keras.ops.convert_to_numpy(scores)).reshape(-1)
             row["numpy_sort_ms"] = timed(lambda: np.sort(flat))
-            expected = keras.ops.convert_to_numpy(mask_ops.topk_mask(scores, sparsity))
+            expected = keras.ops.convert_to_numpy(ks.ops.topk_mask(scores, sparsity))
             proposed = sort_threshold_mask(keras.ops.convert_to_numpy(scores), sparsity)
             row["sort_threshold_equal"] = bool((expected == proposed).all())
             row["sort_threshold_mask_ms"] = timed(lambda: keras.ops.convert_to_tensor(

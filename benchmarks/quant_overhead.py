@@ -147,12 +147,10 @@ def run_keras3(kind, p, log):
     if keras.backend.backend() == "tensorflow":
         # The measured design decision: each large kernel's quantizer and
         # mask run as one XLA function; "op by op" turns that off.
-        from keras_sparse.utils import sparse_layers
-
         for name, weights in (("binary weights, op by op", "binary"),
                               ("8-bit weights, op by op", 8)):
             models[name] = ks.quantize(dense, weights)
-            for layer in sparse_layers(models[name]):
+            for layer in _common.sparse_layers(models[name]):
                 layer.kernel_quantizer.fusable = False
         # TensorFlow runs `fit` without XLA on a CPU unless asked; with
         # compile(jit_compile=True) the whole step is fused.
@@ -275,7 +273,7 @@ def main(argv=None):
                         help="comma-separated subset of: mlp,cnn")
     parser.add_argument("--no-tfmot", action="store_true", help="skip the tfmot comparison")
     parser.add_argument("--output", default=None,
-                        help="results file name (default quant_overhead[_quick])")
+                        help="results file name (default quant_overhead[_<backend>][_quick])")
     parser.add_argument("--tfmot-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--plan", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

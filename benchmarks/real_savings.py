@@ -56,7 +56,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse as ks  # noqa: E402
-from keras_sparse.demo import load_digits_split  # noqa: E402
+from _common import load_digits_split  # noqa: E402
 
 VARIANTS = ("dense", "channels 50%", "columns 50%", "low-rank e=0.9")
 TUNE_LR = 3e-4  # fine-tuning starts close to a good solution: a smaller Adam step
@@ -278,7 +278,7 @@ def format_rows(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--models", default="mlp,cnn,wide_cnn")
     args = parser.parse_args()
@@ -292,9 +292,11 @@ def main():
     table = format_rows(rows)
     print()
     print(table)
-    name = "real_savings_quick" if args.quick else "real_savings"
+    name = "real_savings"
     if args.models != parser.get_default("models"):
         name += "_" + args.models.replace(",", "_")
+    if args.quick:
+        name += "_quick"  # git-ignored: smoke runs are not kept
     path = _common.write_json(name, {"plan": plan, "rows": rows, "table": table})
     print(f"\nwrote {path}")
 

@@ -7,7 +7,7 @@ not fix the optimizer; all methods share Adam with a constant 1e-2
 (``OPTIMIZER``), chosen on validation folds of the training set among seven
 candidates by the mean accuracy of GMP, static ERK, SET and RigL over the
 three sparsities (``sparse_training_tune.py --optimizer``; 4 folds x 2
-shuffles, results/sparse_training_tuning_optimizer.json)::
+shuffles, results/archive/sparse_training_tuning_optimizer.json)::
 
     Adam 1e-3 (the earlier setting)  94.67     Adam 1e-3, cosine decay   92.54
     Adam 3e-3                        95.83     AdamW 3e-3, wd 0.05       95.83
@@ -82,7 +82,7 @@ Usage::
     python benchmarks/sparse_training.py --hidden 150,50 --no-timing   # the harder MLP
     python benchmarks/sparse_training.py --methods rigl,set,static_erk,gmp --sparsities 0.9 \
         --seeds $(seq -s, 0 49) --no-timing --name sparse_training_90_50seeds  # 90 %, 50 seeds
-    python benchmarks/_sparse_stats.py results/sparse_training.json    # re-evaluate the checks
+    python benchmarks/_sparse_stats.py benchmarks/results/sparse_training.json  # re-evaluate the checks
     python benchmarks/sparse_training_tune.py         # ΔT and α for SET/RigL by cross-validation
     python benchmarks/sparse_training_tune.py --optimizer  # the shared optimizer
 """
@@ -103,12 +103,12 @@ _common.quiet_tensorflow()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import keras_sparse as ks  # noqa: E402
-from keras_sparse.demo import digits_mlp  # noqa: E402
-from keras_sparse.demo import load_digits_split  # noqa: E402
-from keras_sparse.utils import sparse_layers  # noqa: E402
-
+import _sparse_timing  # noqa: E402
 import digits_sparsity  # noqa: E402
+import keras_sparse as ks  # noqa: E402
+from _common import digits_mlp  # noqa: E402
+from _common import load_digits_split  # noqa: E402
+from _common import sparse_layers  # noqa: E402
 
 EPOCHS = 60
 BATCH = 32
@@ -129,12 +129,12 @@ END_FRACTION = 0.75
 PAPER = dict(delta_t=DELTA_T, alpha=ALPHA, end_fraction=END_FRACTION, distribution="erk",
              regrow_dropped=True)
 #: Settings per method chosen with ``sparse_training_tune.py`` on validation splits of the
-#: training set (results/sparse_training_tuning.json).
+#: training set (results/archive/sparse_training_tuning_adam1e-2.json).
 TUNED = {"rigl": dict(PAPER, delta_t=100, alpha=0.5), "set": dict(PAPER, delta_t=50, alpha=0.5)}
 #: Settings of the ``set_own`` / ``rigl_own`` rows: chosen the same way on the
 #: validation folds of each MLP itself (``sparse_training_tune.py --hidden``).
 #: On the anchor MLP they are ``TUNED``.
-#: 64-150-50-10: results/sparse_training_tuning_hidden150x50.json.
+#: 64-150-50-10: results/archive/sparse_training_tuning_hidden150x50.json.
 TUNED_BY_HIDDEN = {
     HIDDEN: TUNED,
     (150, 50): {"rigl": dict(PAPER, delta_t=50, alpha=0.5), "set": dict(PAPER, delta_t=25, alpha=0.5)},
@@ -421,22 +421,25 @@ def main(argv=None):
         payload["checks"] = [{"check": n, "verdict": v, "passed": v == "PASS", "detail": d}
                              for n, v, d in verdicts]
     if not args.no_timing:
-        import _sparse_timing
-
         rounds, steps = (2, 200) if args.quick else (7, 1000)
         log(f"step timing: {rounds} interleaved rounds x {steps} steps")
-        steps_summary = _sparse_timing.step_time(rounds, steps, log)
-        updates = _sparse_timing.update_time(5 if args.quick else 25, log)
-        tables.extend(_sparse_timing.timing_table(steps_summary, updates))
+        steps_summary = _sparse_timing.step_time(rounds, steps, log, batch=BATCH,
+                                                 delta_t=DELTA_T, compile_model=_compile)
+        updates = _sparse_timing.update_time(5 if args.quick else 25, log,
+                                             compile_model=_compile)
+        tables.extend(_sparse_timing.timing_table(steps_summary, updates, batch=BATCH,
+                                                  delta_t=DELTA_T))
         payload["step_time"] = steps_summary
         payload["update_time"] = updates
     print()
     print("\n\n".join(tables))
-    name = "sparse_training_quick" if args.quick else "sparse_training"
+    name = "sparse_training"
     if args.hidden:
         name += "_hidden" + "x".join(str(w) for w in hidden)
     if args.methods or args.sparsities or args.seeds or args.timing_only or args.no_timing:
         name += "_partial"
+    if args.quick:
+        name += "_quick"  # git-ignored: smoke runs are not kept
     name = args.name or name
     payload["tables"] = tables
     path = _common.write_json(name, payload)

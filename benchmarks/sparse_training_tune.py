@@ -22,16 +22,18 @@ examples are never used. Two searches:
   (not SET or RigL), and the widest of ``WIDTHS`` whose static network is
   ``CAPACITY_GAP`` below dense on validation is chosen.
 
-The JSON files are ``results/sparse_training_tuning*.json``; what they
+The JSON files are ``results/archive/sparse_training_tuning*.json`` and
+``results/archive/sparse_training_saturation.json`` (tuning runs are
+archived; the commands are in ``results/archive/README.md``); what they
 gave:
 
 How the ``set`` / ``rigl`` settings were chosen:
 4-fold stratified cross-validation of the 1347 training examples (fold k:
 train on the other three with seed k, evaluate on fold k), grid ΔT ∈ {25,
 50, 100} × α ∈ {0.3, 0.5}, criterion the mean accuracy over 90/95/98 %.
-First with Adam 1e-3 (``results/sparse_training_tuning.json``: RigL 50 /
+First with Adam 1e-3 (``results/archive/sparse_training_tuning.json``: RigL 50 /
 0.5, SET 25 / 0.5, which the optimizer search used), then again with the
-chosen Adam 1e-2 (``results/sparse_training_tuning_adam1e-2.json``), which
+chosen Adam 1e-2 (``results/archive/sparse_training_tuning_adam1e-2.json``), which
 gives the settings used. Validation means with Adam 1e-2 (90 / 95 / 98 %;
 mean)::
 
@@ -68,7 +70,7 @@ update gave 96.51 / 96.51 / 95.32.
 
 
 The same search on the narrower MLP 64-150-50-10 (``--hidden 150,50``,
-``results/sparse_training_tuning_hidden150x50.json``), for the
+``results/archive/sparse_training_tuning_hidden150x50.json``), for the
 ``set_own`` / ``rigl_own`` rows (90 / 95 / 98 %; mean)::
 
     RigL ΔT=50  α=0.5  97.03 / 96.21 / 92.13; 95.12  (chosen)
@@ -81,7 +83,7 @@ The same search on the narrower MLP 64-150-50-10 (``--hidden 150,50``,
     static ERK         95.77 / 91.46 / 39.72; 75.65
 
 Can 90 % be ordered on the anchor MLP? (``--saturation``,
-``results/sparse_training_saturation.json``; 4 folds x 3 shuffles, 12 runs
+``results/archive/sparse_training_saturation.json``; 4 folds x 3 shuffles, 12 runs
 per row, mean ± standard error)::
 
     dense                 97.72 ± 0.22
@@ -119,7 +121,7 @@ _common.quiet_tensorflow()
 import numpy as np  # noqa: E402
 
 import sparse_training as st  # noqa: E402
-from keras_sparse.demo import load_digits_split  # noqa: E402
+from _common import load_digits_split  # noqa: E402
 
 FOLDS = 4
 DELTA_T = (25, 50, 100)
