@@ -234,6 +234,28 @@ def test_keras_file_round_trip_keeps_latent_weights_and_state(tmp_path, kernel_q
     _identical(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+@pytest.mark.parametrize("seed", [None, 5])
+def test_keras_file_round_trip_continues_stochastic_draws(tmp_path, seed):
+    quantizer = quantizers.StochasticBinary(seed=seed)
+    layer = ks.layers.SparseDense(16, kernel_quantizer=quantizer, input_quantizer=quantizer)
+    model = keras.Sequential([keras.Input((8,)), layer])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype("float32") * 0.3
+    model.fit(x, np.ones((32, 16), "float32"), batch_size=8, epochs=1, verbose=0)
+    model(x, training=True)  # the generators have moved past their initial state
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    new = loaded.layers[0]
+    assert len(new.quantizer_seed_states()) == 2
+    for a, b in zip(layer.quantizer_seed_states(), new.quantizer_seed_states()):
+        _identical(a, b)
+    # The weights a user sees are unchanged: the seeds are saved, not weights.
+    assert [w.name for w in loaded.weights] == [w.name for w in model.weights]
+    for _ in range(3):
+        _identical(loaded(x, training=True), model(x, training=True))
+
+
 @pytest.mark.parametrize("name", ["SparseDense", "SparseConv2D", "SparseDepthwiseConv2D",
                                   "SparseEmbedding"])
 def test_layer_contract_with_quantizers(name):

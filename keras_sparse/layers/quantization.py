@@ -110,6 +110,17 @@ class QuantizationMixin:
                     found.append(value)
         return found
 
+    def quantizer_seed_states(self):
+        """The state variables of this layer's quantizer seed generators
+        (``StochasticBinary``): not weights, but saved with the layer so
+        random draws continue identically after a round trip."""
+        found = []
+        for state in self._quantizer_state.values():
+            for value in state.values():
+                if isinstance(value, keras.random.SeedGenerator):
+                    found.append(value.state)
+        return found
+
     def quantizer_state(self, name):
         """The state dict of the quantizer of weight ``name`` (or
         ``"input"``); empty when the quantizer has none."""
