@@ -60,8 +60,11 @@ class SET(Sparsity):
         decay: ``"cosine"`` (default), ``"linear"`` or ``"constant"``.
         init_scorer: scorer for the initial mask (``"random"``,
             ``"magnitude"``, ...).
-        seed: seed of the random choices; ``None`` draws one from numpy's
-            global generator (seeded by ``keras.utils.set_random_seed``).
+        seed: seed of the random choices (regrowth, and the initial mask
+            when ``init_scorer`` is the alias ``"random"``); ``None`` takes
+            fresh entropy, so runs differ. Either way the draws come from a
+            private numpy generator: numpy's global random state
+            (``np.random``) is neither used nor advanced.
         log_per_layer: add per-layer sparsity to the epoch logs.
         regrow_dropped: whether a weight dropped in an update may be grown
             again in the same update (default ``True``, as in RigL).
