@@ -42,8 +42,9 @@ class SET(Sparsity):
       grown again in the same update keeps its value and slots.
     * ``f(t)``: ``drop_fraction`` with ``decay`` (cosine by default).
 
-    Regrowth draws from a generator seeded by ``(seed, step, layer)``, so a
-    run resumed with ``BackupAndRestore`` makes the same choices. The current
+    Regrowth draws from a generator seeded by ``(seed, step, layer)``, so
+    with a ``seed`` a run resumed with ``BackupAndRestore`` makes the same
+    choices (with ``seed=None`` each callback draws a fresh one). The current
     drop fraction is logged as ``"drop_fraction"`` at each epoch end.
 
     Reference: D. Mocanu et al., "Scalable training of artificial neural
