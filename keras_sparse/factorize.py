@@ -109,8 +109,14 @@ def factorize(model, rank=None, energy=0.9, layers=None, kernel_quantizer=None, 
         )
     if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < energy <= 1.0:
         raise ValueError(f"`energy` must be in (0, 1]. Received: energy={energy!r}")
-    if rank is not None and not isinstance(rank, dict):
-        lowrank_ops.check_rank(rank, (rank + 1, rank + 1))  # type and >= 1
+    if rank is not None and not isinstance(rank, dict) and (
+        isinstance(rank, (bool, np.bool_)) or not isinstance(rank, (int, np.integer)) or rank < 1
+    ):
+        # The upper bound depends on each layer's kernel, checked below.
+        raise ValueError(
+            "`rank` must be a positive integer, a dict of them by layer name, or None. "
+            f"Received: rank={rank!r}"
+        )
     quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
     candidates = select_layers(model, layers)
     if layers is not None:

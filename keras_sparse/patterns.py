@@ -173,6 +173,7 @@ class Block(Pattern):
     """
 
     def __init__(self, block_shape=(1, 1), allow_empty=False):
+        received = block_shape
         if isinstance(block_shape, numbers.Integral):
             block_shape = (block_shape,)
         block_shape = tuple(block_shape) if isinstance(block_shape, (tuple, list)) else ()
@@ -182,7 +183,7 @@ class Block(Pattern):
         ):
             raise ValueError(
                 "`block_shape` must be a non-empty tuple of positive integers. "
-                f"Received: block_shape={block_shape!r}"
+                f"Received: block_shape={received!r}"
             )
         self.block_shape = tuple(int(b) for b in block_shape)
         self.allow_empty = _check_allow_empty(allow_empty)

@@ -20,6 +20,7 @@ from keras_sparse import scorers as scorers_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse.convert import prune
 from keras_sparse.scorers import at_init
+from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.ops.masks import global_topk_masks
 from keras_sparse.utils import sparse_layers
 
@@ -170,6 +171,10 @@ def prune_at_init(
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> model.fit(x, y, epochs=10)          # no callback: the masks are fixed
     """
+    # The target first: a bad sparsity is the error to report, not the
+    # missing data or loss it would otherwise trip over.
+    if sparsity is not None:
+        check_sparsity(sparsity)
     criterion, layer_scorer = _resolve(scorer)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"`rounds` must be a positive integer. Received: rounds={rounds!r}")
