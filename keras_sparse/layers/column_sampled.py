@@ -20,6 +20,7 @@ from keras import ops
 
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.config import PACKAGE
+from keras_sparse.layers.quantization import SavesQuantizerSeeds
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
 from keras_sparse.report import register_cost
@@ -69,7 +70,7 @@ def resolve_keep(keep, in_features):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ColumnSampledDense(keras.layers.Layer):
+class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
     """A ``Dense`` layer that stores and reads only ``keep`` input features.
 
     Args:

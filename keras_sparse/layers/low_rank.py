@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.config import PACKAGE
+from keras_sparse.layers.quantization import SavesQuantizerSeeds
 from keras_sparse.report import register_cost
 from keras_sparse.report import stored_cost_row
 
@@ -42,7 +43,7 @@ def _check_rank_for(rank, in_features, out_features, layer_name):
         )
 
 
-class _FactorizedKernel(keras.layers.Layer):
+class _FactorizedKernel(SavesQuantizerSeeds, keras.layers.Layer):
     """Shared machinery: two factor variables, an optional quantizer on each,
     bias and activation. Subclasses create the factors and implement
     ``_project``."""
