@@ -20,6 +20,18 @@ __all__ = ["uniform", "affine_grid", "dorefa", "lsq_levels", "lsq_initial_step",
 
 
 # -------------------------------------------------------------------- k-bit
+def _unfolded(value, like):
+    """The constant ``value`` as a tensor shaped like ``like`` that no
+    compiler can fold (it depends on ``like``; 1 where ``like`` is NaN).
+
+    Dividing by it stays an IEEE division: XLA turns a division by a
+    constant into a product with its reciprocal, which differs in the last
+    bit, and ``fl(fl(n * fl(m / n)) / n) == fl(m / n)`` (on which
+    idempotence rests) holds for the division only.
+    """
+    return ops.where(ops.isnan(like), ops.ones((), like.dtype), ops.full((), value, like.dtype))
+
+
 def affine_grid(low, high, bits):
     """Scale and zero point of asymmetric :func:`uniform` quantization of
     the range ``[low, high]`` (``low <= 0 <= high``, tensors of the same
@@ -107,8 +119,11 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
 
         def forward(t):
             if clip_value is None:
-                # |t| <= max|t| = levels * scale: no clip needed.
-                scale = _max_abs(t, output_axes) / levels
+                # |t| <= max|t| = levels * scale: no clip needed. An IEEE
+                # division, so the top level levels * scale of the output
+                # gives back this scale (q(q(x)) == q(x)).
+                top = _max_abs(t, output_axes)
+                scale = top / _unfolded(levels, top)
                 scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
                 return ops.round(t / scale) * scale
             scale = clip_value / levels
