@@ -58,6 +58,7 @@ from keras_sparse.convert import strip
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.ops.packing import pack_bits
 from keras_sparse.ops.packing import unpack_bits
+from keras_sparse.ops.quantize import affine_grid
 from keras_sparse.ops.quantize import lsq_levels
 from keras_sparse.ops.quantize import reduce_axes
 from keras_sparse.selection import is_graph_model
@@ -130,10 +131,20 @@ def _affine_candidate(quantizer, value, latent, state, output_axes):
             if quantizer.clip_value is None:
                 low = np.minimum(np.min(latent, axis=axes, keepdims=True), _f32(0.0))
                 high = np.maximum(np.max(latent, axis=axes, keepdims=True), _f32(0.0))
-                scales = _scale_candidates(_f32(high - low), steps)
+                # The forward pass's grid, from the range of its output (the
+                # quantizer is idempotent, so this range gives the same grid).
+                grid, zero_point = (
+                    _f32(ops.convert_to_numpy(t)) for t in affine_grid(
+                        np.minimum(np.min(value, axis=axes, keepdims=True), _f32(0.0)),
+                        np.maximum(np.max(value, axis=axes, keepdims=True), _f32(0.0)),
+                        quantizer.bits,
+                    )
+                )
+                scales = [grid] + _scale_candidates(_f32(high - low), steps)
 
                 def offset_fn(scale):
-                    return -np.round(-low / scale).astype(np.float32)
+                    return np.where(scale == grid, -zero_point,
+                                    -np.round(-low / scale)).astype(np.float32)
             else:
                 scales = _scale_candidates(_f32(quantizer.clip_value), steps)
 

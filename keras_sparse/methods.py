@@ -403,17 +403,29 @@ class SET(SparsityMethod):
             )
         self.end_step = None if end_step is None else int(end_step)
         self.decay = check_decay(decay)
-        self.init_scorer = scorers_lib.get(init_scorer)
+        scorer = scorers_lib.get(init_scorer)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-        self.seed = None if seed is None else int(seed)
         if not isinstance(regrow_dropped, bool):
             raise ValueError(
                 f"`regrow_dropped` must be a bool. Received: regrow_dropped={regrow_dropped!r}"
             )
+        self.init_scorer = scorer
+        self.seed = None if seed is None else int(seed)
         self.regrow_dropped = regrow_dropped
-        # Drawn once per method object, so every fit of one callback agrees.
-        self._seed = seed if seed is not None else int(np.random.randint(2**31 - 1))
+        # A private generator: numpy's global random state is never read or
+        # advanced. Fresh entropy when `seed` is None. The run's seed is drawn
+        # once per method object, so every fit of one callback agrees.
+        self._rng = np.random.default_rng(self.seed)
+        self._seed = self.seed if self.seed is not None else int(self._rng.integers(2**31 - 1))
+        if (
+            not isinstance(init_scorer, scorers_lib.Scorer)
+            and isinstance(scorer, scorers_lib.RandomScorer)
+            and scorer.seed is None
+        ):
+            # A random initial mask made here (from an alias or a config)
+            # draws from the method's seed too, not from numpy's global state.
+            scorer.use_generator(np.random.default_rng([self._seed, 2**31]))
 
     def get_config(self):
         return {

@@ -27,6 +27,7 @@ from keras_sparse.convert import prune
 from keras_sparse import at_init
 from keras_sparse.at_init import _apply_initial_masks
 from keras_sparse.at_init import _set_masks
+from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.utils import sparse_layers
 
 __all__ = ["prune_at_init", "apply_initial_masks", "CRITERIA"]
@@ -167,6 +168,10 @@ def prune_at_init(
     >>> model.fit(x, y, epochs=10)          # no callback: the masks are fixed
     """
     check_model(model)
+    # The target first: a bad sparsity is the error to report, not the
+    # missing data or loss it would otherwise trip over.
+    if sparsity is not None:
+        check_sparsity(sparsity)
     criterion, layer_scorer = _resolve(scorer)
     check_int(rounds, "rounds", minimum=1)
     check_int(batches, "batches", minimum=1)

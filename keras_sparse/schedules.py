@@ -10,7 +10,9 @@ converted to their keras_sparse equivalent by :func:`get`.
 """
 
 import copy
+import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -172,10 +174,12 @@ class PolynomialDecay(PruningSchedule):
 
     Args:
         initial_sparsity: ``s_i``, sparsity at ``begin_step``.
-        final_sparsity: ``s_f``, sparsity from ``end_step`` on.
+        final_sparsity: ``s_f``, sparsity from ``end_step`` on. Below
+            ``initial_sparsity`` the sparsity decreases over the schedule,
+            which is accepted (as in tfmot) with a ``UserWarning``.
         begin_step: ``t_0``.
         end_step: ``t_1`` (> ``begin_step``).
-        power: ``p`` (3 in the paper).
+        power: ``p`` (3 in the paper), a positive finite number.
         frequency: steps between mask updates.
         step_origin: the number of the first training batch in this
             schedule's count: 0 (this library's) or 1 (tfmot's, whose
@@ -200,20 +204,40 @@ class PolynomialDecay(PruningSchedule):
         frequency=100,
         step_origin=0,
     ):
-        self.step_origin = _check_origin(step_origin)
-        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
-        self.target_sparsity = check_sparsity(final_sparsity, "final_sparsity")
-        self.begin_step = _check_step(begin_step, "begin_step")
-        self.end_step = _check_step(end_step, "end_step")
-        if self.end_step <= self.begin_step:
+        # Every argument is checked before any attribute is set.
+        origin = _check_origin(step_origin)
+        initial = check_sparsity(initial_sparsity, "initial_sparsity")
+        final = check_sparsity(final_sparsity, "final_sparsity")
+        begin = _check_step(begin_step, "begin_step")
+        end = _check_step(end_step, "end_step")
+        if end <= begin:
             raise ValueError(
                 "`end_step` must be greater than `begin_step`. "
                 f"Received: end_step={end_step}, begin_step={begin_step}"
             )
-        if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
-            raise ValueError(f"`power` must be positive. Received: power={power!r}")
+        if isinstance(power, (bool, np.bool_)) or not isinstance(power, numbers.Real) or not (
+            math.isfinite(power) and power > 0
+        ):
+            raise ValueError(
+                f"`power` must be a positive finite number. Received: power={power!r}"
+            )
+        frequency = _check_frequency(frequency)
+        if final < initial:
+            # tfmot accepts this too; the masks then regrow over time.
+            warnings.warn(
+                "`final_sparsity` is below `initial_sparsity`: the sparsity decreases "
+                f"from {initial} to {final} over the schedule. Received: "
+                f"initial_sparsity={initial_sparsity!r}, final_sparsity={final_sparsity!r}",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.step_origin = origin
+        self.initial_sparsity = initial
+        self.target_sparsity = final
+        self.begin_step = begin
+        self.end_step = end
         self.power = int(power) if isinstance(power, numbers.Integral) else float(power)
-        self.frequency = _check_frequency(frequency)
+        self.frequency = frequency
 
     @property
     def final_sparsity(self):

@@ -107,6 +107,22 @@ def test_column_sampled_dense_forward_and_state(tmp_path, rng):
     assert row["effective_flops"] == 2 * 4 * 4 and row["params"] == 4 * 4 + 4 + 4
 
 
+@pytest.mark.parametrize("keep", [0, -3, np.int64(0)], ids=repr)
+def test_unbuilt_layer_bad_keep_names_keep_and_no_feature_count(keep):
+    # The input size is not known yet: the message must not invent one.
+    with pytest.raises(ValueError) as info:
+        ks.layers.ColumnSampledDense(4, keep=keep)
+    message = str(info.value)
+    assert f"keep={keep}" in message
+    assert "input features)" not in message and "[1, " not in message
+
+
+def test_built_layer_bad_keep_names_the_real_feature_count():
+    with pytest.raises(ValueError) as info:
+        ks.layers.ColumnSampledDense(3, keep=9)(np.zeros((1, 8), "float32"))
+    assert "keep=9" in str(info.value) and "8 input features" in str(info.value)
+
+
 def test_column_sampled_dense_bad_arguments():
     with pytest.raises(ValueError, match="keep"):
         ks.layers.ColumnSampledDense(3, keep=0)

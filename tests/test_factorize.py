@@ -155,6 +155,15 @@ def test_sparse_layers_use_effective_weights_and_quantizer_is_accepted(rng):
     assert layer.get_config()["kernel_quantizer"] is not None
 
 
+@pytest.mark.parametrize("rank", [0, -2, 2.5, True, "4"], ids=repr)
+def test_bad_rank_names_the_rank_not_an_invented_weight(rng, rank):
+    with pytest.raises(ValueError) as info:
+        ks.factorize(make_model(rng), rank=rank)
+    message = str(info.value)
+    assert f"rank={rank!r}" in message
+    assert "(1, 1)" not in message and "shape" not in message
+
+
 def test_bad_arguments(rng):
     model = make_model(rng)
     with pytest.raises(ValueError, match="rank"):

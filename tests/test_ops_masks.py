@@ -342,6 +342,40 @@ def test_nm_keeps_group_top_n():
     np.testing.assert_array_equal(mask, [False, True, False, True, True, True, False, False])
 
 
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (6, 12)])
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_nm_ranks_subnormal_scores_exactly(n, m, traced):
+    # TensorFlow and XLA on CPU flush subnormals to zero when comparing
+    # floats; the ranking must not see 1e-40 < 2e-40 as a tie. Small groups
+    # rank pairwise, large ones (m > 8) through a sort: both are covered.
+    base = np.array([1e-40, 3e-40, 2e-40, 4e-40], "float32")
+    assert np.all(base > 0) and len(set(base.tolist())) == 4  # really subnormal, distinct
+    group = np.concatenate([base, -base, [0.0, -0.0, 5e-45, -5e-45]])[:m].astype("float32")
+    scores = np.stack([group, group[::-1]], axis=-1)  # two columns, groups along axis 0
+    expected = np.zeros_like(scores, bool)
+    for column in range(2):
+        # Stable: among equal scores (0.0 and -0.0) the lower index first.
+        order = np.argsort(-scores[:, column].astype("float64"), kind="stable")[:n]
+        expected[order, column] = True
+    fn = lambda s: ks_ops.nm_mask(s, n, m, axis=0)  # noqa: E731
+    backend = keras.backend.backend()
+    if traced and backend == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(fn, jit_compile=True)
+    elif traced and backend == "jax":
+        import jax
+
+        fn = jax.jit(fn)
+    elif traced:
+        pytest.skip(f"no jit trace on backend {backend}")
+    np.testing.assert_array_equal(to_np(fn(scores)), expected)
+    if m == 4:
+        # The example of the report: the two largest of four subnormals.
+        mask = to_np(ks_ops.nm_mask(base[:, None], 2, 4, axis=0))[:, 0]
+        np.testing.assert_array_equal(mask, [False, True, False, True])
+
+
 @pytest.mark.parametrize("n,m", [(2, 4), (3, 8), (4, 16)])
 def test_nm_ties_keep_lower_index(n, m):
     # Small groups rank entries pairwise, large ones use a top-k: both keep

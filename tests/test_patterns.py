@@ -104,6 +104,14 @@ def test_block_invalid(block_shape):
         patterns.Block(block_shape)
 
 
+@pytest.mark.parametrize("block_shape", ["4x4", None, 2.5, (), (0, 2), [4, "4"]], ids=repr)
+def test_block_invalid_reports_the_value_received(block_shape):
+    # The message shows what was passed, not what it was turned into.
+    with pytest.raises(ValueError) as info:
+        patterns.Block(block_shape)
+    assert f"block_shape={block_shape!r}" in str(info.value)
+
+
 def test_block_int_shape_means_one_axis():
     assert patterns.Block(4) == patterns.Block((4,))
     with pytest.raises(ValueError, match="block_shape="):

@@ -327,6 +327,15 @@ def test_invalid_arguments(kwargs, match):
         ks.prune_at_init(_mlp(), data, 0.5, **kwargs)
 
 
+@pytest.mark.parametrize("sparsity", [1.5, -0.1, 1.0, float("nan"), "0.5"], ids=repr)
+def test_bad_sparsity_is_reported_before_missing_data_or_loss(sparsity):
+    # SNIP (the default) also lacks its data and loss here: the sparsity is
+    # the error reported.
+    with pytest.raises(ValueError) as info:
+        ks.prune_at_init(_mlp(), None, sparsity)
+    assert f"sparsity={sparsity!r}" in str(info.value)
+
+
 def test_structured_pattern_with_snip():
     x, y = _batch()
     model = ks.prune_at_init(_mlp(hidden=16), (x, y), 0.5, scorer="snip", loss=LOSS,

@@ -186,9 +186,11 @@ def test_uniform_properties(x, bits):
     assert len(np.unique(out)) <= 2 * n + 1
     if top > 0:
         assert np.abs(out - x).max() <= top / n / 2 * (1 + 1e-5) + 1e-6
-    # Idempotent up to rounding of the recomputed scale.
-    np.testing.assert_allclose(to_np(q.uniform(out, bits, output_axes=())), out,
-                               rtol=1e-5, atol=1e-5 * (top + 1))
+    # Idempotent: the range of the output gives back its scale exactly.
+    np.testing.assert_array_equal(to_np(q.uniform(out, bits, output_axes=())), out)
+    asymmetric = to_np(q.uniform(x, bits, symmetric=False, output_axes=()))
+    np.testing.assert_array_equal(
+        to_np(q.uniform(asymmetric, bits, symmetric=False, output_axes=())), asymmetric)
     np.testing.assert_array_equal(out[x == 0], 0)
 
 

@@ -14,6 +14,7 @@ from conftest import layer_grads
 from conftest import to_np
 from keras_sparse import quantizers
 from keras_sparse import testing
+from keras_sparse.layers.quantization import seed_states
 
 # class name -> (init kwargs, input shape); None = integer ids for Embedding.
 LAYERS = {
@@ -232,6 +233,52 @@ def test_keras_file_round_trip_keeps_latent_weights_and_state(tmp_path, kernel_q
     # The float latent kernel is what was saved, not the quantized one.
     assert len(np.unique(to_np(new.latent_weight("kernel")))) > 10
     _identical(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+SEEDED_LAYERS = {
+    "SparseDense": lambda q: ks.layers.SparseDense(16, kernel_quantizer=q, input_quantizer=q),
+    "LowRankDense": lambda q: ks.layers.LowRankDense(16, rank=2, kernel_quantizer=q),
+    "ColumnSampledDense": lambda q: ks.layers.ColumnSampledDense(16, keep=4, kernel_quantizer=q),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SEEDED_LAYERS))
+@pytest.mark.parametrize("seed", [None, 5])
+def test_keras_file_round_trip_continues_stochastic_draws(tmp_path, seed, kind):
+    layer = SEEDED_LAYERS[kind](quantizers.StochasticBinary(seed=seed))
+    model = keras.Sequential([keras.Input((8,)), layer])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype("float32") * 0.3
+    model.fit(x, np.ones((32, 16), "float32"), batch_size=8, epochs=1, verbose=0)
+    model(x, training=True)  # the generators have moved past their initial state
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    new = loaded.layers[0]
+    layer_seeds = seed_states(layer._quantizer_state)
+    assert len(layer_seeds) == (2 if kind != "ColumnSampledDense" else 1)
+    for a, b in zip(layer_seeds, seed_states(new._quantizer_state)):
+        _identical(a, b)
+    # The weights a user sees are unchanged: the seeds are saved, not weights.
+    assert [w.name for w in loaded.weights] == [w.name for w in model.weights]
+    for _ in range(3):
+        _identical(loaded(x, training=True), model(x, training=True))
+
+
+@pytest.mark.parametrize("kind", sorted(SEEDED_LAYERS))
+def test_files_without_seed_states_still_load(tmp_path, kind, monkeypatch):
+    layer = SEEDED_LAYERS[kind](quantizers.StochasticBinary())
+    model = keras.Sequential([keras.Input((8,)), layer])
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
+    path = os.path.join(tmp_path, "model.keras")
+    # As written before seed states were saved: the weights only.
+    with monkeypatch.context() as patch:
+        patch.setattr(type(layer), "save_own_variables", keras.layers.Layer.save_own_variables)
+        model.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(model.weights, loaded.weights):
+        _identical(a, b)
+    _identical(loaded(x), model(x))
 
 
 @pytest.mark.parametrize("name", ["SparseDense", "SparseConv2D", "SparseDepthwiseConv2D",

@@ -1,12 +1,19 @@
 """Floor-2 quantizer objects: one parametrized suite over every registered
 quantizer (config round trip, string alias, half-precision input, use inside
-a layer under ``jit_compile=True``), plus ``get`` and bad arguments."""
+a layer under ``jit_compile=True``, idempotence), plus ``get`` and bad
+arguments."""
 
 import json
 
 import keras
 import numpy as np
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import example
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from keras import ops
 
 import keras_sparse as ks
@@ -122,6 +129,58 @@ def test_stochastic_binary_is_random_only_in_training():
     train = to_np(quantizer(x, training=True))
     assert 0.5 < (train == 1).mean() < 0.7  # P(+1) = 0.6
     np.testing.assert_array_equal(to_np(quantizer(x, training=False)), np.ones_like(x))
+
+
+# ------------------------------------------------------------ idempotence
+# Every registered quantizer with its defaults, plus variants that take
+# other code paths (asymmetric and per-tensor ranges, fixed ranges, scaled
+# ternaries, unsigned levels). DoReFa weights with 4 or more bits are left
+# out: their tanh moves the levels of a quantized tensor, by design.
+IDEMPOTENT = [quantizers.REGISTRY[alias]() for alias in ALIASES] + [
+    quantizers.Uniform(bits=8, symmetric=False),
+    quantizers.Uniform(bits=2, symmetric=False, per_channel=False),
+    quantizers.Uniform(bits=1, symmetric=False),
+    quantizers.Uniform(bits=4, per_channel=False),
+    quantizers.Uniform(bits=5, symmetric=False, clip_value=3.0),
+    quantizers.DoReFa(bits=3),
+    quantizers.DoReFa(bits=3, mode="activations"),
+    quantizers.LSQ(bits=3, signed=False),
+    quantizers.SteTern(ternary_weight_networks=True, scaled=True),
+    quantizers.SteTern(threshold_value=0.1, scaled=True),
+]
+# Exact zeros and magnitudes in [2^-20, 1e4]: scales stay normal floats
+# (TensorFlow and XLA on CPU flush subnormal ones to zero).
+_MAGNITUDE = 1e4
+_ELEMENTS = st.one_of(
+    st.just(0.0),
+    st.floats(2.0**-20, _MAGNITUDE, width=32),
+    st.floats(-_MAGNITUDE, -(2.0**-20), width=32),
+)
+
+
+def test_idempotence_covers_every_registered_quantizer():
+    assert {type(q) for q in IDEMPOTENT} == set(quantizers.REGISTRY.values())
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(x=hnp.arrays("float32", hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+                    elements=_ELEMENTS))
+@example(x=np.zeros((3, 2), "float32"))
+# The range ends half a step off the grid: the top code is empty when the
+# zero point is rounded (half to even) and the scale comes from the range.
+@example(x=np.array([-0.5, 0.0, 2.5], "float32"))
+@example(x=np.array([[-0.5, 254.5], [1.0, 3.0]], "float32"))
+def test_every_quantizer_is_idempotent(x):
+    # Exactly: statistics of q(x) (range, mean magnitude) must give back the
+    # grid of x bit for bit. State (an LSQ step, a PACT clip) is built once
+    # from x, as a layer does, and held fixed; stochastic quantizers are
+    # deterministic with training=False. (-0.0 and 0.0 compare equal.)
+    for quantizer in IDEMPOTENT:
+        state = quantizer.build(keras.layers.Layer(), x.shape, "q", value=x) or None
+        once = to_np(quantizer(x, state=state, training=False))
+        twice = to_np(quantizer(once, state=state, training=False))
+        assert np.all(np.isfinite(once)), quantizer
+        np.testing.assert_array_equal(twice, once, err_msg=repr(quantizer))
 
 
 # ------------------------------------------------------------------ get

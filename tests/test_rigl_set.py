@@ -464,6 +464,67 @@ def test_set_is_reproducible_with_a_seed():
         np.testing.assert_array_equal(a, b)
 
 
+def _fit_dynamic(kind, seed, global_seed=None):
+    """Fit with SET or RigL as a callback or as a method (the initial
+    mask random, then drop-and-grow updates); ``global_seed`` reseeds
+    numpy's global generator after the model is built and before the
+    callback or method is made. Returns the masks, and numpy's global
+    state from just before the callback or method was made."""
+    x, y = _data()
+    name, entry = kind.split("_")
+    if entry == "method":
+        keras.utils.set_random_seed(0)
+        dense = keras.Sequential([keras.Input((16,)), keras.layers.Dense(24, activation="relu"),
+                                  keras.layers.Dense(4)])
+    else:
+        model = _model()
+    if global_seed is not None:
+        np.random.seed(global_seed)
+    state = np.random.get_state()
+    settings = dict(update_freq=2, drop_fraction=0.5, end_step=10, seed=seed)
+    if entry == "method":
+        model = ks.prune(dense, 0.7, method=getattr(ks.methods, name)(**settings))
+        model.compile(keras.optimizers.Adam(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        callback = ks.callbacks.Sparsity()
+    else:
+        callback = getattr(ks.callbacks, name)(**settings)
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    return [_mask(layer) for layer in sparse_layers(model)], state
+
+
+def _same_state(a, b):
+    return a[0] == b[0] and np.array_equal(a[1], b[1]) and tuple(a[2:]) == tuple(b[2:])
+
+
+KINDS = ["SET_callback", "RigL_callback", "SET_method", "RigL_method"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*need the dense gradient")
+@pytest.mark.parametrize("kind", KINDS)
+def test_seed_none_leaves_numpy_global_random_state_untouched(kind):
+    masks, before = _fit_dynamic(kind, seed=None)
+    assert _same_state(np.random.get_state(), before)
+    # The run was random all the same: the initial mask and the updates.
+    assert all(0 < m.mean() < 1 for m in masks)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*need the dense gradient")
+@pytest.mark.parametrize("kind", KINDS)
+def test_seed_alone_decides_the_masks(kind):
+    # Different global numpy states: the same masks for the same seed (the
+    # random initial mask included), other masks for another seed.
+    first, _ = _fit_dynamic(kind, seed=5, global_seed=1)
+    again, before = _fit_dynamic(kind, seed=5, global_seed=2)
+    assert _same_state(np.random.get_state(), before)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    other, _ = _fit_dynamic(kind, seed=6, global_seed=1)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
 @pytest.mark.slow
 def test_initial_mask_random_erk_with_variance_rescale():
     x, y = _data()
@@ -495,7 +556,9 @@ def test_backup_and_restore_resumes_rigl_with_identical_masks(tmp_path):
 
     def run(callbacks, epochs=4):
         model = _model(seed=2)
-        rigl = ks.callbacks.RigL(update_freq=3, drop_fraction=0.4, end_step=22)
+        # The seed makes the resumed callback draw what the first one drew
+        # (seed=None takes fresh entropy for each callback).
+        rigl = ks.callbacks.RigL(update_freq=3, drop_fraction=0.4, end_step=22, seed=7)
         model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0,
                   callbacks=[rigl] + callbacks)
         return model

@@ -263,6 +263,11 @@ def test_get_dict_of_other_family_is_rejected():
         (schedules.PolynomialDecay, {"begin_step": 10, "end_step": 10}, "end_step"),
         (schedules.PolynomialDecay, {"power": 0}, "power"),
         (schedules.PolynomialDecay, {"power": -1}, "power"),
+        (schedules.PolynomialDecay, {"power": float("inf")}, "power"),
+        (schedules.PolynomialDecay, {"power": float("-inf")}, "power"),
+        (schedules.PolynomialDecay, {"power": float("nan")}, "power"),
+        (schedules.PolynomialDecay, {"power": 0.0}, "power"),
+        (schedules.PolynomialDecay, {"power": np.float32("inf")}, "power"),
         (schedules.PolynomialDecay, {"frequency": 0}, "frequency"),
         (schedules.OneShot, {"step": -1}, "step"),
         (schedules.OneShot, {"step": 2.0}, "step"),
@@ -274,6 +279,31 @@ def test_invalid_arguments_name_the_argument(cls, kwargs, name):
     with pytest.raises(ValueError) as info:
         cls(**kwargs)
     assert f"{name}=" in str(info.value)
+
+
+@pytest.mark.parametrize("power", [float("inf"), float("nan"), 0, -2.5])
+def test_polynomial_decay_bad_power_names_the_value(power):
+    with pytest.raises(ValueError) as info:
+        schedules.PolynomialDecay(power=power)
+    assert f"power={power!r}" in str(info.value)
+    assert "finite" in str(info.value)
+
+
+def test_polynomial_decay_decreasing_sparsity_warns_as_tfmot_accepts_it():
+    with pytest.warns(UserWarning, match="final_sparsity") as record:
+        s = schedules.PolynomialDecay(0.8, 0.2, begin_step=0, end_step=100, frequency=10)
+    message = str(record[0].message)
+    assert "initial_sparsity=0.8" in message and "final_sparsity=0.2" in message
+    assert s(0) == (True, 0.8) and s(100) == (True, 0.2)
+    assert s.get_config()["initial_sparsity"] == 0.8
+
+
+def test_polynomial_decay_checks_every_argument_before_setting_any():
+    s = schedules.PolynomialDecay(0.1, 0.5, begin_step=0, end_step=100, power=2, frequency=10)
+    config = s.get_config()
+    with pytest.raises(ValueError, match="power=inf"):
+        s.__init__(0.3, 0.6, begin_step=5, end_step=50, power=float("inf"), frequency=5)
+    assert s.get_config() == config
 
 
 @pytest.mark.parametrize("power", [None, "3"], ids=repr)
@@ -393,12 +423,12 @@ _TFMOT_SCRIPT = textwrap.dedent(
     for key, theirs in pairs.items():
         ours = ks.schedules.get(theirs)
         rows = []
-        # tfmot's first batch is its step 1, ours 0: our step s is its s + 1.
-        for step in [0, 3, 4, 5, 9, 10, 15, 24, 25, 30, 55, 99, 100, 104, 105, 190, 199, 200,
-                     210, 1000]:
-            update, value = theirs(step + 1)
+        # tfmot's step t is the batch this library counts as t - 1.
+        for step in [1, 4, 5, 10, 15, 25, 30, 55, 100, 105, 190, 200, 210, 1000]:
+            update, value = theirs(step)
             rows.append([step, bool(np.asarray(update)), float(np.asarray(value)),
-                         *map(lambda v: v if isinstance(v, bool) else float(v), ours(step))])
+                         *map(lambda v: v if isinstance(v, bool) else float(v),
+                              ours(step - 1))])
         out[key] = {"class": type(ours).__name__, "config": ours.get_config(), "rows": rows}
     print("RESULT" + json.dumps(out))
     """
@@ -426,6 +456,7 @@ def test_real_tfmot_schedules_are_converted():
     out = json.loads(line[len("RESULT") :])
 
     assert out["constant"]["class"] == "ConstantSparsity"
+    # Converted schedules count steps as tfmot does (its first batch is 1).
     assert out["constant"]["config"] == {
         "target_sparsity": 0.5, "begin_step": 10, "end_step": 200, "frequency": 20,
         "step_origin": 1,
@@ -436,14 +467,16 @@ def test_real_tfmot_schedules_are_converted():
         "initial_sparsity": 0.1, "final_sparsity": 0.8, "begin_step": 5,
         "end_step": 105, "power": 2, "frequency": 10, "step_origin": 1,
     }
-    # tfmot's origin is kept: the same update batches and the same values,
-    # no extra update at end_step.
-    for key in ["constant", "constant_no_end", "polynomial"]:
-        begin = out[key]["config"]["begin_step"]
+    for key in ["constant", "constant_no_end"]:
         for step, their_update, their_value, our_update, our_value in out[key]["rows"]:
             assert our_update == their_update, (key, step)
-            if step + 1 >= begin:
+            if step >= out[key]["config"]["begin_step"]:
                 assert our_value == pytest.approx(their_value, abs=1e-6), (key, step)
+    for step, their_update, their_value, our_update, our_value in out["polynomial"]["rows"]:
+        assert our_value == pytest.approx(their_value, abs=1e-6), step
+        # Same update steps (converted schedules keep tfmot's rule: no extra
+        # update at end_step).
+        assert our_update == their_update, step
 
 
 # ---------------------------------------------------------------------------

@@ -42,8 +42,9 @@ class SET(Sparsity):
       grown again in the same update keeps its value and slots.
     * ``f(t)``: ``drop_fraction`` with ``decay`` (cosine by default).
 
-    Regrowth draws from a generator seeded by ``(seed, step, layer)``, so a
-    run resumed with ``BackupAndRestore`` makes the same choices. The current
+    Regrowth draws from a generator seeded by ``(seed, step, layer)``, so
+    with a ``seed`` a run resumed with ``BackupAndRestore`` makes the same
+    choices (with ``seed=None`` each callback draws a fresh one). The current
     drop fraction is logged as ``"drop_fraction"`` at each epoch end.
 
     Reference: D. Mocanu et al., "Scalable training of artificial neural
@@ -60,8 +61,11 @@ class SET(Sparsity):
         decay: ``"cosine"`` (default), ``"linear"`` or ``"constant"``.
         init_scorer: scorer for the initial mask (``"random"``,
             ``"magnitude"``, ...).
-        seed: seed of the random choices; ``None`` draws one from numpy's
-            global generator (seeded by ``keras.utils.set_random_seed``).
+        seed: seed of the random choices (regrowth, and the initial mask
+            when ``init_scorer`` is the alias ``"random"``); ``None`` takes
+            fresh entropy, so runs differ. Either way the draws come from a
+            private numpy generator: numpy's global random state
+            (``np.random``) is neither used nor advanced.
         log_per_layer: add per-layer sparsity to the epoch logs.
         regrow_dropped: whether a weight dropped in an update may be grown
             again in the same update (default ``True``, as in RigL).

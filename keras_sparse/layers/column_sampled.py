@@ -22,6 +22,7 @@ from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.checks import check_int
 from keras_sparse.checks import type_error
 from keras_sparse.config import PACKAGE
+from keras_sparse.layers.quantization import SavesQuantizerSeeds
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
 from keras_sparse.layers.cost import stored_cost_row
@@ -32,6 +33,10 @@ __all__ = ["ColumnSampledDense", "resolve_keep"]
 def resolve_keep(keep, in_features):
     """Number of features kept: ``keep`` itself (an int in ``[1, in]``) or
     ``round(keep * in)`` for a float fraction in ``(0, 1]`` (at least 1).
+
+    ``in_features=None`` (not known yet, e.g. an unbuilt layer) checks
+    ``keep`` on its own: an int must be at least 1 (the upper bound waits
+    for the input size) and a fraction is returned as ``None``.
 
     Raises:
         ValueError: for ``keep <= 0``, ``keep > in`` or a non-number.
@@ -44,7 +49,16 @@ def resolve_keep(keep, in_features):
                 f"A float `keep` is a fraction of the input features and must be in "
                 f"(0, 1]. Received: keep={keep}"
             )
+        if in_features is None:
+            return None
         return min(in_features, max(1, int(math.floor(keep * in_features + 0.5))))
+    if in_features is None:
+        if keep < 1:
+            raise ValueError(
+                f"An int `keep` is a number of input features and must be at least 1. "
+                f"Received: keep={keep}"
+            )
+        return int(keep)
     if keep < 1 or keep > in_features:
         raise ValueError(
             f"`keep` must be in [1, {in_features}] (the layer has {in_features} input "
@@ -54,7 +68,7 @@ def resolve_keep(keep, in_features):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ColumnSampledDense(keras.layers.Layer):
+class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
     """A ``Dense`` layer that stores and reads only ``keep`` input features.
 
     Args:
@@ -113,7 +127,7 @@ class ColumnSampledDense(keras.layers.Layer):
                 f"`method` must be one of {COLUMN_METHODS}. Received: method={method!r}"
             )
         # The upper bound (the input size) is checked when the layer is built.
-        resolve_keep(keep, keep if isinstance(keep, (int, np.integer)) and keep > 0 else 1)
+        resolve_keep(keep, None)
         self.units = int(units)
         self.keep = keep
         self.method = method

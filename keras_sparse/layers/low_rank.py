@@ -22,6 +22,7 @@ from keras import ops
 from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.config import PACKAGE
 from keras_sparse.layers.cost import stored_cost_row
+from keras_sparse.layers.quantization import SavesQuantizerSeeds
 
 __all__ = ["LowRankDense", "LowRankConv2D"]
 
@@ -41,7 +42,7 @@ def _check_rank_for(rank, in_features, out_features, layer_name):
         )
 
 
-class _FactorizedKernel(keras.layers.Layer):
+class _FactorizedKernel(SavesQuantizerSeeds, keras.layers.Layer):
     """Shared machinery: two factor variables, an optional quantizer on each,
     bias and activation. Subclasses create the factors and implement
     ``_project``."""

@@ -400,6 +400,10 @@ class MaskingMixin:
     # Keras' Dense/Conv save the *effective* kernel and check variable counts;
     # the generic Layer methods save every own variable: latent + mask.
     def _saved_variables(self):
+        """The variables written by :meth:`save_own_variables`, in order:
+        the layer's own weights (latent, masks, quantizer variables), then
+        the states of quantizer seed generators (after the weights, so a
+        file written before they were saved still lines up)."""
         # Gradient probes are scratch space of a training run (they hold the
         # last step's gradient), not model state: a checkpoint written while
         # a probe exists must load into a layer without one, and vice versa.
@@ -408,10 +412,12 @@ class MaskingMixin:
             for n in self.sparse_weight_names
             if getattr(self, n + "_probe", None) is not None
         }
-        return [
+        weights = [
             v for v in self._trainable_variables + self._non_trainable_variables
             if id(v) not in probes
         ]
+        known = {id(v) for v in weights}
+        return weights + [v for v in self.quantizer_seed_states() if id(v) not in known]
 
     def save_own_variables(self, store):
         for i, variable in enumerate(self._saved_variables()):
@@ -419,6 +425,11 @@ class MaskingMixin:
 
     def load_own_variables(self, store):
         variables = self._saved_variables()
+        seeds = len(self.quantizer_seed_states())
+        # A file saved without the seed states: load the weights, keep the
+        # fresh seeds.
+        if seeds and len(store.keys()) == len(variables) - seeds:
+            variables = variables[: len(variables) - seeds]
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"Layer '{self.name}' expected {len(variables)} variables, but "

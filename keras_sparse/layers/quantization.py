@@ -7,7 +7,46 @@ from keras import ops
 
 from keras_sparse import quantizers as quantizers_lib
 
-__all__ = ["QuantizationMixin"]
+__all__ = ["QuantizationMixin", "SavesQuantizerSeeds", "seed_states"]
+
+
+def seed_states(quantizer_state):
+    """The state variables of the seed generators (``StochasticBinary``) in
+    a layer's ``{tensor name: state dict}`` of quantizer state."""
+    found = []
+    for state in quantizer_state.values():
+        for value in state.values():
+            if isinstance(value, keras.random.SeedGenerator):
+                found.append(value.state)
+    return found
+
+
+class SavesQuantizerSeeds:
+    """Saving for a Keras layer with ``_quantizer_state`` (listed before
+    ``keras.layers.Layer`` in its bases): Keras saves a layer's weights but
+    not the state of its seed generators; this writes those after the
+    weights, so random draws continue identically after a ``.keras`` round
+    trip. A file written without them still loads (the seeds stay fresh)."""
+
+    def _own_weights(self):
+        return list(self._trainable_variables + self._non_trainable_variables)
+
+    def _seed_variables(self):
+        known = {id(v) for v in self._own_weights()}
+        return [v for v in seed_states(self._quantizer_state) if id(v) not in known]
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._own_weights() + self._seed_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store):
+        weights, seeds = self._own_weights(), self._seed_variables()
+        if not seeds or len(store.keys()) != len(weights) + len(seeds):
+            # No seeds, or a file without them: Keras' own loading (and its
+            # error for a count that matches neither).
+            return super().load_own_variables(store)
+        for i, variable in enumerate(weights + seeds):
+            variable.assign(store[f"{i}"])
 
 
 class QuantizationMixin:
@@ -109,6 +148,12 @@ class QuantizationMixin:
                 if isinstance(value, keras.Variable):
                     found.append(value)
         return found
+
+    def quantizer_seed_states(self):
+        """The state variables of this layer's quantizer seed generators
+        (``StochasticBinary``): not weights, but saved with the layer so
+        random draws continue identically after a round trip."""
+        return seed_states(self._quantizer_state)
 
     def quantizer_state(self, name):
         """The state dict of the quantizer of weight ``name`` (or

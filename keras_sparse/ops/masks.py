@@ -32,6 +32,7 @@ Conventions shared by all functions:
 import math
 import numbers
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -167,7 +168,8 @@ def _best_one_hot(flat):
 
 def _keep_top_along_last(scores, keep, forced=None):
     """Boolean mask keeping the ``keep`` highest-ranked entries along the
-    last axis of ``scores`` (float32), in ``keras.ops``.
+    last axis of ``scores`` (float32, or int32 keys of :func:`_order_key`),
+    in ``keras.ops``.
 
     ``keep`` is an int or an int32 scalar tensor in ``[0, length]``. The
     threshold is read from a sort at a dynamic index and the entries equal
@@ -176,8 +178,12 @@ def _keep_top_along_last(scores, keep, forced=None):
     entries ranked above everything else.
     """
     length = int(scores.shape[-1])
-    nan = ops.isnan(scores)
-    key = ops.where(nan, ops.full((), -np.inf, scores.dtype), scores)
+    if keras.backend.is_float_dtype(scores.dtype):
+        nan = ops.isnan(scores)
+        key = ops.where(nan, ops.full((), -np.inf, scores.dtype), scores)
+    else:
+        # Integer keys (:func:`_order_key`) have no NaN.
+        nan, key = None, scores
     if forced is not None:
         key = ops.where(forced, ops.full((), np.inf, scores.dtype), key)
     keep = ops.cast(keep, "int32")
@@ -188,7 +194,7 @@ def _keep_top_along_last(scores, keep, forced=None):
     threshold = ops.take_along_axis(ops.sort(key, axis=-1), index, axis=-1)
     keep_mask = ops.greater(key, threshold)
     missing = keep - ops.sum(ops.cast(keep_mask, "int32"), axis=-1, keepdims=True)
-    tiers = [ops.equal(scores, threshold), nan]
+    tiers = [ops.equal(scores, threshold)] + ([] if nan is None else [nan])
     if forced is not None:
         free = ops.logical_not(forced)
         tiers = [ops.logical_and(forced, ops.logical_not(keep_mask))] + [
@@ -391,7 +397,7 @@ def nm_mask(scores, n, m, axis=-2):
             f"{length} for a tensor of shape {tuple(scores.shape)}. "
             f"Received: m={m}"
         )
-    moved = ops.moveaxis(ops.cast(scores, "float32"), axis, -1)
+    moved = ops.moveaxis(_order_key(ops.cast(scores, "float32")), axis, -1)
     moved_shape = tuple(moved.shape)
     grouped = ops.reshape(moved, moved_shape[:-1] + (length // m, m))
     keep = _keep_top_n_in_groups(grouped, n, m)
@@ -399,28 +405,37 @@ def nm_mask(scores, n, m, axis=-2):
     return ops.moveaxis(keep, -1, axis)
 
 
+def _order_key(scores):
+    """int32 keys of float32 ``scores`` in the module's ranking: ``a`` ranks
+    above ``b`` exactly when ``key(a) > key(b)``, and equal scores (``0.0``
+    and ``-0.0`` included) have equal keys; every NaN gets the same key,
+    below ``-inf``'s.
+
+    Read from the bits, so the ranking is exact for subnormal scores too:
+    TensorFlow and XLA on CPU flush subnormals to zero in float comparisons,
+    which would make ``1e-40`` and ``2e-40`` ties.
+    """
+    bits = ops.view(scores, "int32")
+    magnitude = ops.bitwise_and(bits, ops.convert_to_tensor(0x7FFFFFFF, "int32"))
+    key = ops.where(ops.less(bits, 0), ops.negative(magnitude), magnitude)
+    nan = ops.greater(magnitude, ops.convert_to_tensor(0x7F800000, "int32"))
+    return ops.where(nan, ops.convert_to_tensor(-0x7FFFFFFF, "int32"), key)
+
+
 def _keep_top_n_in_groups(grouped, n, m):
-    """Boolean mask of the ``n`` highest-ranked entries along the last axis
-    (size ``m``): NaN lowest, ties kept in index order (lower index first),
-    on every backend."""
+    """Boolean mask of the ``n`` highest entries along the last axis (size
+    ``m``) of the int32 keys ``grouped`` (:func:`_order_key`), ties kept in
+    index order (lower index first), on every backend."""
     if m > 8:
         # The pairwise ranking below costs m times the group's size.
         return _keep_top_along_last(grouped, n)
     # Rank of each entry in its group: the entries ranked higher, plus the
-    # equal ones before it (NaNs compare as -inf, below a real -inf).
-    nan = ops.isnan(grouped)
-    key = ops.where(nan, ops.full((), -np.inf, grouped.dtype), grouped)
-    mine, other = ops.expand_dims(key, -1), ops.expand_dims(key, -2)
-    mine_nan, other_nan = ops.expand_dims(nan, -1), ops.expand_dims(nan, -2)
+    # equal ones before it.
+    mine, other = ops.expand_dims(grouped, -1), ops.expand_dims(grouped, -2)
     position = ops.arange(m)
     before = ops.expand_dims(position, -1) > ops.expand_dims(position, 0)
-    tie_break = ops.where(
-        ops.equal(other_nan, mine_nan),
-        before,
-        ops.logical_and(ops.logical_not(other_nan), mine_nan),
-    )
     beats = ops.logical_or(
-        ops.greater(other, mine), ops.logical_and(ops.equal(other, mine), tie_break)
+        ops.greater(other, mine), ops.logical_and(ops.equal(other, mine), before)
     )
     return ops.sum(ops.cast(beats, "int32"), axis=-1) < n
 

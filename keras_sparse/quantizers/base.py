@@ -21,6 +21,10 @@ class Quantizer(config_lib.ConfigObject):
     random state, :meth:`build` (and :meth:`initialize` for data-dependent
     initial values).
 
+    Quantizers are idempotent: with the same state and ``training=False``,
+    ``q(q(x)) == q(x)`` exactly for finite float32 ``x`` (the exception,
+    ``DoReFa`` weights with 4 or more bits, says so).
+
     Attributes:
         precision: bits per value once packed (class attribute, or set per
             instance by k-bit quantizers).

@@ -122,7 +122,9 @@ class StochasticBinary(Quantizer):
     training, ``sign(x)`` otherwise; straight-through gradient (see
     :func:`keras_sparse.ops.quantize.stochastic_binary`).
 
-    The random state is a ``keras.random.SeedGenerator`` owned by the layer.
+    The random state is a ``keras.random.SeedGenerator`` owned by the layer;
+    its state is saved with the layer (``model.save``), so draws continue
+    identically after loading.
 
     Args:
         clip_value: the gradient passes where ``|x| <= clip_value``.

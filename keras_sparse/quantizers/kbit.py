@@ -91,6 +91,9 @@ class DoReFa(Quantizer):
             defaults to activations; this one to weights, the common use of
             a ``kernel_quantizer``.
 
+    Quantizing twice changes nothing, except for weights with 4 or more
+    bits (see :func:`keras_sparse.ops.quantize.dorefa`).
+
     Example:
     >>> ks.quantizers.DoReFa(bits=1, mode="activations")([0.2, 0.7])
     [0., 1.]
@@ -124,6 +127,11 @@ class LSQ(Quantizer):
     is pruned); for activations at ``initial_step`` (default 1.0, or set
     it from data). The gradient scale uses ``N`` = entries of the weight, or
     features per example for activations.
+
+    With a fixed step (the layer's variable, or ``initial_step``) quantizing
+    twice changes nothing. Called without state and without
+    ``initial_step``, the step is taken from each input, so a second call
+    on the quantized tensor may use another step.
 
     Args:
         bits: bit width (signed: 2-8, unsigned: 1-8).

@@ -54,6 +54,12 @@ class RandomScorer(Scorer):
     def rescale_survivors(self):
         return self.rescale
 
+    def use_generator(self, rng):
+        """Draw from the numpy ``Generator`` ``rng`` from now on (instead of
+        the one made from ``seed``). Used by the sparsity methods so an
+        initial random mask they make follows their own seed."""
+        self._rng = rng
+
     def _generator(self):
         if self._rng is None:
             seed = self.seed if self.seed is not None else int(np.random.randint(2**31 - 1))

@@ -41,6 +41,11 @@ Conventions shared by all functions:
   non-zero entries, so pruned weights (exact zeros) do not shrink them; on
   a dense float tensor this is the plain mean.
 * Rounding is ``keras.ops.round``: half to even, as ``numpy.round``.
+* Quantizing twice changes nothing: ``q(q(x)) == q(x)`` bit for bit for
+  finite float32 ``x`` (statistics of ``q(x)`` such as its range or mean
+  magnitude give back the grid of ``x``; learned scales are held fixed).
+  The one exception is ``dorefa`` on weights with 4 or more bits, whose
+  ``tanh`` moves the levels of an already quantized tensor.
 * ``output_axes`` names the axes that index output units (``(-1,)`` for a
   Dense kernel); per-channel statistics reduce over every other axis, and
   ``()`` means per-tensor.
@@ -59,6 +64,7 @@ from keras_sparse.ops.quantize.binary import ste_sign
 from keras_sparse.ops.quantize.binary import ste_tern
 from keras_sparse.ops.quantize.binary import stochastic_binary
 from keras_sparse.ops.quantize.binary import swish_sign
+from keras_sparse.ops.quantize.kbit import affine_grid
 from keras_sparse.ops.quantize.kbit import dorefa
 from keras_sparse.ops.quantize.kbit import lsq
 from keras_sparse.ops.quantize.kbit import lsq_initial_step
@@ -77,6 +83,7 @@ __all__ = [
     "stochastic_binary",
     "ste_tern",
     "uniform",
+    "affine_grid",
     "dorefa",
     "lsq",
     "lsq_levels",

@@ -128,9 +128,27 @@ def _mean_abs(x, output_axes=()):
     axes = reduce_axes(len(x.shape), output_axes)
     if not axes:
         return ops.abs(x)
-    total = ops.sum(ops.abs(x), axis=axes, keepdims=True)
-    count = ops.sum(ops.cast(ops.not_equal(x, 0), x.dtype), axis=axes, keepdims=True)
-    return total / ops.maximum(count, 1.0)
+    magnitude = ops.abs(x)
+    return _masked_mean(magnitude, ops.not_equal(magnitude, 0), axes)
+
+
+def _masked_mean(magnitude, kept, axes):
+    """Mean of the non-negative ``magnitude`` where ``kept``, over ``axes``
+    (``None``: all; kept dims; 0 where nothing is kept).
+
+    Computed as ``m + mean(magnitude - m)`` with ``m`` the largest kept
+    magnitude: the same value in exact arithmetic, and exactly ``m`` when
+    every kept magnitude equals ``m`` (a plain sum of ``n`` copies of ``m``
+    divided by ``n`` may be an ulp off). Scales such as the XNOR ``alpha``
+    are then reproduced bit for bit from an already quantized tensor.
+    """
+    zero = ops.zeros((), magnitude.dtype)
+    top = ops.max(ops.where(kept, magnitude, zero), axis=axes, keepdims=True)
+    count = ops.sum(ops.cast(kept, magnitude.dtype), axis=axes, keepdims=True)
+    shortfall = ops.sum(ops.where(kept, magnitude - top, zero), axis=axes, keepdims=True)
+    mean = top + shortfall / ops.maximum(count, 1.0)
+    # An infinite magnitude: inf - inf would make the mean NaN.
+    return ops.where(ops.isinf(top), top, mean)
 
 
 def _max_abs(x, output_axes):

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_sparse.ops.quantize.base import _check_clip
 from keras_sparse.ops.quantize.base import _like
+from keras_sparse.ops.quantize.base import _masked_mean
 from keras_sparse.ops.quantize.base import _mean_abs
 from keras_sparse.ops.quantize.base import _nan_or
 from keras_sparse.ops.quantize.base import _to_compute
@@ -248,8 +249,7 @@ def ste_tern(
         value = ops.where(above, sign(t), _nan_or(magnitude, 0.0))
         if not scaled:
             return value
-        kept = ops.cast(above, t.dtype)
-        alpha = ops.sum(magnitude * kept) / ops.maximum(ops.sum(kept), 1.0)
+        alpha = ops.reshape(_masked_mean(magnitude, above, None), ())
         return alpha * value, alpha
 
     return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)

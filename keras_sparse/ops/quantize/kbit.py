@@ -16,10 +16,63 @@ from keras_sparse.ops.quantize.base import gated_straight_through
 from keras_sparse.ops.quantize.base import reduce_axes
 from keras_sparse.ops.quantize.base import straight_through
 
-__all__ = ["uniform", "dorefa", "lsq_levels", "lsq_initial_step", "lsq", "pact"]
+__all__ = ["uniform", "affine_grid", "dorefa", "lsq_levels", "lsq_initial_step", "lsq", "pact"]
 
 
 # -------------------------------------------------------------------- k-bit
+def _unfolded(value, like):
+    """The constant ``value`` as a tensor shaped like ``like`` that no
+    compiler can fold (it depends on ``like``; 1 where ``like`` is NaN).
+
+    Dividing by it stays an IEEE division: XLA turns a division by a
+    constant into a product with its reciprocal, which differs in the last
+    bit, and ``fl(fl(n * fl(m / n)) / n) == fl(m / n)`` (on which
+    idempotence rests) holds for the division only.
+    """
+    return ops.where(ops.isnan(like), ops.ones((), like.dtype), ops.full((), value, like.dtype))
+
+
+def affine_grid(low, high, bits):
+    """Scale and zero point of asymmetric :func:`uniform` quantization of
+    the range ``[low, high]`` (``low <= 0 <= high``, tensors of the same
+    shape).
+
+    In exact arithmetic :math:`s = (hi - lo) / L` and
+    :math:`z = \\mathrm{round}(-lo / s)` with ``L = 2^b - 1``. In float32 the
+    scale is then moved by at most an ulp or two, to a value that the range
+    of its own grid gives back bit for bit: with ``n = z`` (``L`` when
+    ``z = 0``) and the grid end ``e = n s`` (``-lo`` or ``hi`` of the
+    quantized tensor), the scale is ``fl(e / n)``, and ``fl(fl(n s) / n)`` is
+    ``s`` for every ``s`` that is itself a quotient by ``n``. This is what
+    makes :func:`uniform` idempotent: the range of ``q(x)`` yields the same
+    scale and zero point, so ``q(q(x)) == q(x)`` exactly.
+
+    Returns:
+        ``(scale, zero_point)``, float tensors shaped like ``low``; the
+        scale is 1 where the range is empty, the zero point an integer in
+        ``[0, L]``.
+
+    Example:
+    >>> affine_grid([-1.0], [2.0], bits=2)   # levels -1, 0, 1, 2
+    ([1.], [1.])
+    """
+    check_bits(bits)
+    low = ops.convert_to_tensor(low)
+    high = _like(high, low)
+    steps = float(2**bits - 1)
+    span = (high - low) / steps
+    first = ops.where(span > 0, span, ops.ones((), low.dtype))
+    zero_point = ops.clip(ops.round(-low / first), 0.0, steps)
+    divisor = ops.where(zero_point > 0, zero_point, ops.full((), steps, low.dtype))
+    end = ops.where(zero_point > 0, -low, high)
+    # The range already ends on a grid point (the input is quantized): the
+    # scale is its quotient. Otherwise the nearest quotient by `divisor`.
+    from_end = end / divisor
+    on_grid = ops.less_equal(ops.abs(from_end - first), first * 2.0**-16)
+    scale = ops.where(on_grid, from_end, (divisor * first) / divisor)
+    return scale, zero_point
+
+
 def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
     """Uniform k-bit quantization with straight-through rounding.
 
@@ -38,7 +91,10 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
     The range is the tensor's own when ``clip_value`` is ``None``
     (:math:`m = \\max|x|`, ``lo = min(min x, 0)``, ``hi = max(max x, 0)``,
     per index of ``output_axes``; ``()`` = per tensor) and the gradient is 1
-    everywhere. A fixed ``clip_value = c`` gives the range ``[-c, c]``
+    everywhere. The asymmetric scale is adjusted by an ulp or two so that
+    the range of the output gives back the same grid, and ``lo`` and ``hi``
+    take the end codes ``0`` and ``L`` (see :func:`affine_grid`): quantizing
+    the output again returns it unchanged. A fixed ``clip_value = c`` gives the range ``[-c, c]``
     (symmetric) or ``[0, c]`` (asymmetric: a k-bit ReLU for activations)
     with gradient :math:`1_{x \\in \\text{range}}`. The range is a constant for
     the gradient.
@@ -63,8 +119,11 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
 
         def forward(t):
             if clip_value is None:
-                # |t| <= max|t| = levels * scale: no clip needed.
-                scale = _max_abs(t, output_axes) / levels
+                # |t| <= max|t| = levels * scale: no clip needed. An IEEE
+                # division, so the top level levels * scale of the output
+                # gives back this scale (q(q(x)) == q(x)).
+                top = _max_abs(t, output_axes)
+                scale = top / _unfolded(levels, top)
                 scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
                 return ops.round(t / scale) * scale
             scale = clip_value / levels
@@ -79,11 +138,20 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
                 axes = reduce_axes(len(t.shape), output_axes)
                 low = ops.minimum(ops.min(t, axis=axes, keepdims=True) if axes else t, 0.0)
                 high = ops.maximum(ops.max(t, axis=axes, keepdims=True) if axes else t, 0.0)
-                scale = (high - low) / steps
-                scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
-                zero_point = ops.round(-low / scale)
-                return (ops.clip(ops.round(t / scale) + zero_point, 0.0, steps)
-                        - zero_point) * scale
+                scale, zero_point = affine_grid(low, high, bits)
+                codes = ops.clip(ops.round(t / scale) + zero_point, 0.0, steps)
+                # The ends of the range take the end codes (rounding alone
+                # may leave the top one empty when the zero point was
+                # rounded down), so the output spans the whole grid.
+                codes = ops.where(
+                    ops.logical_and(ops.greater_equal(t, high), ops.greater(high, 0.0)),
+                    ops.full((), steps, t.dtype), codes,
+                )
+                codes = ops.where(
+                    ops.logical_and(ops.less_equal(t, low), ops.less(low, 0.0)),
+                    ops.zeros((), t.dtype), codes,
+                )
+                return (codes - zero_point) * scale
             scale = clip_value / steps
             return ops.clip(ops.round(t / scale), 0.0, steps) * scale
 
@@ -107,7 +175,13 @@ def dorefa(x, bits=2, mode="weights"):
         q(x) = Q_k(\\mathrm{clip}(x, 0, 1))
 
     with :math:`Q_k(r) = \\mathrm{round}((2^k - 1) r) / (2^k - 1)` and a
-    straight-through gradient.
+    straight-through gradient. An all-zero weight tensor (no
+    :math:`\\max|\\tanh w|`) quantizes to ``+1``.
+
+    Quantizing twice changes nothing for activations and for weights with
+    up to 3 bits. For weights with 4 or more bits it does: the ``tanh`` of
+    an already quantized tensor moves its inner levels outwards, by design
+    of the method.
 
     Reference: S. Zhou et al., "DoReFa-Net", 2016.
 
@@ -132,12 +206,18 @@ def dorefa(x, bits=2, mode="weights"):
             dtype,
         )
     squashed = ops.tanh(x)
-    peak = ops.maximum(ops.max(ops.abs(squashed)), 1e-12)
+    top = ops.max(ops.abs(squashed))
+    peak = ops.maximum(top, 1e-12)
     unit = squashed / (2.0 * peak) + 0.5
+    # The forward pass divides by the peak itself, however small, so the
+    # largest entry is always at a range end (+-1); a tensor without a peak
+    # (all zeros) is +1, as sign(0). Both keep q(q(w)) == q(w) (bits <= 3).
+    # The gradient keeps the floored peak.
+    exact = ops.where(top > 0, squashed / (2.0 * ops.where(top > 0, top, 1.0)) + 0.5, 1.0)
     # 2 Q_k(u) - 1 written as (code - L/2) * (2/L), the affine form a packed
     # export decodes bit for bit.
     steps = float(2**bits - 1)
-    value = (ops.round(unit * steps) - steps / 2.0) * (2.0 / steps)
+    value = (ops.round(exact * steps) - steps / 2.0) * (2.0 / steps)
     return ops.cast(straight_through(value, 2.0 * unit - 1.0), dtype)
 
 
