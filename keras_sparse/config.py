@@ -127,3 +127,32 @@ class ConfigObject:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def family_api(base_cls, registry, family, parse_string=None):
+    """``(deserialize, register)`` of a family module (schedules, patterns,
+    ...): ``deserialize(config)`` gives the object of a config dict made by
+    ``serialize`` (``None`` for ``None``; ``TypeError`` for anything but a
+    dict, ``ValueError`` for a dict of another family); ``register(*aliases,
+    package="Custom", name=None)`` is a class decorator for a user's
+    ``base_cls`` subclass (Keras-serializable, resolved by ``get`` under each
+    snake_case alias)."""
+
+    def deserialize(config):
+        return deserialize_in(config, base_cls, registry, family, parse_string)
+
+    def register(*aliases, package="Custom", name=None):
+        return public_register(registry, base_cls, family, *aliases, package=package, name=name)
+
+    deserialize.__doc__ = (
+        f"The {family} of a config dict made by ``serialize`` (``None`` for ``None``).\n\n"
+        "Raises:\n    TypeError: for something other than a dict or ``None``.\n"
+        f"    ValueError: for a dict that is not a {family} config.\n"
+    )
+    register.__doc__ = (
+        f"Class decorator registering your own {base_cls.__name__} subclass: it becomes "
+        "Keras-serializable (as ``package>name``) and ``get`` resolves each snake_case "
+        f"alias to it.\n\nExample:\n>>> @register(\"my_{family}\")\n"
+        f"... class My{base_cls.__name__}({base_cls.__name__}):\n...     ...\n"
+    )
+    return deserialize, register

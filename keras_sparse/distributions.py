@@ -149,29 +149,7 @@ def get(identifier):
 serialize = config_lib.serialize
 
 
-def deserialize(config):
-    """The distribution of a config dict made by :func:`serialize` (``None`` for
-    ``None``).
-
-    Raises:
-        TypeError: for something other than a dict or ``None``.
-        ValueError: for a dict that is not a distribution config.
-    """
-    return config_lib.deserialize_in(config, Distribution, _REGISTRY, "distribution")
-
-
-def register(*aliases, package="Custom", name=None):
-    """Class decorator registering your own Distribution subclass: it becomes
-    Keras-serializable (as ``package>name``, default the class name) and
-    :func:`get` resolves each snake_case alias to it.
-
-    Example:
-    >>> @register("my_distribution")
-    ... class MyDistribution(Distribution):
-    ...     ...
-    """
-    return config_lib.public_register(_REGISTRY, Distribution, "distribution", *aliases, package=package,
-                                      name=name)
+deserialize, register = config_lib.family_api(Distribution, _REGISTRY, "distribution")
 
 
 __all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]

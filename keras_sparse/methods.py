@@ -607,29 +607,7 @@ def get(identifier):
 serialize = config_lib.serialize
 
 
-def deserialize(config):
-    """The method of a config dict made by :func:`serialize` (``None`` for
-    ``None``).
-
-    Raises:
-        TypeError: for something other than a dict or ``None``.
-        ValueError: for a dict that is not a method config.
-    """
-    return config_lib.deserialize_in(config, SparsityMethod, _REGISTRY, "method")
-
-
-def register(*aliases, package="Custom", name=None):
-    """Class decorator registering your own SparsityMethod subclass: it becomes
-    Keras-serializable (as ``package>name``, default the class name) and
-    :func:`get` resolves each snake_case alias to it.
-
-    Example:
-    >>> @register("my_method")
-    ... class MySparsityMethod(SparsityMethod):
-    ...     ...
-    """
-    return config_lib.public_register(_REGISTRY, SparsityMethod, "method", *aliases, package=package,
-                                      name=name)
+deserialize, register = config_lib.family_api(SparsityMethod, _REGISTRY, "method")
 
 
 __all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]

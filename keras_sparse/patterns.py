@@ -374,29 +374,7 @@ class FanIn(Pattern):
 __all__ += ["FanIn"]
 
 
-def deserialize(config):
-    """The pattern of a config dict made by :func:`serialize` (``None`` for
-    ``None``).
-
-    Raises:
-        TypeError: for something other than a dict or ``None``.
-        ValueError: for a dict that is not a pattern config.
-    """
-    return config_lib.deserialize_in(config, Pattern, _REGISTRY, "pattern", _parse)
-
-
-def register(*aliases, package="Custom", name=None):
-    """Class decorator registering your own Pattern subclass: it becomes
-    Keras-serializable (as ``package>name``, default the class name) and
-    :func:`get` resolves each snake_case alias to it.
-
-    Example:
-    >>> @register("my_pattern")
-    ... class MyPattern(Pattern):
-    ...     ...
-    """
-    return config_lib.public_register(_REGISTRY, Pattern, "pattern", *aliases, package=package,
-                                      name=name)
+deserialize, register = config_lib.family_api(Pattern, _REGISTRY, "pattern", _parse)
 
 
 __all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]

@@ -375,29 +375,7 @@ def get(identifier):
 serialize = config_lib.serialize
 
 
-def deserialize(config):
-    """The schedule of a config dict made by :func:`serialize` (``None`` for
-    ``None``).
-
-    Raises:
-        TypeError: for something other than a dict or ``None``.
-        ValueError: for a dict that is not a schedule config.
-    """
-    return config_lib.deserialize_in(config, PruningSchedule, _REGISTRY, "schedule")
-
-
-def register(*aliases, package="Custom", name=None):
-    """Class decorator registering your own PruningSchedule subclass: it becomes
-    Keras-serializable (as ``package>name``, default the class name) and
-    :func:`get` resolves each snake_case alias to it.
-
-    Example:
-    >>> @register("my_schedule")
-    ... class MyPruningSchedule(PruningSchedule):
-    ...     ...
-    """
-    return config_lib.public_register(_REGISTRY, PruningSchedule, "schedule", *aliases, package=package,
-                                      name=name)
+deserialize, register = config_lib.family_api(PruningSchedule, _REGISTRY, "schedule")
 
 
 __all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]

@@ -111,29 +111,7 @@ def serialize(quantizer):
     return config_lib.serialize(quantizer)
 
 
-def deserialize(config):
-    """The quantizer of a config dict made by :func:`serialize` (``None`` for
-    ``None``).
-
-    Raises:
-        TypeError: for something other than a dict or ``None``.
-        ValueError: for a dict that is not a quantizer config.
-    """
-    return config_lib.deserialize_in(config, Quantizer, REGISTRY, "quantizer", _parse)
-
-
-def register(*aliases, package="Custom", name=None):
-    """Class decorator registering your own Quantizer subclass: it becomes
-    Keras-serializable (as ``package>name``, default the class name) and
-    :func:`get` resolves each snake_case alias to it.
-
-    Example:
-    >>> @register("my_quantizer")
-    ... class MyQuantizer(Quantizer):
-    ...     ...
-    """
-    return config_lib.public_register(REGISTRY, Quantizer, "quantizer", *aliases, package=package,
-                                      name=name)
+deserialize, register = config_lib.family_api(Quantizer, REGISTRY, "quantizer", _parse)
 
 
 __all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]

@@ -74,29 +74,7 @@ def get(identifier):
 serialize = config_lib.serialize
 
 
-def deserialize(config):
-    """The scorer of a config dict made by :func:`serialize` (``None`` for
-    ``None``).
-
-    Raises:
-        TypeError: for something other than a dict or ``None``.
-        ValueError: for a dict that is not a scorer config.
-    """
-    return config_lib.deserialize_in(config, Scorer, _REGISTRY, "scorer")
-
-
-def register(*aliases, package="Custom", name=None):
-    """Class decorator registering your own Scorer subclass: it becomes
-    Keras-serializable (as ``package>name``, default the class name) and
-    :func:`get` resolves each snake_case alias to it.
-
-    Example:
-    >>> @register("my_scorer")
-    ... class MyScorer(Scorer):
-    ...     ...
-    """
-    return config_lib.public_register(_REGISTRY, Scorer, "scorer", *aliases, package=package,
-                                      name=name)
+deserialize, register = config_lib.family_api(Scorer, _REGISTRY, "scorer")
 
 
 __all__ += [n for n in ("get", "serialize", "deserialize", "register") if n not in __all__]
