@@ -11,12 +11,12 @@ import keras
 PACKAGE = "keras_sparse"
 
 
-def register(registry, *aliases, name=None):
-    """Class decorator: register with Keras (as ``keras_sparse>name``,
-    default the class name) and under ``aliases``."""
+def register(registry, *aliases, name=None, package=PACKAGE):
+    """Class decorator: register with Keras (as ``package>name``, by
+    default ``keras_sparse>`` and the class name) and under ``aliases``."""
 
     def decorator(cls):
-        cls = keras.saving.register_keras_serializable(package=PACKAGE, name=name)(cls)
+        cls = keras.saving.register_keras_serializable(package=package, name=name)(cls)
         for alias in aliases:
             registry[alias] = cls
         return cls
@@ -87,10 +87,7 @@ def public_register(registry, base_cls, family, *aliases, package="Custom", name
                 f"Only subclasses of {base_cls.__name__} can be registered as a {family}. "
                 f"Received: {cls!r}"
             )
-        cls = keras.saving.register_keras_serializable(package=package, name=name)(cls)
-        for alias in aliases:
-            registry[alias] = cls
-        return cls
+        return register(registry, *aliases, name=name, package=package)(cls)
 
     return decorator
 
