@@ -8,8 +8,8 @@ at initialization) lives here so the rest of the package is written with
 
 Mask updates run on the host by default: each masked weight is read once,
 scored and thresholded with numpy (a SIMD sort) and written back with two
-assignments. On a CPU this was measured faster than the compiled update at
-every kernel size (``benchmarks/pruning_overhead.py``). Compiled updates
+assignments: on a CPU the faster path at every kernel size (see
+``benchmarks/pruning_overhead.py`` and the README). Compiled updates
 (:func:`compile_update`: one traced function per group, score -> threshold
 -> mask -> write, on TensorFlow) are kept for devices where host round
 trips cost more: set ``KERAS_SPARSE_COMPILED_UPDATES=1`` before importing
@@ -151,7 +151,8 @@ def write_mask_and_select(mask_variable, latent_variable, mask, select_host):
     """Assign boolean numpy ``mask`` to ``mask_variable`` and set
     ``latent_variable`` to 0 where it is ``False`` (a select), eagerly. On
     TensorFlow the mask is converted once and the select runs on the device
-    (measured faster than a host read and a write back); elsewhere the
+    (faster than a host read and a write back, see
+    ``benchmarks/pruning_overhead.py``); elsewhere the
     latent weight is read, selected on the host by ``select_host(mask,
     weights)`` and assigned."""
     if name() == "tensorflow":
@@ -173,7 +174,7 @@ def fuse(function):
 
     On TensorFlow, an XLA-compiled ``tf.function``: ``fit`` on a CPU runs
     without XLA by default, so each elementwise op of a quantizer is its own
-    pass over the kernel (about 40-60 us per op on a 784 x 300 kernel),
+    pass over the kernel (``benchmarks/quant_overhead.py``),
     while XLA runs the forward and the gradient as one pass each. Variables
     read inside ``function`` are captured and receive gradients. Elsewhere
     ``function`` itself: ``jax.jit`` already fuses.

@@ -275,8 +275,8 @@ class Gradual(SparsityMethod):
         rescaling) with a pattern that has a traced mask (unstructured,
         channel) and global groups: one rule per group, the counts kept
         (``Pattern.dynamic_keep``) as its argument. Groups larger than
-        ``backend.COMPILED_UPDATE_MAX_SIZE`` entries stay eager (measured
-        faster there)."""
+        ``backend.COMPILED_UPDATE_MAX_SIZE`` entries stay eager (faster there,
+        see ``benchmarks/pruning_overhead.py``)."""
         for layer in group:
             scorer = layer.scorer
             if not scorer.traceable or scorer.accumulate or scorer.rescale_survivors:

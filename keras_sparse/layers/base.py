@@ -51,8 +51,8 @@ Layout = patterns_lib.Layout
 
 #: Smallest weight (entries) whose quantizer and mask are fused into one
 #: compiled kernel on TensorFlow: a fused call has a fixed launch cost that a
-#: small kernel does not win back (measured on a 100 x 10 kernel: +19 us
-#: fused against +9 us op by op per training step).
+#: small kernel does not win back (``benchmarks/quant_overhead.py``, the
+#: "op by op" rows).
 FUSE_MIN_SIZE = 4096
 
 #: Keyword arguments the mixin adds to every layer of the family.
