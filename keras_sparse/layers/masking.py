@@ -148,7 +148,7 @@ class MaskingMixin:
             new = np.asarray(ops.convert_to_numpy(mask), dtype=bool)
             kept = before & new
             weights = np.asarray(ops.convert_to_numpy(latent))
-            latent.assign(np.where(kept, weights, weights.dtype.type(0)))
+            latent.assign(_select_host(kept, weights))
             mask_var.assign(new)
             self._mask_sparsity_cache[name] = mask_sparsity(new)
         else:
