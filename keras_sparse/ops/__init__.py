@@ -9,6 +9,9 @@ from keras_sparse.ops.masks import global_topk_masks
 from keras_sparse.ops.masks import mask_sparsity
 from keras_sparse.ops.masks import nm_mask
 from keras_sparse.ops.masks import topk_mask
+from keras_sparse.ops.prox import group_soft_threshold
+from keras_sparse.ops.prox import soft_threshold
+from keras_sparse.ops.prox import zero_group_count
 
 __all__ = [
     "block_mask",
@@ -16,8 +19,11 @@ __all__ = [
     "check_sparsity",
     "erk_densities",
     "global_topk_masks",
+    "group_soft_threshold",
     "mask_sparsity",
     "nm_mask",
     "polynomial_sparsity",
+    "soft_threshold",
     "topk_mask",
+    "zero_group_count",
 ]
