@@ -1,5 +1,8 @@
 """Floor 1: pure tensor math (``keras.ops`` only, no variables, no layers)."""
 
+from keras_sparse.ops.allocation import allocate_removals
+from keras_sparse.ops.allocation import lamp_removals
+from keras_sparse.ops.allocation import lamp_scores
 from keras_sparse.ops.formulas import erk_densities
 from keras_sparse.ops.formulas import polynomial_sparsity
 from keras_sparse.ops.masks import block_mask
@@ -11,11 +14,14 @@ from keras_sparse.ops.masks import nm_mask
 from keras_sparse.ops.masks import topk_mask
 
 __all__ = [
+    "allocate_removals",
     "block_mask",
     "channel_mask",
     "check_sparsity",
     "erk_densities",
     "global_topk_masks",
+    "lamp_removals",
+    "lamp_scores",
     "mask_sparsity",
     "nm_mask",
     "polynomial_sparsity",
