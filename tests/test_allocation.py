@@ -7,6 +7,9 @@ import sys
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 from keras import ops
 
 import keras_sparse as ks
@@ -167,6 +170,43 @@ def test_allocate_removals_meet_the_budget_within_one_entry(budget):
     freed = sum(r * c for r, c in zip(removed, costs))
     assert budget <= freed < budget + max(costs)
     assert all(0 <= r <= n - 1 for r, n in zip(removed, sizes))
+
+
+_curve = st.lists(st.tuples(st.floats(0.01, 0.99), st.floats(-1.0, 3.0)), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_curve, st.integers(1, 300), st.sampled_from([0.0, 0.5, 1.0, 3.0, 64.0])),
+                min_size=1, max_size=5), st.floats(0.0, 1.0))
+def test_allocate_removals_budget_invariant(layers, share):
+    curves = [c for c, _, _ in layers]
+    sizes = [n for _, n, _ in layers]
+    costs = [c for _, _, c in layers]
+    capacity = sum((n - 1) * c for n, c in zip(sizes, costs))
+    budget = share * capacity
+    removed = allocate_removals(curves, sizes, costs, budget)
+    freed = sum(r * c for r, c in zip(removed, costs))
+    assert budget - 1e-6 * max(1.0, budget) <= freed
+    assert freed < budget + max(costs) + 1e-9
+    for r, n, c in zip(removed, sizes, costs):
+        assert 0 <= r <= n - 1
+        if c == 0:
+            assert r == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.sampled_from([1.0, 2.0, 7.0])),
+                min_size=1, max_size=4), st.floats(0.0, 1.0), st.integers(0, 1000))
+def test_lamp_removals_budget_invariant(tensors, share, seed):
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(size=n) * rng.choice([1e-3, 1.0, 10.0]) for n, _ in tensors]
+    costs = [c for _, c in tensors]
+    capacity = sum((w.size - 1) * c for w, c in zip(weights, costs))
+    budget = share * capacity
+    removed = lamp_removals(weights, budget, costs)
+    freed = sum(r * c for r, c in zip(removed, costs))
+    assert budget - 1e-6 * max(1.0, budget) <= freed < budget + max(costs) + 1e-9
+    assert all(0 <= r <= w.size - 1 for r, w in zip(removed, weights))
 
 
 def test_allocate_removals_rejects_an_impossible_budget():
