@@ -229,6 +229,14 @@ def allocate(model, budget, by="params", sensitivity=None, layers=None):
             f"{sensitivity.layers}"
         )
     sizes = [sum(size for size, _, _, _ in weights) for _, weights in units]
+    for name, size in zip(names, sizes):
+        measured = {row.get("params") for row in sensitivity.rows if row["layer"] == name}
+        if measured - {None, size}:
+            raise ValueError(
+                f"The sensitivity table was measured on another model: layer {name!r} has "
+                f"{size} prunable weights here and {sorted(measured - {None})} in the table. "
+                f"Received: sensitivity with layers {sensitivity.layers}"
+            )
     costs = [sum(size * cost for size, cost, _, _ in weights) / max(n, 1)
              for n, (_, weights) in zip(sizes, units)]
     max_removed = [sum(size - 1 for size, _, _, _ in weights) for _, weights in units]

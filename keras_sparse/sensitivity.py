@@ -170,8 +170,11 @@ class SensitivityTable:
         header = ("layer", "sparsity", "removed", "params", self.metric, "delta")
         lines = [[*header]]
         for row in self.rows:
-            lines.append([row["layer"], f"{100 * row['sparsity']:.1f}%", f"{row['removed']:,}",
-                          f"{row['params']:,}", f"{row['metric']:.4f}", f"{row['delta']:+.4f}"])
+            removed, params = row.get("removed"), row.get("params")
+            lines.append([row["layer"], f"{100 * row['sparsity']:.1f}%",
+                          "?" if removed is None else f"{removed:,}",
+                          "?" if params is None else f"{params:,}",
+                          f"{row['metric']:.4f}", f"{row.get('delta', row['metric'] - self.baseline):+.4f}"])
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = [f"baseline {self.metric}: {self.baseline:.4f}"]
         for i, line in enumerate(lines):

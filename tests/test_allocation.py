@@ -387,6 +387,9 @@ def test_allocate_bad_inputs_leave_the_model_untouched():
         (dict(budget=0.9, sensitivity={"mid": 0.5}), TypeError, "sensitivity="),
         (dict(budget=0.9, sensitivity=table, layers=["wide", "mid"]), ValueError, "'wide'"),
         (dict(budget=0.99999), ValueError, "budget=0.99999"),
+        (dict(budget=0.5, sensitivity=ks.SensitivityTable(
+            [dict(layer="mid", sparsity=0.5, removed=5, params=10, metric=0.5, delta=0.0)],
+            0.5), layers=["mid"]), ValueError, "another model"),
     ]
     for kwargs, error, text in bad:
         with pytest.raises(error, match=text):
