@@ -97,7 +97,7 @@ def test_lamp_removals_keep_one_and_reject_too_much():
 
 
 def test_lamp_removals_with_costs_skip_free_entries():
-    weights = [np.array([0.1, 0.2, 0.3]), np.array([1.0, 2.0, 3.0])]
+    weights = [np.array([0.25, 0.5, 0.75]), np.array([1.0, 2.0, 3.0])]
     # The first tensor costs nothing: it stays whole, the other pays.
     assert lamp_removals(weights, 2.0, costs=[0.0, 1.0]) == [0, 2]
     # LAMP is scale-free: both tensors score (1/14, 4/13, 1). Order by
