@@ -47,6 +47,8 @@ FLOORS = {
     "column_sampling": 4,
     "export": 4,
     "report": 4,
+    "sensitivity": 4,
+    "allocation": 4,
     "shrink": 4,
     "testing": 4,
     "demo": 4,
