@@ -200,3 +200,23 @@ def test_nothing_to_steer_is_a_clear_error_and_leaves_the_model():
     with pytest.raises(ValueError, match="on='weights'"):
         model.fit(x, y.astype("float32")[:, None].repeat(2, 1), epochs=1, verbose=0,
                   callbacks=[ks.callbacks.SparsityController(0.5, on="weights")])
+
+
+def test_network_slimming_steers_batchnorm_scales_to_exact_zeros():
+    """Slimming (Liu et al. 2017) without a lambda: L1 on the BatchNorm
+    scales through Proximal, steered to half of the channels."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((20,)),
+        keras.layers.Dense(32, name="hidden"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Activation("relu"),
+        keras.layers.Dense(2, name="out"),
+    ])
+    optimizer = ks.optimizers.Proximal(
+        keras.optimizers.Adam(1e-2), "l1", variables=ks.optimizers.PathMatches(r"(^|/)bn/gamma$"))
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    _fit(model, ks.callbacks.SparsityController(0.5))
+    gamma = to_np(model.get_layer("bn").gamma)
+    assert int((gamma == 0).sum()) == 16
+    assert (to_np(model.get_layer("hidden").kernel) != 0).all()
