@@ -9,6 +9,7 @@
 
 __version__ = "0.1.0"
 
+from keras_sparse import criteria
 from keras_sparse import distributions
 from keras_sparse import layers
 from keras_sparse import methods
@@ -41,6 +42,7 @@ __all__ = [
     "apply_initial_masks",
     "callbacks",
     "constraints",
+    "criteria",
     "distributions",
     "export",
     "initializers",

@@ -27,6 +27,7 @@ FLOORS = {
     "patterns": 2,
     "scorers": 2,
     "distributions": 2,
+    "criteria": 2,
     "quantizers": 2,
     "layers": 3,
     "callbacks": 3,
