@@ -33,6 +33,8 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.base import check_pattern_fits
 from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.layers.sparse_layers import SparseEinsumDense
+from keras_sparse.layers.sparse_layers import sparse_class_for
 from keras_sparse.cloning import clone
 from keras_sparse.cloning import copy_weights
 from keras_sparse.cloning import rebuild
@@ -52,19 +54,19 @@ def _weight_shapes(layer):
         return []
     if isinstance(layer, SparseMixin):
         return [tuple(layer.latent_weight(n).shape) for n in layer.sparse_weight_names]
-    cls = SPARSE_CLASS_FOR[type(layer)]
+    cls = sparse_class_for(type(layer))
     return [tuple(getattr(layer, name).shape) for name in cls.sparse_weight_layouts]
 
 
 def _layouts(layer):
-    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
-    if cls is SPARSE_CLASS_FOR.get(keras.layers.EinsumDense):
+    cls = type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
+    if issubclass(cls, SparseEinsumDense):
         return [cls.weight_layout(layer, "kernel")]
     return list(cls.sparse_weight_layouts.values())
 
 
 def _layout_map(layer):
-    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    cls = type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
     return dict(zip(cls.sparse_weight_layouts, _layouts(layer)))
 
 
@@ -156,7 +158,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
 def _sparse_from(layer, settings):
     # An already-sparse layer keeps its other settings (a quantized layer
     # keeps its quantizers when pruned, and the other way round).
-    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    cls = type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
     config = layer.get_config()
     config.update(settings)
     if config.get("schedule") is not None:
@@ -198,7 +200,7 @@ def convert(model, plan, configure):
         if settings is None:
             continue
         if not isinstance(layer, SparseMixin):
-            layer.__class__ = SPARSE_CLASS_FOR[type(layer)]
+            layer.__class__ = sparse_class_for(type(layer))
             layer._adopt()
         getattr(layer, configure)(**settings)
     reset_compiled_functions(model)
@@ -293,8 +295,8 @@ def _nothing_to_prune(layers, distribution):
         listed = " and listed in the per-layer sparsities"
     return (
         "ks.prune found no layer to prune: it looks for layers of the types "
-        f"{supported} (or layers of the keras_sparse family) among the layers selected "
-        f"by layers={layers!r}{listed}. Nothing is pruned."
+        f"{supported} (their subclasses, or layers of the keras_sparse family) among the "
+        f"layers selected by layers={layers!r}{listed}. Nothing is pruned."
     )
 
 

@@ -8,7 +8,7 @@ import keras
 
 from keras_sparse.checks import type_error
 from keras_sparse.layers.base import SparseMixin
-from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.layers.sparse_layers import sparse_class_for
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
@@ -101,7 +101,7 @@ def _rebuilt_owners(model):
 
 
 def supports(layer):
-    return isinstance(layer, SparseMixin) or type(layer) in SPARSE_CLASS_FOR
+    return isinstance(layer, SparseMixin) or sparse_class_for(type(layer)) is not None
 
 
 def has_kernel_like_weights(layer):
