@@ -40,13 +40,13 @@ from keras_sparse.cloning import copy_weights
 from keras_sparse.cloning import rebuild
 from keras_sparse.cloning import reset_compiled_functions
 from keras_sparse.ops.masks import check_sparsity
-from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
 from keras_sparse.selection import split_convertible
 from keras_sparse.utils import sparse_layers
 
-__all__ = ["convert", "prune", "strip", "select_layers", "is_graph_model"]
+__all__ = ["convert", "prune", "strip", "select_layers", "is_cloneable_model"]
 
 
 def _weight_shapes(layer):
@@ -186,7 +186,7 @@ def convert(model, plan, configure):
         ``settings``). Subclassed models: the same model, converted in place
         (plain layers are class-swapped; compile again before ``fit``).
     """
-    if is_graph_model(model):
+    if is_cloneable_model(model):
 
         def make_layer(layer):
             if id(layer) in plan:
@@ -371,7 +371,7 @@ def strip(model):
             "computes on float inputs.",
             stacklevel=2,
         )
-    if is_graph_model(model):
+    if is_cloneable_model(model):
 
         def make_layer(layer):
             if isinstance(layer, SparseMixin):

@@ -12,11 +12,20 @@ from keras_sparse.layers.sparse_layers import sparse_class_for
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
-__all__ = ["is_graph_model", "select_layers", "split_convertible"]
+__all__ = ["is_cloneable_model", "select_layers", "split_convertible"]
 
 
-def is_graph_model(model):
-    """Whether ``model`` is a Sequential or plain functional model (cloneable)."""
+def is_cloneable_model(model):
+    """Whether ``keras.models.clone_model`` rebuilds ``model`` as the same
+    class: exactly a Sequential or a plain functional model (a subclass of
+    either would come back as its base class).
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        bool.
+    """
     return type(model) is keras.Sequential or type(model).__name__ == "Functional"
 
 
@@ -113,7 +122,7 @@ def split_convertible(model, selected):
     ``model``: the layers with a sparse/quantized counterpart that the
     conversion can reach, and the layers to report (kernel-like weights and
     no counterpart, or the owner of a layer the clone would recreate)."""
-    owners = _rebuilt_owners(model) if is_graph_model(model) else {}
+    owners = _rebuilt_owners(model) if is_cloneable_model(model) else {}
     convertible = [layer for layer in selected if supports(layer) and id(layer) not in owners]
     unsupported = []
     for layer in selected:
