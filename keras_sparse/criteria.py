@@ -229,7 +229,20 @@ def get(identifier):
 serialize = config_lib.serialize
 
 
-deserialize, register = config_lib.family_api(Criterion, _REGISTRY, "criterion")
+deserialize, _register = config_lib.family_api(Criterion, _REGISTRY, "criterion")
+
+
+def register(*aliases, package="Custom", name=None):
+    for alias in aliases:
+        if alias in scorers_lib.REGISTRY:
+            # A criterion alias would hide the scorer of that name.
+            raise ValueError(
+                f"The criterion alias {alias!r} is a scorer alias. Received: alias={alias!r}"
+            )
+    return _register(*aliases, package=package, name=name)
+
+
+register.__doc__ = _register.__doc__
 
 
 __all__ += ["get", "serialize", "deserialize", "register"]

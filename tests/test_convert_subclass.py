@@ -151,8 +151,14 @@ def test_unregistered_subclass_loads_with_custom_objects(tmp_path):
     assert model.get_layer("d").get_config()["keras_parent"] == "Local"
     path = str(tmp_path / "local.keras")
     model.save(path)
+    # As in a fresh process: the sparse class is made again at load.
+    from keras_sparse.layers import sparse_layers as family
+
+    made = family._SUBCLASSES.pop(Local)
     loaded = keras.saving.load_model(path, custom_objects={"Local": Local})
-    assert isinstance(loaded.get_layer("d"), Local)
+    remade = type(loaded.get_layer("d"))
+    assert remade is not made and remade is family._SUBCLASSES[Local]
+    assert issubclass(remade, Local) and issubclass(remade, ks.layers.SparseDense)
     x = np.random.RandomState(0).rand(4, 5).astype("float32")
     np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=1e-6)
 
@@ -181,3 +187,57 @@ def test_subclass_reading_the_latent_weight_is_skipped_with_a_warning():
     assert isinstance(pruned.get_layer("plain"), ks.layers.SparseDense)
     with pytest.raises(ValueError, match="LatentDense"):
         ks.prune(model, 0.5, strict=True)
+
+
+_USER_MODULE = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="UserPkg")
+class ShiftedConv(keras.layers.Conv2D):
+    def call(self, inputs):
+        return super().call(inputs) + 1.0
+'''
+
+_SAVE = '''
+import numpy as np, keras, keras_sparse as ks
+from user_layers import ShiftedConv
+keras.utils.set_random_seed(0)
+model = ks.prune(keras.Sequential([keras.Input((6, 6, 2)), ShiftedConv(3, 3, name="c")]), 0.5)
+x = np.random.RandomState(0).rand(2, 6, 6, 2).astype("float32")
+model.compile("sgd", "mse")
+model.fit(x, np.zeros((2, 4, 4, 3)), verbose=0, callbacks=[ks.callbacks.Pruning()])
+model.save("model.keras")
+np.save("out.npy", keras.ops.convert_to_numpy(model(x)))
+np.save("mask.npy", keras.ops.convert_to_numpy(model.layers[0].get_mask("kernel")))
+'''
+
+_LOAD = '''
+import numpy as np, keras
+import user_layers  # only the user's class: no sparse class was made here
+import keras_sparse as ks
+model = keras.saving.load_model("model.keras")
+layer = model.layers[0]
+assert isinstance(layer, user_layers.ShiftedConv) and isinstance(layer, ks.layers.SparseConv2D)
+x = np.random.RandomState(0).rand(2, 6, 6, 2).astype("float32")
+np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), np.load("out.npy"), atol=1e-6)
+np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.get_mask("kernel")), np.load("mask.npy"))
+print("LOADED")
+'''
+
+
+@pytest.mark.slow
+def test_keras_file_loads_in_a_fresh_process(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    (tmp_path / "user_layers.py").write_text(_USER_MODULE)
+    root = str(pathlib.Path(ks.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root])}
+    for script in (_SAVE, _LOAD):
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED" in result.stdout

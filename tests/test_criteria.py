@@ -147,6 +147,8 @@ def test_bad_criteria_name_the_argument():
         ks.criteria.get(3)
     with pytest.raises(ValueError, match="rounds=0"):
         ks.criteria.SynFlow(0)
+    with pytest.raises(ValueError, match="scorer alias. Received: alias='magnitude'"):
+        ks.criteria.register("magnitude")
     with pytest.raises(ValueError, match="taken by GraSP"):
         ks.criteria.register("grasp")
     with pytest.raises(TypeError, match="subclasses of Criterion"):
