@@ -742,6 +742,18 @@ def test_rules_resolve_through_the_mro():
     assert registered_rule(MyBatchNorm())[0] is L.BatchNormalization
     assert registered_rule(_DoublingDense(3)) is None
     assert registered_rule(L.LayerNormalization()) is None
+
+    class PlainAttention(L.MultiHeadAttention):
+        pass
+
+    class OwnScores(L.MultiHeadAttention):
+        def _compute_attention(self, *args, **kwargs):
+            return super()._compute_attention(*args, **kwargs)
+
+    assert registered_rule(PlainAttention(2, 4))[0] is L.MultiHeadAttention
+    assert registered_rule(OwnScores(2, 4)) is None
+    masked = ks.layers.HeadMaskedMultiHeadAttention(2, 4)
+    assert registered_rule(masked)[0] is ks.layers.HeadMaskedMultiHeadAttention
     with pytest.raises(TypeError, match="layer_class=3"):
         register_rule(3)
 

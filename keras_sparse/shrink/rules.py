@@ -45,7 +45,9 @@ import math
 import keras
 import numpy as np
 
+from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.column_sampled import ColumnSampledDense
+from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention
 from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 from keras_sparse.shrink.rules_base import ELEMENTWISE_ACTIVATIONS
@@ -79,20 +81,23 @@ __all__ = ["rule_for", "register_rule", "registered_rule", "ELEMENTWISE_ACTIVATI
 _RULES = {}
 
 
-def register_rule(layer_class, needs_channels=True):
-    """Class decorator-style registration of the rule of ``layer_class``.
+def register_rule(layer_class, needs_channels=True, computed_by=("call",)):
+    """Register the rule of ``layer_class`` (a decorator of the factory).
 
     ``factory(node, graph, tensors)`` returns a :class:`Rule` for a node of a
     ``layer_class`` layer, or ``None`` when this instance does not fit the
     rule (the node then gets a :class:`BarrierRule`). A layer gets the rule of
     the first class of its MRO with one, so a subclass of a registered class
-    gets its parent's rule, unless a class of its own between them defines
-    ``call`` (its computation is then unknown; see :func:`rule_for`).
+    gets its parent's rule, unless a class of its own between them overrides
+    one of the methods in ``computed_by`` (its computation is then unknown
+    and the layer is kept whole).
 
     Args:
         layer_class: a ``keras.layers.Layer`` subclass.
         needs_channels: the rule needs a channel axis on every input and
             output (otherwise the node is a barrier).
+        computed_by: the methods that make the layer's output; a subclass
+            that overrides one of them does not get the rule.
 
     Returns:
         A decorator that registers ``factory`` and returns it.
@@ -109,29 +114,30 @@ def register_rule(layer_class, needs_channels=True):
         )
 
     def decorator(factory):
-        _RULES[layer_class] = (factory, needs_channels)
+        _RULES[layer_class] = (factory, needs_channels, tuple(computed_by))
         return factory
 
     return decorator
 
 
-def _own_call(cls):
-    """``cls`` defines a ``call`` whose computation the rules do not know:
-    one outside Keras and this library (whose layers keep their parent's
-    computation)."""
-    return "call" in vars(cls) and cls.__module__.partition(".")[0] not in ("keras", "keras_sparse")
-
-
 def registered_rule(layer):
     """``(class, factory, needs_channels)`` of the first class of
-    ``type(layer).__mro__`` with a rule, or ``None``; also ``None`` when a
-    class before it defines its own ``call``."""
-    for cls in type(layer).__mro__:
+    ``type(layer).__mro__`` with a rule, or ``None`` (also when a class
+    before it overrides a method that computes the output). A sparse
+    class's ``call`` runs its parent's on the effective weights, so it
+    keeps the parent's computation."""
+    mro = type(layer).__mro__
+    for index, cls in enumerate(mro):
         entry = _RULES.get(cls)
-        if entry is not None:
-            return (cls,) + entry
-        if _own_call(cls):
-            return None
+        if entry is None:
+            continue
+        factory, needs_channels, computed_by = entry
+        for below in mro[:index]:
+            if issubclass(below, SparseMixin):
+                continue
+            if any(name in vars(below) for name in computed_by):
+                return None
+        return cls, factory, needs_channels
     return None
 
 
@@ -155,11 +161,17 @@ def _channelwise(node, graph):
     return _single(node) and _same_channels(graph, node)
 
 
-@register_rule(keras.layers.MultiHeadAttention, needs_channels=False)
 def _attention(node, graph, tensors):
     if graph.tensors[node.outputs[0]].channels is None:
         return BarrierRule(node, graph, "no channel axis")
     return AttentionRule(node, graph)
+
+
+# The head-masked layer computes its attention itself (it masks the heads);
+# the attention rule knows it. Other subclasses that do are kept whole.
+_ATTENTION_COMPUTED_BY = ("call", "_compute_attention", "_masked_softmax")
+for _cls in (keras.layers.MultiHeadAttention, HeadMaskedMultiHeadAttention):
+    register_rule(_cls, needs_channels=False, computed_by=_ATTENTION_COMPUTED_BY)(_attention)
 
 
 def _kernel(adapter_of):
