@@ -59,14 +59,14 @@ def _weight_shapes(layer):
 
 
 def _layouts(layer):
-    cls = type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
+    cls = sparse_class_for(type(layer))
     if issubclass(cls, SparseEinsumDense):
         return [cls.weight_layout(layer, "kernel")]
     return list(cls.sparse_weight_layouts.values())
 
 
 def _layout_map(layer):
-    cls = type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
+    cls = sparse_class_for(type(layer))
     return dict(zip(cls.sparse_weight_layouts, _layouts(layer)))
 
 
@@ -158,7 +158,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
 def _sparse_from(layer, settings):
     # An already-sparse layer keeps its other settings (a quantized layer
     # keeps its quantizers when pruned, and the other way round).
-    cls = type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
+    cls = sparse_class_for(type(layer))
     config = layer.get_config()
     config.update(settings)
     if config.get("schedule") is not None:
