@@ -10,6 +10,7 @@
 __version__ = "0.1.0"
 
 from keras_sparse import controllers
+from keras_sparse import criteria
 from keras_sparse import distributions
 from keras_sparse import layers
 from keras_sparse import methods
@@ -49,6 +50,7 @@ __all__ = [
     "callbacks",
     "constraints",
     "controllers",
+    "criteria",
     "distributions",
     "export",
     "initializers",

@@ -7,6 +7,8 @@ layer's ``write_mask`` (used by :func:`keras_sparse.prune_at_init` and by
 :func:`keras_sparse.prune` for sparse initial masks).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -197,3 +199,61 @@ def _apply_initial_masks(layers):
                    rescale=layer.scorer.rescale_survivors)
         updated.append(layer)
     return updated
+
+
+class InitContext:
+    """What a :class:`keras_sparse.criteria.Criterion` reads and writes while
+    pruning a fresh model: the pruned weights of ``entries`` (``(layer,
+    weight name)`` pairs of ``model``), the data and loss when there are
+    some, and the masks."""
+
+    def __init__(self, model, entries, global_pruning, batches=None, loss_fn=None,
+                 input_shape=None):
+        self.model = model
+        self.entries = entries
+        self.global_pruning = global_pruning
+        self._batches = batches
+        self._loss_fn = loss_fn
+        self._input_shape = input_shape
+
+    def weights(self):
+        """The masked latent weights, in the order of the entries."""
+        return [layer.masked_latent(name) for layer, name in self.entries]
+
+    def _needs_data(self, what):
+        if self._batches is None:
+            raise ValueError(
+                f"{what} needs data and a loss: give the criterion `needs_data = True`. "
+                "Received: data=None"
+            )
+
+    def loss_gradients(self):
+        """Loss gradients of the latent weights (float32 numpy), averaged
+        over the batches."""
+        self._needs_data("loss_gradients()")
+        return loss_gradients(self.model, self.entries, self._batches, self._loss_fn)
+
+    def grasp_scores(self):
+        """``w ⊙ Hg`` of each weight, averaged over the batches."""
+        self._needs_data("grasp_scores()")
+        return grasp_scores(self.model, self.entries, self._batches, self._loss_fn)
+
+    def synflow_flow(self):
+        """A function ``() -> scores``: SynFlow's ``|w| ⊙ ∂R/∂|w|`` for the
+        current masks (call it inside :meth:`linearized`)."""
+        return synflow_gradient(self.model, self.entries, self._input_shape)
+
+    @contextlib.contextmanager
+    def linearized(self):
+        """Every nonlinearity of the model is the identity inside."""
+        swapped = linearize(self.model)
+        try:
+            yield
+        finally:
+            restore(swapped)
+
+    def set_masks(self, scores, targets, rescale=False):
+        """Keep the highest ``scores`` of each weight at its target sparsity
+        (one threshold for all with global pruning); ``rescale`` scales the
+        survivors of each unit by ``sqrt(k_before / k_after)``."""
+        _set_masks(self.entries, scores, targets, self.global_pruning, rescale)

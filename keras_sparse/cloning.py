@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_sparse import backend
 from keras_sparse.layers.base import SparseMixin
-from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 
 
@@ -96,7 +96,7 @@ def _holds_sparse_layers(layer):
     subclassed model) whose sublayers were made sparse in place."""
     return (
         not isinstance(layer, SparseMixin)
-        and not is_graph_model(layer)
+        and not is_cloneable_model(layer)
         and any(isinstance(leaf, SparseMixin) for leaf in leaf_layers(layer))
     )
 

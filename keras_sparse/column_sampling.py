@@ -30,7 +30,7 @@ from keras_sparse.layers.column_sampled import resolve_keep
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
 from keras_sparse.cloning import from_config_zero_init
-from keras_sparse.shrink.graph import is_graph_model
+from keras_sparse.shrink.graph import is_walkable_graph_model
 
 __all__ = ["sample_columns", "least_squares_refit"]
 
@@ -157,7 +157,7 @@ def sample_columns(model, keep, method="leverage", data=None, layers=None, seed=
     >>> small = ks.shrink(sampled)   # also drops unused model inputs
     """
     check_model(model)
-    if not is_graph_model(model):
+    if not is_walkable_graph_model(model):
         raise ValueError(
             "sample_columns converts Sequential and functional models. "
             f"Received: model={describe(model)} of type {type(model).__name__}"

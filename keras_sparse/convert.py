@@ -32,12 +32,14 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.base import check_pattern_fits
 from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.layers.sparse_layers import SparseEinsumDense
+from keras_sparse.layers.sparse_layers import sparse_class_for
 from keras_sparse.cloning import clone
 from keras_sparse.cloning import copy_weights
 from keras_sparse.cloning import rebuild
 from keras_sparse.cloning import reset_compiled_functions
 from keras_sparse.ops.masks import check_sparsity
-from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
 from keras_sparse.selection import split_convertible
@@ -46,7 +48,7 @@ from keras_sparse.selection import weight_shapes as _weight_shapes
 from keras_sparse.selection import weight_values as _weight_values
 from keras_sparse.utils import sparse_layers
 
-__all__ = ["convert", "prune", "strip", "select_layers", "is_graph_model"]
+__all__ = ["convert", "prune", "strip", "select_layers", "is_cloneable_model"]
 
 
 def _warn_or_raise_unsupported(unsupported, strict):
@@ -141,7 +143,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
 def _sparse_from(layer, settings):
     # An already-sparse layer keeps its other settings (a quantized layer
     # keeps its quantizers when pruned, and the other way round).
-    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    cls = sparse_class_for(type(layer))
     config = layer.get_config()
     config.update(settings)
     if config.get("schedule") is not None:
@@ -169,7 +171,7 @@ def convert(model, plan, configure):
         ``settings``). Subclassed models: the same model, converted in place
         (plain layers are class-swapped; compile again before ``fit``).
     """
-    if is_graph_model(model):
+    if is_cloneable_model(model):
 
         def make_layer(layer):
             if id(layer) in plan:
@@ -183,7 +185,7 @@ def convert(model, plan, configure):
         if settings is None:
             continue
         if not isinstance(layer, SparseMixin):
-            layer.__class__ = SPARSE_CLASS_FOR[type(layer)]
+            layer.__class__ = sparse_class_for(type(layer))
             layer._adopt()
         getattr(layer, configure)(**settings)
     reset_compiled_functions(model)
@@ -279,8 +281,8 @@ def _nothing_to_prune(layers, distribution):
         listed = " and listed in the per-layer sparsities"
     return (
         "ks.prune found no layer to prune: it looks for layers of the types "
-        f"{supported} (or layers of the keras_sparse family) among the layers selected "
-        f"by layers={layers!r}{listed}. Nothing is pruned."
+        f"{supported} (their subclasses, or layers of the keras_sparse family) among the "
+        f"layers selected by layers={layers!r}{listed}. Nothing is pruned."
     )
 
 
@@ -355,7 +357,7 @@ def strip(model):
             "computes on float inputs.",
             stacklevel=2,
         )
-    if is_graph_model(model):
+    if is_cloneable_model(model):
 
         def make_layer(layer):
             if isinstance(layer, SparseMixin):

@@ -61,7 +61,7 @@ from keras_sparse.ops.packing import unpack_bits
 from keras_sparse.ops.quantize import affine_grid
 from keras_sparse.ops.quantize import lsq_levels
 from keras_sparse.ops.quantize import reduce_axes
-from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 
 __all__ = ["export", "load_exported"]
@@ -744,7 +744,7 @@ def export(model, path):
         "version": VERSION,
         "keras_version": keras.__version__,
         # Only graph models have a config that rebuilds without their class.
-        "model": json.loads(strip(model).to_json()) if is_graph_model(model) else None,
+        "model": json.loads(strip(model).to_json()) if is_cloneable_model(model) else None,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "layers": layers_meta,
     }

@@ -30,7 +30,7 @@ from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 from keras_sparse.ops import lowrank as lowrank_ops
 from keras_sparse.cloning import from_config_zero_init
-from keras_sparse.shrink.graph import is_graph_model
+from keras_sparse.shrink.graph import is_walkable_graph_model
 
 __all__ = ["factorize", "factorizable"]
 
@@ -111,7 +111,7 @@ def factorize(model, rank=None, energy=0.9, layers=None, kernel_quantizer=None, 
     >>> ks.report(small)
     """
     check_model(model)
-    if not is_graph_model(model):
+    if not is_walkable_graph_model(model):
         raise ValueError(
             "factorize converts Sequential and functional models. "
             f"Received: model={describe(model)} of type {type(model).__name__}"

@@ -15,10 +15,9 @@ discarded).
 import numbers
 
 import keras
-import numpy as np
 from keras import ops
 
-from keras_sparse import scorers as scorers_lib
+from keras_sparse import criteria as criteria_lib
 from keras_sparse import schedules as schedules_lib
 from keras_sparse.checks import check_int
 from keras_sparse.checks import check_model
@@ -26,14 +25,10 @@ from keras_sparse.checks import type_error
 from keras_sparse.convert import prune
 from keras_sparse import at_init
 from keras_sparse.at_init import _apply_initial_masks
-from keras_sparse.at_init import _set_masks
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.utils import sparse_layers
 
-__all__ = ["prune_at_init", "apply_initial_masks", "CRITERIA"]
-
-#: Criteria computed from the whole model (not per-layer scorers).
-CRITERIA = ("snip", "grasp", "synflow")
+__all__ = ["prune_at_init", "apply_initial_masks"]
 
 
 # ---------------------------------------------------------------- data, loss
@@ -81,17 +76,6 @@ def _loss_function(model, loss):
     return compute
 
 
-def _resolve(scorer):
-    if isinstance(scorer, str) and scorer.strip().lower() in CRITERIA:
-        return scorer.strip().lower(), scorers_lib.get(
-            "saliency" if scorer.strip().lower() == "snip" else "magnitude"
-        )
-    resolved = scorers_lib.get(scorer)
-    if isinstance(resolved, scorers_lib.SaliencyScorer):
-        return "snip", resolved
-    return None, resolved
-
-
 def prune_at_init(
     model,
     data=None,
@@ -103,7 +87,7 @@ def prune_at_init(
     layers=None,
     loss=None,
     batches=1,
-    rounds=100,
+    rounds=None,
     input_shape=None,
     strict=False,
 ):
@@ -115,43 +99,39 @@ def prune_at_init(
     the masks stay fixed during ``fit`` with no callback. Pruned weights are
     exact zeros from the first step.
 
-    Criteria (``scorer``):
+    Criteria (``scorer``, resolved by :func:`keras_sparse.criteria.get`):
 
     * ``"snip"`` (= ``"saliency"``): keep the largest ``|g ⊙ w|``, ``g`` the
       loss gradient on ``data`` (Lee et al., ICLR 2019).
-    * ``"grasp"``: keep the largest ``w ⊙ Hg`` (GraSP removes the largest
-      ``-w ⊙ Hg``, the weights whose removal reduces gradient flow least;
-      ``H`` the Hessian of the loss on ``data``; Wang et al., ICLR 2020).
-      ``g`` and ``Hg`` use the same batches; no temperature is applied.
-    * ``"synflow"``: data-free and iterative (Tanaka et al., NeurIPS 2020).
-      For ``rounds`` rounds, score ``|w| ⊙ ∂R/∂|w|`` with ``R = 1ᵀ f(1)``
-      the output of the network with every parameter replaced by its
-      absolute value, an all-ones input and the activations of layers with
-      an ``activation`` argument replaced by the identity (the linearized
-      network), then prune to the round's sparsity
-      ``1 - (1 - s)^(k / rounds)`` (exponential schedule). Because pruned
-      weights stop carrying flow and the ranking is repeated, no layer is
-      removed entirely (no layer collapse). SynFlow is usually used with
+    * ``"grasp"``: :class:`~keras_sparse.criteria.GraSP`, keep the largest
+      ``w ⊙ Hg`` (Wang et al., ICLR 2020).
+    * ``"synflow"``: :class:`~keras_sparse.criteria.SynFlow`, data-free and
+      iterative (Tanaka et al., NeurIPS 2020); usually used with
       ``distribution="global"``.
     * any registered scorer (``"magnitude"``, ``"random"``, ...) or
-      :class:`~keras_sparse.scorers.Scorer`, one shot; gradient scorers
+      :class:`~keras_sparse.scorers.Scorer`, one shot
+      (:class:`~keras_sparse.criteria.ScorerCriterion`); gradient scorers
       get the loss gradient on ``data``. ``"random"`` rescales the kept
       weights of each unit by ``sqrt(k_before / k_after)`` (its fan-in before
       and after), keeping the variance of the dense initializer.
+    * any :class:`~keras_sparse.criteria.Criterion`, yours included (one
+      class, registered with :func:`keras_sparse.criteria.register`).
 
     Args:
         model: a Keras model (Sequential, functional or subclassed, built).
         data: a batch ``(x, y)``, or an iterable of such batches (the first
             ``batches`` are averaged). Not used by SynFlow, magnitude, random.
         sparsity: target sparsity in ``[0, 1)``.
-        scorer: ``"snip"``, ``"grasp"``, ``"synflow"`` or a scorer.
+        scorer: a criterion, a scorer or an alias of either (default
+            ``"snip"``).
         distribution: ``"uniform"``, ``"erk"``, ``"global"`` or a dict, as in
             :func:`keras_sparse.prune`.
         pattern: a pattern (``"global"`` needs ``"unstructured"``).
         layers: which layers, as in :func:`keras_sparse.prune`.
         loss: the loss for SNIP/GraSP (default: the model's compiled loss).
         batches: how many batches of an iterable ``data`` to average.
-        rounds: SynFlow iterations.
+        rounds: SynFlow iterations (sets the criterion's ``rounds``; by
+            default its own, 100 for ``"synflow"``).
         input_shape: SynFlow input shape without the batch axis (for models
             without symbolic inputs).
         strict: as in :func:`keras_sparse.prune`.
@@ -172,8 +152,12 @@ def prune_at_init(
     # missing data or loss it would otherwise trip over.
     if sparsity is not None:
         check_sparsity(sparsity)
-    criterion, layer_scorer = _resolve(scorer)
-    check_int(rounds, "rounds", minimum=1)
+    criterion = criteria_lib.lookup("snip" if scorer is None else scorer, "scorer")
+    if check_int(rounds, "rounds", minimum=1, allow_none=True) is not None:
+        # ``rounds`` sets the criterion's own setting of that name (SynFlow's).
+        config = criterion.get_config()
+        if "rounds" in config:
+            criterion = type(criterion).from_config({**config, "rounds": rounds})
     check_int(batches, "batches", minimum=1)
     if input_shape is not None:
         if not isinstance(input_shape, (tuple, list)) or not all(
@@ -184,10 +168,8 @@ def prune_at_init(
             raise ValueError(
                 f"`input_shape` must hold positive sizes. Received: input_shape={input_shape!r}"
             )
-    needs_data = criterion in ("snip", "grasp") or (
-        criterion is None and layer_scorer.needs_gradient
-    )
-    if needs_data:
+    batch_list = loss_fn = None
+    if criterion.needs_data:
         batch_list = _batches(data, batches)
         loss_fn = _loss_function(model, loss)
     sparse = prune(
@@ -195,7 +177,7 @@ def prune_at_init(
         sparsity,
         schedule=schedules_lib.OneShot(0),
         pattern=pattern,
-        scorer=layer_scorer,
+        scorer=criterion.layer_scorer(),
         distribution=distribution,
         layers=layers,
         strict=strict,
@@ -215,30 +197,9 @@ def prune_at_init(
             global_pruning=layer.global_pruning,
         )
 
-    if criterion == "synflow":
-        scores_for_masks = at_init.synflow_gradient(sparse, entries, input_shape)
-        swapped = at_init.linearize(sparse)
-        try:
-            for k in range(1, rounds + 1):
-                round_targets = [1.0 - (1.0 - t) ** (k / rounds) for t in targets]
-                _set_masks(entries, scores_for_masks(), round_targets, global_pruning,
-                           rescale=False)
-        finally:
-            at_init.restore(swapped)
-    else:
-        if criterion == "grasp":
-            scores = at_init.grasp_scores(sparse, entries, batch_list, loss_fn)
-        elif needs_data:
-            grads = at_init.loss_gradients(sparse, entries, batch_list, loss_fn)
-            scores = [
-                layer_scorer.score(layer.masked_latent(name), g)
-                for (layer, name), g in zip(entries, grads)
-            ]
-        else:
-            scores = [layer_scorer.score(layer.masked_latent(name)) for layer, name in entries]
-        _set_masks(
-            entries, scores, targets, global_pruning, rescale=layer_scorer.rescale_survivors
-        )
+    context = at_init.InitContext(sparse, entries, global_pruning, batch_list, loss_fn,
+                                  input_shape)
+    criterion.prune(context, targets)
     return sparse
 
 

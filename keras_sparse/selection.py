@@ -10,12 +10,13 @@ from keras import ops
 
 from keras_sparse.checks import type_error
 from keras_sparse.layers.base import SparseMixin
-from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
+from keras_sparse.layers.sparse_layers import SparseEinsumDense
+from keras_sparse.layers.sparse_layers import sparse_class_for
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
 __all__ = [
-    "is_graph_model",
+    "is_cloneable_model",
     "prunable_weights",
     "select_layers",
     "split_convertible",
@@ -25,8 +26,17 @@ __all__ = [
 ]
 
 
-def is_graph_model(model):
-    """Whether ``model`` is a Sequential or plain functional model (cloneable)."""
+def is_cloneable_model(model):
+    """Whether ``keras.models.clone_model`` rebuilds ``model`` as the same
+    class: exactly a Sequential or a plain functional model (a subclass of
+    either would come back as its base class).
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        bool.
+    """
     return type(model) is keras.Sequential or type(model).__name__ == "Functional"
 
 
@@ -111,7 +121,7 @@ def _rebuilt_owners(model):
 
 
 def supports(layer):
-    return isinstance(layer, SparseMixin) or type(layer) in SPARSE_CLASS_FOR
+    return isinstance(layer, SparseMixin) or sparse_class_for(type(layer)) is not None
 
 
 def has_kernel_like_weights(layer):
@@ -123,7 +133,7 @@ def split_convertible(model, selected):
     ``model``: the layers with a sparse/quantized counterpart that the
     conversion can reach, and the layers to report (kernel-like weights and
     no counterpart, or the owner of a layer the clone would recreate)."""
-    owners = _rebuilt_owners(model) if is_graph_model(model) else {}
+    owners = _rebuilt_owners(model) if is_cloneable_model(model) else {}
     convertible = [layer for layer in selected if supports(layer) and id(layer) not in owners]
     unsupported = []
     for layer in selected:
@@ -135,7 +145,7 @@ def split_convertible(model, selected):
 
 
 def _sparse_class(layer):
-    return type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+    return type(layer) if isinstance(layer, SparseMixin) else sparse_class_for(type(layer))
 
 
 def weight_shapes(layer):
@@ -145,14 +155,14 @@ def weight_shapes(layer):
         return []
     if isinstance(layer, SparseMixin):
         return [tuple(layer.latent_weight(n).shape) for n in layer.sparse_weight_names]
-    cls = SPARSE_CLASS_FOR[type(layer)]
+    cls = sparse_class_for(type(layer))
     return [tuple(getattr(layer, name).shape) for name in cls.sparse_weight_layouts]
 
 
 def weight_layout_map(layer):
     """dict ``weight name -> Layout`` of the weights ``ks.prune`` masks."""
     cls = _sparse_class(layer)
-    if cls is SPARSE_CLASS_FOR.get(keras.layers.EinsumDense):
+    if issubclass(cls, SparseEinsumDense):
         # The layout of an einsum kernel depends on the equation.
         return {"kernel": cls.weight_layout(layer, "kernel")}
     return dict(cls.sparse_weight_layouts)
@@ -163,7 +173,7 @@ def _weight_variables(layer):
     latent variable of a sparse layer, the Keras variable of a plain one."""
     if isinstance(layer, SparseMixin):
         return [(n, layer.latent_weight(n)) for n in layer.sparse_weight_names]
-    return [(n, getattr(layer, n)) for n in SPARSE_CLASS_FOR[type(layer)].sparse_weight_layouts]
+    return [(n, getattr(layer, n)) for n in sparse_class_for(type(layer)).sparse_weight_layouts]
 
 
 def weight_values(layer):

@@ -16,6 +16,7 @@ from conftest import to_np
 
 import keras_sparse as ks
 from keras_sparse import config as config_lib
+from keras_sparse import criteria
 from keras_sparse import distributions
 from keras_sparse import patterns
 from keras_sparse import schedules
@@ -26,6 +27,7 @@ FAMILIES = {
     "patterns": (patterns, patterns.Pattern),
     "scorers": (scorers, scorers.Scorer),
     "distributions": (distributions, distributions.Distribution),
+    "criteria": (criteria, criteria.Criterion),
 }
 
 # Non-default instances where a class has arguments, so the round trip is
@@ -38,6 +40,7 @@ EXAMPLES = {
     "Block": lambda: patterns.Block((4, 1)),
     "ERK": lambda: distributions.ERK(0.5),
     "PerLayer": lambda: distributions.PerLayer({"a": 0.5, "b": 0.25}),
+    "SynFlow": lambda: criteria.SynFlow(7),
 }
 
 # Aliases that deliberately do not resolve through ``get`` on their own.

@@ -15,7 +15,10 @@ FAMILIES = {
                       ks.distributions.get("erk")),
     "quantizers": (ks.quantizers, ks.quantizers.Quantizer, ks.quantizers.get("ste_sign")),
     "methods": (ks.methods, ks.methods.SparsityMethod, ks.methods.get("rigl")),
+    "criteria": (ks.criteria, ks.criteria.Criterion, ks.criteria.get("synflow")),
 }
+
+_SINGULAR = {"methods": "method", "criteria": "criterion"}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -31,7 +34,7 @@ def test_family_module_api(family):
     assert module.deserialize(None) is None
     with pytest.raises(TypeError, match="config"):
         module.deserialize("not a dict")
-    with pytest.raises(ValueError, match=family.rstrip("s") if family != "methods" else "method"):
+    with pytest.raises(ValueError, match=_SINGULAR.get(family, family.rstrip("s"))):
         module.deserialize({"class_name": "NoSuchClass", "config": {}})
 
 

@@ -28,6 +28,7 @@ FLOORS = {
     "scorers": 2,
     "distributions": 2,
     "controllers": 2,
+    "criteria": 2,
     "quantizers": 2,
     "layers": 3,
     "callbacks": 3,

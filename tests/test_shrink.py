@@ -708,3 +708,76 @@ def test_raw_operations_and_stateless_lambda_are_copied(rng):
     assert_same_outputs(model, small, rng.standard_normal((3, 6)).astype("float32"))
     assert info.blocked == {"h": 2}
     assert small.get_layer("shift") is model.get_layer("shift")  # stateless: shared
+
+
+# ------------------------------------------------- rules through the MRO
+class _ScaledDense(L.Dense):
+    """A Dense subclass that keeps Dense's computation (no ``call``)."""
+
+    def __init__(self, units, note="", **kwargs):
+        super().__init__(units, **kwargs)
+        self.note = note
+
+    def get_config(self):
+        return {**super().get_config(), "note": self.note}
+
+
+class _DoublingDense(L.Dense):
+    """A Dense subclass with a ``call`` of its own: the rules cannot know it."""
+
+    def call(self, inputs):
+        return super().call(inputs) * 2.0
+
+
+def test_rules_resolve_through_the_mro():
+    from keras_sparse.shrink.rules import register_rule
+    from keras_sparse.shrink.rules import registered_rule
+
+    class MyBatchNorm(L.BatchNormalization):
+        pass
+
+    assert registered_rule(_ScaledDense(3))[0] is L.Dense
+    assert registered_rule(ks.layers.SparseDense(3))[0] is L.Dense
+    assert registered_rule(ks.layers.SparseDepthwiseConv2D(3))[0] is L.DepthwiseConv2D
+    assert registered_rule(MyBatchNorm())[0] is L.BatchNormalization
+    assert registered_rule(_DoublingDense(3)) is None
+    assert registered_rule(L.LayerNormalization()) is None
+
+    class PlainAttention(L.MultiHeadAttention):
+        pass
+
+    class OwnScores(L.MultiHeadAttention):
+        def _compute_attention(self, *args, **kwargs):
+            return super()._compute_attention(*args, **kwargs)
+
+    assert registered_rule(PlainAttention(2, 4))[0] is L.MultiHeadAttention
+    assert registered_rule(OwnScores(2, 4)) is None
+    masked = ks.layers.HeadMaskedMultiHeadAttention(2, 4)
+    assert registered_rule(masked)[0] is ks.layers.HeadMaskedMultiHeadAttention
+    with pytest.raises(TypeError, match="layer_class=3"):
+        register_rule(3)
+
+
+def test_dense_subclass_gets_the_dense_rule(rng):
+    keras.utils.set_random_seed(15)
+    model = keras.Sequential([
+        keras.Input((16,)),
+        _DoublingDense(12, activation="relu", **Z, name="d2"),
+        _ScaledDense(32, note="kept", activation="relu", **Z, name="d1"),
+        L.Dense(5, **Z, name="out"),
+    ])
+    set_biases(model, rng)
+    for name in ("d1", "d2"):
+        kernel = to_np(model.get_layer(name).kernel).copy()
+        kernel[:, ::2] = 0.0  # half of each layer's units read nothing
+        model.get_layer(name).kernel.assign(kernel)
+    x = rng.standard_normal((8, 16)).astype("float32")
+    small, info = ks.shrink(model, return_info=True)
+    assert_same_outputs(model, small, x)
+    d1, d2 = small.get_layer("d1"), small.get_layer("d2")
+    # The subclass keeps its class and its own argument, with half the units.
+    assert type(d1) is _ScaledDense and d1.note == "kept" and d1.units == 16
+    # The subclass with its own call is kept whole.
+    assert type(d2) is _DoublingDense and d2.units == 12
+    status = {row["name"]: row["status"] for row in info.layers}
+    assert status["d2"] == "kept whole"

@@ -17,6 +17,7 @@ from keras_sparse.layers.sparse_layers import SparseEinsumDense
 from keras_sparse.layers.sparse_layers import SparseEmbedding
 from keras_sparse.layers.sparse_layers import SparseSeparableConv1D
 from keras_sparse.layers.sparse_layers import SparseSeparableConv2D
+from keras_sparse.layers.sparse_layers import sparse_class_for
 
 __all__ = [
     "Layout",
@@ -36,6 +37,7 @@ __all__ = [
     "SparseSeparableConv1D",
     "SparseSeparableConv2D",
     "is_sparse_layer",
+    "sparse_class_for",
 ]
 from keras_sparse.layers.column_sampled import ColumnSampledDense  # noqa: E402
 from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention  # noqa: E402

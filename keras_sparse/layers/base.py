@@ -151,7 +151,7 @@ def config_weight_shapes(layer):
     sparse layer.
     """
     parent = layer._keras_parent if isinstance(layer, SparseMixin) else type(layer)
-    shapes = _CONFIG_SHAPES.get(parent)
+    shapes = next((_CONFIG_SHAPES[k] for k in parent.__mro__ if k in _CONFIG_SHAPES), None)
     if shapes is None:
         return {}
     try:

@@ -32,7 +32,7 @@ from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.shrink.analysis import _analyse
 from keras_sparse.shrink.graph import Graph
-from keras_sparse.shrink.graph import is_graph_model
+from keras_sparse.shrink.graph import is_walkable_graph_model
 from keras_sparse.shrink.info import ShrinkInfo
 from keras_sparse.shrink.rebuild import _input_name
 from keras_sparse.shrink.rebuild import _rebuild
@@ -150,7 +150,7 @@ def shrink(model, *, drop_inputs=True, verify=True, strict=False, return_info=Fa
     for name, value in (("drop_inputs", drop_inputs), ("verify", verify), ("strict", strict),
                         ("return_info", return_info)):
         check_bool(value, name)
-    if is_graph_model(model):
+    if is_walkable_graph_model(model):
         new_model, info = _shrink_graph(model, drop_inputs, verify, strict)
     else:
         new_model, info = _shrink_subclassed(model, verify, strict)
@@ -196,11 +196,11 @@ def _graph_children(model):
     for name, value in list(backend.layer_attributes(model).items()):
         if name.startswith("_"):
             continue
-        if is_graph_model(value):
+        if is_walkable_graph_model(value):
             found.append((model, name, value))
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                if is_graph_model(item):
+                if is_walkable_graph_model(item):
                     found.append((value, i, item))
     return found
 

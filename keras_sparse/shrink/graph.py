@@ -9,11 +9,21 @@ times (shared) appears in several nodes.
 import keras
 from keras import tree
 
-__all__ = ["Graph", "GraphNode", "GraphTensor", "is_graph_model"]
+__all__ = ["Graph", "GraphNode", "GraphTensor", "is_walkable_graph_model"]
 
 
-def is_graph_model(model):
-    """Sequential or plain functional model (its graph can be walked)."""
+def is_walkable_graph_model(model):
+    """Whether ``model``'s layer graph can be walked node by node: a
+    Sequential (its subclasses too) or a plain functional model. Unlike
+    :func:`keras_sparse.selection.is_cloneable_model`, a Sequential subclass
+    counts: only its graph is read.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        bool.
+    """
     return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
 
 
@@ -71,7 +81,7 @@ class Graph:
     walked (subclassed)."""
 
     def __init__(self, model):
-        if not is_graph_model(model):
+        if not is_walkable_graph_model(model):
             raise ValueError(
                 "shrink follows the graph of Sequential and functional models; "
                 f"got a {type(model).__name__}. Received: model={model.name!r}"
@@ -117,7 +127,7 @@ class Graph:
         for keras_node in _topological_nodes(model):
             layer = keras_node.operation
             in_keys = [self._key(scope, kt) for kt in keras_node.arguments.keras_tensors]
-            if is_graph_model(layer):
+            if is_walkable_graph_model(layer):
                 inner_scope = scope + (id(keras_node),)
                 inner_inputs = tree.flatten(layer.inputs)
                 if len(inner_inputs) != len(in_keys):

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 
 from keras_sparse.layers.base import SparseMixin
-from keras_sparse.layers.column_sampled import ColumnSampledDense
 from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 from keras_sparse.shrink.rules_base import Rule
@@ -141,26 +140,30 @@ class _LowRankKernel(_KernelAdapter):
 
 
 def _kernel_adapter(layer):
-    if isinstance(layer, ColumnSampledDense):
-        return _ColumnSampledKernel(layer)
-    if isinstance(layer, (LowRankDense, LowRankConv2D)):
-        if not _channels_last(layer):
-            return None
-        return _LowRankKernel(layer)
+    """The kernel view of a Dense or ConvND layer (sparse or plain, a
+    subclass included), or ``None`` when the rule cannot serve it."""
     plain = layer._keras_parent if isinstance(layer, SparseMixin) else type(layer)
     conv_types = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
     transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
     if issubclass(plain, transposed) or issubclass(plain, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
         return None
+    # A subclass reaches here only when it keeps its parent's ``call``
+    # (see ``rules.registered_rule``).
     if issubclass(plain, keras.layers.Dense):
-        if plain is not keras.layers.Dense and not isinstance(layer, SparseMixin):
-            return None  # a user subclass of Dense may compute something else
         return _PlainKernel(layer)
-    if issubclass(plain, conv_types) and plain in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
+    if issubclass(plain, conv_types):
         if getattr(layer, "groups", 1) != 1 or not _channels_last(layer):
             return None
         return _PlainKernel(layer)
     return None
+
+
+def column_sampled_adapter(layer):
+    return _ColumnSampledKernel(layer)
+
+
+def low_rank_adapter(layer):
+    return _LowRankKernel(layer) if _channels_last(layer) else None
 
 
 class KernelRule(Rule):

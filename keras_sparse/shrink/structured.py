@@ -29,7 +29,7 @@ from keras_sparse.scorers.structured import BatchNormGammaScorer
 from keras_sparse.cloning import from_config_zero_init
 from keras_sparse.cloning import restore_initializers
 from keras_sparse.shrink.graph import Graph
-from keras_sparse.shrink.graph import is_graph_model
+from keras_sparse.shrink.graph import is_walkable_graph_model
 from keras_sparse.utils import walk_layers
 
 __all__ = ["prune_channels", "prune_heads", "head_scores"]
@@ -209,7 +209,7 @@ def prune_heads(model, sparsity=None, *, heads=None, scorer="l1_norm", layers=No
     >>> small = ks.shrink(pruned)
     """
     check_model(model)
-    if not is_graph_model(model):
+    if not is_walkable_graph_model(model):
         raise ValueError(
             "prune_heads converts Sequential and functional models. "
             f"Received: model={describe(model)} of type {type(model).__name__}"
