@@ -10,6 +10,7 @@
 __version__ = "0.1.0"
 
 from keras_sparse import distributions
+from keras_sparse import gates
 from keras_sparse import layers
 from keras_sparse import methods
 from keras_sparse import ops
@@ -27,6 +28,7 @@ from keras_sparse.regularizers import slimming
 from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
+from keras_sparse.learned import gate
 from keras_sparse.export import export
 from keras_sparse.export import load_exported
 from keras_sparse.quantize import calibrate
@@ -43,6 +45,8 @@ __all__ = [
     "constraints",
     "distributions",
     "export",
+    "gate",
+    "gates",
     "initializers",
     "regularizers",
     "slimming",
