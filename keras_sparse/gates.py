@@ -177,20 +177,22 @@ class Gate(config_lib.ConfigObject):
             terms.append(own)
         if self.sparsity is not None:
             step, lambda1, lambda2 = state["step"], state["lambda1"], state["lambda2"]
-            target = gate_ops.warmup_target(step, self.sparsity, self.warmup_steps)
+            # Copies: the loss of this step uses the values before the
+            # updates below, and on torch a read shares the variable's
+            # storage, which the in-place update would change under autograd.
+            step_value, lambda1_value, lambda2_value = (
+                ops.copy(ops.convert_to_tensor(v)) for v in (step, lambda1, lambda2))
+            target = gate_ops.warmup_target(step_value, self.sparsity, self.warmup_steps)
             expected = self.expected_sparsity(w, state)
-            terms.append(gate_ops.lagrangian(
-                expected, target, ops.convert_to_tensor(lambda1), ops.convert_to_tensor(lambda2)))
-            # Read before the updates below: this step's loss uses this
-            # step's multipliers.
+            terms.append(gate_ops.lagrangian(expected, target, lambda1_value, lambda2_value))
             gap = ops.stop_gradient(expected - target)
             # lambda1 integrates the gap only once the target stops moving:
             # during the warm-up the gates lag the rising target, and the
             # integral wound up then overshoots the target afterwards.
-            settled = ops.cast(step >= float(self.warmup_steps), gap.dtype)
-            lambda1.assign(lambda1 + self.lambda1_rate * settled * gap)
-            lambda2.assign(lambda2 + self.lambda2_rate * ops.square(gap))
-            step.assign(step + 1.0)
+            settled = ops.cast(step_value >= float(self.warmup_steps), gap.dtype)
+            lambda1.assign(lambda1_value + self.lambda1_rate * settled * gap)
+            lambda2.assign(lambda2_value + self.lambda2_rate * ops.square(gap))
+            step.assign(step_value + 1.0)
         if not terms:
             return None
         total = terms[0]

@@ -17,6 +17,7 @@ from conftest import to_np
 import keras_sparse as ks
 from keras_sparse import config as config_lib
 from keras_sparse import distributions
+from keras_sparse import gates
 from keras_sparse import patterns
 from keras_sparse import schedules
 from keras_sparse import scorers
@@ -26,6 +27,7 @@ FAMILIES = {
     "patterns": (patterns, patterns.Pattern),
     "scorers": (scorers, scorers.Scorer),
     "distributions": (distributions, distributions.Distribution),
+    "gates": (gates, gates.Gate),
 }
 
 # Non-default instances where a class has arguments, so the round trip is
@@ -38,6 +40,8 @@ EXAMPLES = {
     "Block": lambda: patterns.Block((4, 1)),
     "ERK": lambda: distributions.ERK(0.5),
     "PerLayer": lambda: distributions.PerLayer({"a": 0.5, "b": 0.25}),
+    "HardConcrete": lambda: gates.HardConcrete(0.8, "unit", 50, 0.1, 5.0, 1.0, 1e-3, seed=4),
+    "SoftThreshold": lambda: gates.SoftThreshold(0.7, "unit", 20, 0.2, 3.0, -6.0, 0.0, 0.5),
 }
 
 # Aliases that deliberately do not resolve through ``get`` on their own.

@@ -15,6 +15,7 @@ FAMILIES = {
                       ks.distributions.get("erk")),
     "quantizers": (ks.quantizers, ks.quantizers.Quantizer, ks.quantizers.get("ste_sign")),
     "methods": (ks.methods, ks.methods.SparsityMethod, ks.methods.get("rigl")),
+    "gates": (ks.gates, ks.gates.Gate, ks.gates.get("l0")),
 }
 
 

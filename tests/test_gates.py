@@ -66,7 +66,8 @@ def test_soft_threshold_forward_and_gradients(rng):
     assert np.all(got[np.abs(w) <= threshold] == 0.0)
     cot = rng.normal(size=w.shape).astype("float32")
     grad_w, grad_s = backend_grad(
-        lambda a, b: keras.ops.sum(gate_ops.soft_threshold(a, b) * cot), [w, s])
+        lambda a, b: keras.ops.sum(gate_ops.soft_threshold(a, b) * keras.ops.convert_to_tensor(cot)),
+        [w, s])
     passes = np.abs(w) > threshold
     np.testing.assert_allclose(grad_w, cot * passes, rtol=1e-6)
     ref_s = np.sum(cot * -np.sign(w) * passes) * threshold * (1 - threshold)
@@ -419,3 +420,13 @@ def test_unit_gates_fit_remove_whole_units():
     gate = to_np(gate_ops.hard_concrete_gate(hidden.gate_state("kernel")["log_alpha"]))[0]
     np.testing.assert_array_equal(removed, gate == 0)
     assert np.all(np.any(kernel[:, ~removed] != 0, axis=0))
+
+
+@pytest.mark.parametrize("cls,kwargs,shape", [
+    (ks.layers.SparseDense, {"units": 4, "gate": "l0"}, (2, 3)),
+    (ks.layers.SparseDense, {"units": 4, "gate": gates.HardConcrete(0.5, per="unit")}, (2, 3)),
+    (ks.layers.SparseConv2D, {"filters": 3, "kernel_size": 2,
+                              "gate": gates.SoftThreshold(per="unit")}, (2, 5, 5, 2)),
+])
+def test_gated_layers_pass_the_layer_contract(cls, kwargs, shape):
+    ks.testing.run_layer_test(cls, kwargs, input_shape=shape)
