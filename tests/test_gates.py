@@ -430,3 +430,17 @@ def test_unit_gates_fit_remove_whole_units():
 ])
 def test_gated_layers_pass_the_layer_contract(cls, kwargs, shape):
     ks.testing.run_layer_test(cls, kwargs, input_shape=shape)
+
+
+@pytest.mark.parametrize("gate", ["l0", "str"])
+def test_export_of_a_gated_quantized_model_reloads_identically(tmp_path, gate):
+    model = ks.quantize(_model(gate), 4)
+    _close_some(model)
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+    path = os.path.join(tmp_path, "gated.kspz")
+    info = ks.export(model, path)
+    # The kernels are stored as 4-bit codes of the gated weight, not floats.
+    kernels = [w for w in info["weights"] if w["weight"] == "kernel"]
+    assert kernels and all("affine" in w["encoding"] for w in kernels), kernels
+    loaded = ks.load_exported(path)
+    np.testing.assert_allclose(to_np(loaded(x)), to_np(model(x)), rtol=1e-5, atol=1e-6)

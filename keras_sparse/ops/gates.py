@@ -70,7 +70,7 @@ def hard_concrete_keep_probability(log_alpha, beta=BETA, gamma=GAMMA, zeta=ZETA)
 
     Example:
     >>> hard_concrete_keep_probability([0.0])
-    [0.832]
+    [0.8318]
     """
     log_alpha = ops.convert_to_tensor(log_alpha)
     return ops.sigmoid(log_alpha - beta * math.log(-gamma / zeta))
