@@ -233,7 +233,9 @@ class HardConcrete(Gate):
         sparsity: expected sparsity to reach, or ``None`` (then
             ``l0_penalty`` alone sets how sparse the layer gets).
         per: ``"weight"`` (one gate per entry) or ``"unit"`` (one gate per
-            output unit or filter: whole units are removed).
+            output unit or filter: whole units are removed; leave the
+            output layer out, e.g. ``ks.gate(..., layers=[...])``, or it
+            may remove classes).
         warmup_steps: steps over which the target rises from 0.
         lambda1_rate, lambda2_rate: step sizes of the multipliers' ascent.
         initial_log_alpha: starting ``log_alpha``; the default keeps every

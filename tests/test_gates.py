@@ -352,8 +352,10 @@ def _digits():
 
 
 def _mlp():
-    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
-                             keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+    return keras.Sequential([keras.Input((64,)),
+                             keras.layers.Dense(128, activation="relu", name="h1"),
+                             keras.layers.Dense(128, activation="relu", name="h2"),
+                             keras.layers.Dense(10, name="out")])
 
 
 def _overall(model, values):
@@ -409,8 +411,11 @@ def test_str_fit_learns_a_sparsity_and_strips_exactly():
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="fit-level runs on TF")
 def test_unit_gates_fit_remove_whole_units():
     keras.utils.set_random_seed(0)
-    model = ks.gate(_mlp(), gates.HardConcrete(0.5, per="unit", warmup_steps=300))
-    _fit(model, epochs=25)
+    # The output layer keeps its units (one per class).
+    model = ks.gate(_mlp(), gates.HardConcrete(0.5, per="unit", warmup_steps=300),
+                    layers=["h1", "h2"])
+    accuracy = _fit(model, epochs=25)
+    assert accuracy > 0.9
     hidden = model.layers[0]
     kernel = to_np(hidden.kernel)
     removed = np.all(kernel == 0, axis=0)
@@ -444,3 +449,22 @@ def test_export_of_a_gated_quantized_model_reloads_identically(tmp_path, gate):
     assert kernels and all("affine" in w["encoding"] for w in kernels), kernels
     loaded = ks.load_exported(path)
     np.testing.assert_allclose(to_np(loaded(x)), to_np(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_advances_the_gate_state_on_every_backend():
+    # The warm-up step, the multipliers and the seed generator are updated
+    # inside the training step (JAX: returned by its stateless step).
+    model = _model(gates.HardConcrete(0.5, warmup_steps=2, seed=0))
+    layer = model.layers[0]
+    state = layer.gate_state("kernel")
+    seed_before = to_np(state["seed_generator"].state).copy()
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    x = np.random.default_rng(0).normal(size=(12, 5)).astype("float32")
+    model.fit(x, np.zeros((12, 3), "float32"), batch_size=4, epochs=2, verbose=0)
+    if keras.backend.backend() == "jax":
+        model.jax_state_sync()
+    assert float(to_np(state["step"])) == 6.0
+    assert float(to_np(state["lambda2"])) > 0.0
+    assert float(to_np(state["lambda1"])) != 0.0
+    assert not np.array_equal(to_np(state["seed_generator"].state), seed_before)
+    assert not np.allclose(to_np(state["log_alpha"]), 2.5)
