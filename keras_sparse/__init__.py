@@ -9,6 +9,7 @@
 
 __version__ = "0.1.0"
 
+from keras_sparse import controllers
 from keras_sparse import distributions
 from keras_sparse import gates
 from keras_sparse import layers
@@ -37,12 +38,19 @@ from keras_sparse.prune_at_init import apply_initial_masks
 from keras_sparse.prune_at_init import prune_at_init
 from keras_sparse.report import Report
 from keras_sparse.report import report
+from keras_sparse.sensitivity import SensitivityTable
+from keras_sparse.sensitivity import sensitivity
+from keras_sparse.allocation import allocate
 
 __all__ = [
     "Report",
+    "SensitivityTable",
+    "allocate",
+    "sensitivity",
     "apply_initial_masks",
     "callbacks",
     "constraints",
+    "controllers",
     "distributions",
     "export",
     "gate",

@@ -17,7 +17,6 @@ over, so the two compose in either order.
 
 import warnings
 
-import keras
 import numpy as np
 
 from keras_sparse import backend
@@ -42,30 +41,12 @@ from keras_sparse.selection import is_graph_model
 from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
 from keras_sparse.selection import split_convertible
+from keras_sparse.selection import weight_layout_map as _layout_map
+from keras_sparse.selection import weight_shapes as _weight_shapes
+from keras_sparse.selection import weight_values as _weight_values
 from keras_sparse.utils import sparse_layers
 
 __all__ = ["convert", "prune", "strip", "select_layers", "is_graph_model"]
-
-
-def _weight_shapes(layer):
-    if not layer.built:
-        return []
-    if isinstance(layer, SparseMixin):
-        return [tuple(layer.latent_weight(n).shape) for n in layer.sparse_weight_names]
-    cls = SPARSE_CLASS_FOR[type(layer)]
-    return [tuple(getattr(layer, name).shape) for name in cls.sparse_weight_layouts]
-
-
-def _layouts(layer):
-    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
-    if cls is SPARSE_CLASS_FOR.get(keras.layers.EinsumDense):
-        return [cls.weight_layout(layer, "kernel")]
-    return list(cls.sparse_weight_layouts.values())
-
-
-def _layout_map(layer):
-    cls = type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
-    return dict(zip(cls.sparse_weight_layouts, _layouts(layer)))
 
 
 def _warn_or_raise_unsupported(unsupported, strict):
@@ -130,7 +111,11 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
                 f"distribution={distribution!r} needs built layers; build the model "
                 f"first (unbuilt: {unbuilt})."
             )
-    per_layer = distribution.layer_sparsities(shapes, sparsity)
+    if distribution.needs_weights:
+        weights = {layer.name: _weight_values(layer) for layer in convertible}
+        per_layer = distribution.layer_sparsities(shapes, sparsity, weights=weights)
+    else:
+        per_layer = distribution.layer_sparsities(shapes, sparsity)
     base = schedule if schedule is not None else schedules_lib.ConstantSparsity(sparsity)
     chosen = [layer for layer in convertible if layer.name in per_layer]
     # Every layer is checked before any is converted (a subclassed model is
@@ -235,8 +220,9 @@ def prune(
             sparse initialization: its masks are applied before ``prune``
             returns, survivors rescaled as :class:`ks.scorers.RandomScorer`
             says).
-        distribution: ``"uniform"``, ``"global"``, ``"erk"``, or a dict
-            ``layer name -> sparsity`` (unlisted layers stay dense).
+        distribution: ``"uniform"``, ``"global"``, ``"erk"``, ``"lamp"`` (from
+            the weights ``model`` holds), or a dict ``layer name -> sparsity``
+            (unlisted layers stay dense), e.g. what ``ks.allocate`` returns.
         layers: which layers to prune: a name, a regular expression, a list
             of names, a dict ``name -> sparsity`` or a callable.
         strict: raise instead of warning when a selected layer with a kernel

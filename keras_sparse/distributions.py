@@ -3,12 +3,13 @@
 from keras_sparse import config as config_lib
 from keras_sparse.checks import check_number
 from keras_sparse.checks import type_error
+from keras_sparse.ops.allocation import lamp_removals
 from keras_sparse.ops.formulas import erk_densities
 from keras_sparse.ops.masks import check_sparsity
 
 _REGISTRY = {}
 
-__all__ = ["Distribution", "Uniform", "Global", "ERK", "PerLayer", "get"]
+__all__ = ["Distribution", "Uniform", "Global", "ERK", "LAMP", "PerLayer", "get"]
 
 
 class Distribution(config_lib.ConfigObject):
@@ -17,9 +18,15 @@ class Distribution(config_lib.ConfigObject):
     Attributes:
         is_global: layers share one magnitude threshold chosen at every
             update instead of a fixed per-layer sparsity.
+        needs_weights: the per-layer sparsities depend on the weight
+            values, not only on their shapes: ``ks.prune`` then calls
+            ``layer_sparsities(shapes, sparsity, weights=...)`` (a
+            distribution that leaves it ``False`` is called without
+            ``weights``, so subclasses written for shapes only keep working).
     """
 
     is_global = False
+    needs_weights = False
 
     def layer_sparsities(self, shapes, sparsity):
         """Per-layer sparsities.
@@ -27,6 +34,9 @@ class Distribution(config_lib.ConfigObject):
         Args:
             shapes: dict ``layer name -> list of weight shapes``.
             sparsity: the model-level target.
+            weights: only passed when :attr:`needs_weights` is ``True``:
+                dict ``layer name -> list of numpy weight values``, in the
+                order of ``shapes`` (a sparse layer's removed entries are 0).
 
         Returns:
             dict ``layer name -> sparsity``.
@@ -107,6 +117,65 @@ class ERK(Distribution):
         return {"power_scale": self.power_scale}
 
 
+@config_lib.register(_REGISTRY, "lamp", name="LAMPDistribution")
+class LAMP(Distribution):
+    """Layer-adaptive magnitude pruning (LAMP): one global threshold on the
+    LAMP scores of the weights sets each layer's sparsity.
+
+    With a layer's weights sorted by increasing magnitude, weight ``u``
+    scores ``w_u**2 / sum(w_v**2 for v >= u)`` (the largest scores 1); the
+    ``round(sparsity * total)`` lowest scores of the whole model are
+    removed, each weight keeping at least one entry
+    (:func:`keras_sparse.ops.lamp_removals`). Inside a layer the lowest
+    scores are the smallest weights, so the layer's sparsity is all that is
+    kept: masks are then chosen by the layer's scorer and pattern at that
+    sparsity (magnitude, unstructured: the same weights). The sparsities are
+    computed once, from the weights ``ks.prune`` receives: prune a trained
+    model (at initialization LAMP mostly follows the layer sizes).
+
+    Reference: J. Lee et al., "Layer-adaptive sparsity for the
+    magnitude-based pruning", ICLR 2021.
+
+    Example:
+    >>> ks.prune(trained_model, 0.95, distribution="lamp")
+    >>> ks.distributions.LAMP().layer_sparsities(
+    ...     {"a": [(3,)], "b": [(2,)]}, 0.4,
+    ...     weights={"a": [np.array([1.0, 2.0, 3.0])], "b": [np.array([5.0, 5.0])]})
+    {'a': 0.6666666666666666, 'b': 0.0}
+    """
+
+    needs_weights = True
+
+    def layer_sparsities(self, shapes, sparsity, weights=None):
+        sparsity = check_sparsity(sparsity)
+        if weights is None:
+            raise ValueError(
+                "The LAMP distribution needs the weight values: pass "
+                "weights={layer name: [arrays]} (ks.prune does). Received: weights=None"
+            )
+        names = list(shapes)
+        missing = [name for name in names if name not in weights]
+        if missing:
+            raise ValueError(
+                f"`weights` lacks layers {missing} of `shapes`. "
+                f"Received: weights with keys {list(weights)}"
+            )
+        flat = [(name, w) for name in names for w in weights[name]]
+        if not flat:
+            return {}
+        total = sum(int(w.size) for _, w in flat)
+        removed = lamp_removals(
+            [w for _, w in flat],
+            min(int(round(sparsity * total)), total - sum(1 for _, w in flat if w.size)),
+        )
+        sizes, gone = {}, {}
+        for (name, w), count in zip(flat, removed):
+            sizes[name] = sizes.get(name, 0) + int(w.size)
+            gone[name] = gone.get(name, 0) + count
+        return {name: gone.get(name, 0) / sizes[name] if sizes.get(name) else 0.0
+                for name in names}
+
+
 @config_lib.register(_REGISTRY, "per_layer", name="PerLayerDistribution")
 class PerLayer(Distribution):
     """Explicit sparsity per layer name; unlisted layers are not pruned.
@@ -137,7 +206,7 @@ class PerLayer(Distribution):
 
 def get(identifier):
     """Resolve a distribution from an instance, an alias (``"uniform"``,
-    ``"global"``, ``"erk"``), a dict ``layer name -> sparsity``, or a
+    ``"global"``, ``"erk"``, ``"lamp"``), a dict ``layer name -> sparsity``, or a
     serialized config."""
     if identifier is None:
         identifier = "uniform"

@@ -17,12 +17,10 @@ from keras_sparse.checks import check_model
 from keras_sparse.checks import check_number
 from keras_sparse.config import PACKAGE
 from keras_sparse.layers.base import SparseMixin
+from keras_sparse.ops import prox as prox_ops
 from keras_sparse.utils import walk_layers
 
 __all__ = ["GroupLasso", "L1", "group_norms", "slimming", "threshold_groups", "get"]
-
-#: Keras' own L1, re-exported: it works on every kernel and BatchNorm gamma.
-L1 = keras.regularizers.L1
 
 _GROUPS = ("units", "filters", "inputs")
 
@@ -37,10 +35,36 @@ def _reduce_axes(rank, groups):
     """Axes summed inside one group. A Keras kernel is ``(..., in, out)``:
     a unit/filter is everything but the last axis, an input feature is
     everything but the second-to-last axis (a *row* of a Dense kernel)."""
-    if rank < 2:
-        return tuple(range(rank))
-    keep = rank - 1 if groups in ("units", "filters") else rank - 2
-    return tuple(a for a in range(rank) if a != keep)
+    return prox_ops.group_axes(rank, groups)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE, name="L1")
+class L1(keras.regularizers.L1):
+    """Keras' L1 penalty :math:`\lambda \sum |w|` (same arguments, same
+    loss), which also answers its proximal step, so
+    :class:`ks.optimizers.Proximal` can make weights exactly zero.
+
+    Args:
+        l1: the coefficient :math:`\lambda` (>= 0).
+
+    Example:
+    >>> layer = keras.layers.Dense(64, kernel_regularizer=ks.regularizers.L1(1e-4))
+    """
+
+    #: What :meth:`zero_fraction` counts: single weights.
+    groups = None
+
+    @property
+    def l(self):
+        return self.l1
+
+    def prox(self, x, threshold):
+        """The proximal step of ``threshold · ‖x‖₁`` (soft thresholding)."""
+        return prox_ops.soft_threshold(x, threshold)
+
+    def zero_count(self, x):
+        """``(exactly-zero weights, weights)`` of ``x``."""
+        return prox_ops.zero_group_count(x)
 
 
 def group_norms(weight, groups="units"):
@@ -91,6 +115,15 @@ class GroupLasso(keras.regularizers.Regularizer):
         ):
             raise ValueError(f"`epsilon` must be a number >= 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
+
+    def prox(self, x, threshold):
+        """The proximal step of ``threshold · Σ_g √|g| ‖x_g‖₂`` (block soft
+        thresholding): groups become exactly zero."""
+        return prox_ops.group_soft_threshold(x, threshold, self.groups)
+
+    def zero_count(self, x):
+        """``(exactly-zero groups, groups)`` of ``x``."""
+        return prox_ops.zero_group_count(x, self.groups)
 
     def __call__(self, x):
         x = ops.convert_to_tensor(x)

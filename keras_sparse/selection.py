@@ -5,6 +5,8 @@ layers reported as unsupported."""
 import re
 
 import keras
+import numpy as np
+from keras import ops
 
 from keras_sparse.checks import type_error
 from keras_sparse.layers.base import SparseMixin
@@ -12,7 +14,15 @@ from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
-__all__ = ["is_graph_model", "select_layers", "split_convertible"]
+__all__ = [
+    "is_graph_model",
+    "prunable_weights",
+    "select_layers",
+    "split_convertible",
+    "weight_layout_map",
+    "weight_shapes",
+    "weight_values",
+]
 
 
 def is_graph_model(model):
@@ -122,3 +132,69 @@ def split_convertible(model, selected):
             if not supports(layer) and all(layer is not u for u in unsupported):
                 unsupported.append(layer)
     return convertible, unsupported
+
+
+def _sparse_class(layer):
+    return type(layer) if isinstance(layer, SparseMixin) else SPARSE_CLASS_FOR[type(layer)]
+
+
+def weight_shapes(layer):
+    """Shapes of the weights ``ks.prune`` masks in ``layer`` (a plain layer
+    with a sparse counterpart or a sparse layer); ``[]`` while unbuilt."""
+    if not layer.built:
+        return []
+    if isinstance(layer, SparseMixin):
+        return [tuple(layer.latent_weight(n).shape) for n in layer.sparse_weight_names]
+    cls = SPARSE_CLASS_FOR[type(layer)]
+    return [tuple(getattr(layer, name).shape) for name in cls.sparse_weight_layouts]
+
+
+def weight_layout_map(layer):
+    """dict ``weight name -> Layout`` of the weights ``ks.prune`` masks."""
+    cls = _sparse_class(layer)
+    if cls is SPARSE_CLASS_FOR.get(keras.layers.EinsumDense):
+        # The layout of an einsum kernel depends on the equation.
+        return {"kernel": cls.weight_layout(layer, "kernel")}
+    return dict(cls.sparse_weight_layouts)
+
+
+def _weight_variables(layer):
+    """``(name, variable)`` of each maskable weight of a built layer: the
+    latent variable of a sparse layer, the Keras variable of a plain one."""
+    if isinstance(layer, SparseMixin):
+        return [(n, layer.latent_weight(n)) for n in layer.sparse_weight_names]
+    return [(n, getattr(layer, n)) for n in SPARSE_CLASS_FOR[type(layer)].sparse_weight_layouts]
+
+
+def weight_values(layer):
+    """Host (numpy) values of the weights ``ks.prune`` masks in a built
+    ``layer``, in the order of :func:`weight_shapes`: a sparse layer's
+    latent weights with its removed entries at exactly 0, a plain layer's
+    weights."""
+    if isinstance(layer, SparseMixin):
+        return [
+            np.array(ops.convert_to_numpy(layer.masked_latent(n)))
+            for n in layer.sparse_weight_names
+        ]
+    return [np.array(ops.convert_to_numpy(v)) for _, v in _weight_variables(layer)]
+
+
+def prunable_weights(model, layers=None):
+    """The layers of ``model`` that ``ks.prune`` can make sparse (among the
+    ``layers`` selected, as ``ks.prune`` selects them), each with its
+    maskable weights.
+
+    Returns:
+        A list of ``(layer, [(weight name, variable, layout), ...])`` in
+        model order; the variable is the latent one of a sparse layer.
+        Unbuilt layers have an empty weight list.
+    """
+    convertible, _ = split_convertible(model, select_layers(model, layers))
+    found = []
+    for layer in convertible:
+        if not layer.built:
+            found.append((layer, []))
+            continue
+        layouts = weight_layout_map(layer)
+        found.append((layer, [(n, v, layouts[n]) for n, v in _weight_variables(layer)]))
+    return found

@@ -172,6 +172,7 @@ def test_per_layer_copies_its_input():
         ("erk", distributions.ERK),
         (" ERK ", distributions.ERK),
         ("per_layer", distributions.PerLayer),
+        ("lamp", distributions.LAMP),
     ],
     ids=repr,
 )
@@ -206,6 +207,7 @@ EXAMPLES = [
     distributions.ERK(),
     distributions.ERK(0.5),
     distributions.PerLayer({"a": 0.5, "b": 0.25}),
+    distributions.LAMP(),
 ]
 
 
@@ -230,3 +232,48 @@ def test_erk_power_scale_is_stored_as_float():
 def test_base_distribution_is_abstract():
     with pytest.raises(NotImplementedError):
         distributions.Distribution().layer_sparsities(SHAPES, 0.5)
+
+
+def _small_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="d1"),
+                             keras.layers.Dense(3, name="d2")])
+
+
+def test_prune_passes_weights_only_to_distributions_that_ask():
+    seen = {}
+
+    class ShapesOnly(distributions.Distribution):
+        # Written before `weights` existed: it must keep working.
+        def layer_sparsities(self, shapes, sparsity):
+            seen["shapes_only"] = dict(shapes)
+            return {name: sparsity for name in shapes}
+
+    class ByWeights(distributions.Distribution):
+        needs_weights = True
+
+        def layer_sparsities(self, shapes, sparsity, weights=None):
+            seen["weights"] = weights
+            return {name: 0.5 if np.abs(weights[name][0]).mean() > 0.3 else 0.1
+                    for name in shapes}
+
+    model = _small_model()
+    ks.prune(model, 0.5, distribution=ShapesOnly())
+    assert seen["shapes_only"] == {"d1": [(6, 5)], "d2": [(5, 3)]}
+    pruned = ks.prune(model, 0.5, distribution=ByWeights())
+    for name in ("d1", "d2"):
+        np.testing.assert_array_equal(seen["weights"][name][0],
+                                      keras.ops.convert_to_numpy(model.get_layer(name).kernel))
+    assert {layer.name: layer.schedule.target_sparsity for layer in pruned.layers} == {
+        name: (0.5 if np.abs(seen["weights"][name][0]).mean() > 0.3 else 0.1)
+        for name in ("d1", "d2")}
+
+
+def test_lamp_reads_the_masked_weights_of_sparse_layers():
+    model = ks.prune(_small_model(), 0.0, schedule=ks.schedules.ConstantSparsity(0.0))
+    layer = model.get_layer("d1")
+    mask = np.ones((6, 5), bool)
+    mask[:, :4] = False  # 24 of 30 removed: they score 0 and go first
+    layer.write_mask("kernel", mask)
+    again = ks.prune(model, 0.6, distribution="lamp")  # 27 of 45 weights
+    assert again.get_layer("d1").schedule.target_sparsity >= 24 / 30

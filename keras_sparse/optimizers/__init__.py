@@ -1,5 +1,6 @@
-"""Optimizers for binary networks: Bop, and a case optimizer that routes each
-variable to the optimizer meant for it.
+"""Optimizers for binary networks (Bop, and a case optimizer that routes each
+variable to the optimizer meant for it) and for exact zeros from penalties
+(:class:`Proximal`: any optimizer followed by the penalty's proximal step).
 
 A binary network has two kinds of trainable variables: the latent kernels of
 binary layers (only their sign is used) and everything else (biases,
@@ -23,6 +24,9 @@ for the latent weights of binary layers).
 from keras_sparse.optimizers.bop import Bop
 from keras_sparse.optimizers.case_optimizer import CaseOptimizer
 from keras_sparse.optimizers.predicates import IsBinary
+from keras_sparse.optimizers.predicates import IsKernel
+from keras_sparse.optimizers.predicates import kernels
+from keras_sparse.optimizers.proximal import Proximal
 from keras_sparse.optimizers.predicates import PathMatches
 from keras_sparse.optimizers.predicates import binary_kernels
 from keras_sparse.optimizers.predicates import get_predicate
@@ -34,6 +38,9 @@ __all__ = [
     "Bop",
     "CaseOptimizer",
     "IsBinary",
+    "IsKernel",
+    "Proximal",
+    "kernels",
     "PathMatches",
     "binary_kernels",
     "quantized_weights",

@@ -95,7 +95,26 @@ class PathMatches(ConfigObject):
         return f"PathMatches({self.pattern!r})"
 
 
-_PREDICATES = {"binary": IsBinary}
+@keras.saving.register_keras_serializable(package=PACKAGE, name="IsKernel")
+class IsKernel(ConfigObject):
+    """Predicate: the variable is a kernel (its name ends in ``kernel``:
+    ``kernel``, ``depthwise_kernel``, ``pointwise_kernel``) of rank >= 2.
+    Biases, BatchNorm parameters and gradient probes are not kernels.
+
+    Example:
+    >>> ks.optimizers.IsKernel()(model.layers[0].kernel)
+    True
+    """
+
+    def __call__(self, variable):
+        name = getattr(variable, "name", "") or ""
+        return name.endswith("kernel") and len(getattr(variable, "shape", ())) >= 2
+
+    def __repr__(self):
+        return "IsKernel()"
+
+
+_PREDICATES = {"binary": IsBinary, "kernels": IsKernel}
 
 
 def quantized_weights(model, bits=1):
@@ -143,6 +162,64 @@ def binary_kernels(model):
             f"Received: model={getattr(model, 'name', model)!r}"
         )
     return PathMatches("(^|/)(" + "|".join(tails) + ")$")
+
+
+def kernels(model, exclude=None):
+    """A :class:`PathMatches` predicate accepting the kernels of ``model``'s
+    built layers, except those of the layers named in ``exclude``.
+
+    The usual ``exclude`` is the output layer: a group penalty on its units
+    would remove classes. Matches paths without the leading model name, so
+    the predicate survives a save and reload.
+
+    Args:
+        model: a built Keras model.
+        exclude: a layer name or a list of layer names to leave out.
+
+    Example:
+    >>> optimizer = ks.optimizers.Proximal(
+    ...     "adam", "group_lasso",
+    ...     variables=ks.optimizers.kernels(model, exclude=model.layers[-1].name))
+    """
+    check_model(model)
+    if exclude is None:
+        exclude = []
+    elif isinstance(exclude, str):
+        exclude = [exclude]
+    if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
+        raise ValueError(
+            "`exclude` must be a layer name or a list of layer names. "
+            f"Received: exclude={exclude!r}"
+        )
+    from keras_sparse.utils import walk_layers
+
+    names = {layer.name for layer in walk_layers(model)}
+    unknown = [e for e in exclude if e not in names]
+    if unknown:
+        raise ValueError(
+            f"`exclude` names layers the model does not have: {unknown}. "
+            f"Received: exclude={exclude!r}"
+        )
+    is_kernel = IsKernel()
+
+    def tail(variable):
+        path = getattr(variable, "path", None) or variable.name
+        return re.escape(path.split("/", 1)[1] if "/" in path else path)
+
+    left_out = {
+        tail(v) for layer in walk_layers(model) if layer.name in exclude
+        for v in layer.trainable_weights
+    }
+    tails = {
+        tail(v) for layer in walk_layers(model) if layer.built
+        for v in layer.trainable_weights if is_kernel(v)
+    } - left_out
+    if not tails:
+        raise ValueError(
+            "The model has no built layer with a kernel outside `exclude`. "
+            f"Received: model={getattr(model, 'name', model)!r}, exclude={exclude!r}"
+        )
+    return PathMatches("(^|/)(" + "|".join(sorted(tails)) + ")$")
 
 
 def get_predicate(identifier):
