@@ -21,7 +21,7 @@ with their deterministic gates).
 
 Usage::
 
-    python benchmarks/learned_sparsity.py            # ~5 min -> results/learned_sparsity.json
+    python benchmarks/learned_sparsity.py            # ~5 min quiet (11 min at load 7) -> results/learned_sparsity.json
     python benchmarks/learned_sparsity.py --quick    # smoke run (~30 s, not kept)
 """
 
