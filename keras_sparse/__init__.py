@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from keras_sparse import controllers
 from keras_sparse import criteria
 from keras_sparse import distributions
+from keras_sparse import gates
 from keras_sparse import layers
 from keras_sparse import methods
 from keras_sparse import ops
@@ -29,6 +30,7 @@ from keras_sparse.regularizers import slimming
 from keras_sparse import testing
 from keras_sparse.convert import prune
 from keras_sparse.convert import strip
+from keras_sparse.learned import gate
 from keras_sparse.export import export
 from keras_sparse.export import load_exported
 from keras_sparse.quantize import calibrate
@@ -53,6 +55,8 @@ __all__ = [
     "criteria",
     "distributions",
     "export",
+    "gate",
+    "gates",
     "initializers",
     "regularizers",
     "slimming",

@@ -37,7 +37,8 @@ def copy_weights(source, target):
 
     The Keras parent's weights are copied in order; masks and probes by
     name; quantizer state only when both layers use the same quantizer (it
-    is initialized from the copied weights otherwise).
+    is initialized from the copied weights otherwise); gate state when both
+    use the same gate (a new gate starts from its initial values).
     """
     skip_source = {id(v) for v in _auxiliary(source)}
     skip_target = {id(v) for v in _auxiliary(target)}
@@ -76,6 +77,17 @@ def copy_weights(source, target):
                 initialize = True
     if initialize:
         target.initialize_quantizers()
+    if isinstance(source, SparseMixin) and source.gate is not None and source.gate == target.gate:
+        # The gate's learned state (log_alpha or thresholds, multipliers,
+        # warm-up step) moves with the weights when the gate is the same.
+        for name in target.sparse_weight_names:
+            source_state = source.gate_state(name)
+            for item, dst in target.gate_state(name).items():
+                src = source_state.get(item)
+                if isinstance(dst, keras.Variable) and src is not None:
+                    _assign(dst, src)
+                elif isinstance(dst, keras.random.SeedGenerator) and src is not None:
+                    _assign(dst.state, src.state)
 
 
 def rebuild(layer):
@@ -109,6 +121,7 @@ def _mirror_sparse(source, target):
     target._adopt(config["schedule"], config["pattern"], config["scorer"],
                   config["global_pruning"], masked=config["masked"])
     target.configure_quantization(config["kernel_quantizer"], config["input_quantizer"])
+    target.configure_gate(config.get("gate"))
 
 
 def _copy_holder(old, new, copy, mirror):

@@ -396,7 +396,8 @@ def _strip_in_place(layer):
     for name in layer.sparse_weight_names:
         layer.__dict__.pop(name + "_mask", None)
         layer.__dict__.pop(name + "_probe", None)
-    for attr in ("kernel_quantizer", "input_quantizer", "_quantizer_state", "_quantizer_training"):
+    for attr in ("kernel_quantizer", "input_quantizer", "_quantizer_state", "_quantizer_training",
+                 "gate", "_gate_state"):
         layer.__dict__.pop(attr, None)
     layer.__class__ = parent
     refresh_call_signature(layer)

@@ -269,7 +269,11 @@ def _sparse_infos(layer):
         if name is None or layer.kernel_quantizer is None:
             infos.append(None)
             continue
-        latent = ops.convert_to_numpy(layer.masked_latent(name))
+        latent = layer.masked_latent(name)
+        if layer.gate is not None:
+            # The quantizer sees the gated weight (gates keep zeros at zero).
+            latent = layer.gate(latent, layer.gate_state(name), training=False)
+        latent = ops.convert_to_numpy(latent)
         mask = layer.get_mask(name)  # None on a layer that is only quantized
         infos.append((
             layer.kernel_quantizer,

@@ -18,6 +18,7 @@ import keras_sparse as ks
 from keras_sparse import config as config_lib
 from keras_sparse import criteria
 from keras_sparse import distributions
+from keras_sparse import gates
 from keras_sparse import patterns
 from keras_sparse import schedules
 from keras_sparse import scorers
@@ -28,6 +29,7 @@ FAMILIES = {
     "scorers": (scorers, scorers.Scorer),
     "distributions": (distributions, distributions.Distribution),
     "criteria": (criteria, criteria.Criterion),
+    "gates": (gates, gates.Gate),
 }
 
 # Non-default instances where a class has arguments, so the round trip is
@@ -41,6 +43,8 @@ EXAMPLES = {
     "ERK": lambda: distributions.ERK(0.5),
     "PerLayer": lambda: distributions.PerLayer({"a": 0.5, "b": 0.25}),
     "SynFlow": lambda: criteria.SynFlow(7),
+    "HardConcrete": lambda: gates.HardConcrete(0.8, "unit", 50, 0.1, 5.0, 1.0, 1e-3, seed=4),
+    "SoftThreshold": lambda: gates.SoftThreshold(0.7, "unit", 20, 0.2, 3.0, -6.0, 0.0, 0.5),
 }
 
 # Aliases that deliberately do not resolve through ``get`` on their own.

@@ -16,6 +16,7 @@ FAMILIES = {
     "quantizers": (ks.quantizers, ks.quantizers.Quantizer, ks.quantizers.get("ste_sign")),
     "methods": (ks.methods, ks.methods.SparsityMethod, ks.methods.get("rigl")),
     "criteria": (ks.criteria, ks.criteria.Criterion, ks.criteria.get("synflow")),
+    "gates": (ks.gates, ks.gates.Gate, ks.gates.get("l0")),
 }
 
 _SINGULAR = {"methods": "method", "criteria": "criterion"}

@@ -115,6 +115,7 @@ SPARSE_DEFAULTS = {
     "kernel_quantizer": None,
     "input_quantizer": None,
     "masked": None,
+    "gate": None,
 }
 
 

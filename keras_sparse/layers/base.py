@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from keras_sparse import backend
+from keras_sparse import gates as gates_lib
 from keras_sparse import methods as methods_lib
 from keras_sparse import patterns as patterns_lib
 from keras_sparse import quantizers as quantizers_lib
@@ -34,6 +35,7 @@ from keras_sparse.initializers import SparseInitializer
 from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
 from keras_sparse.checks import check_bool
+from keras_sparse.layers.gating import GatingMixin
 from keras_sparse.layers.masking import MaskingMixin
 from keras_sparse.layers.masking import _gradient_tap
 from keras_sparse.layers.quantization import QuantizationMixin
@@ -65,6 +67,7 @@ SPARSE_ARGUMENTS = (
     "kernel_quantizer",
     "input_quantizer",
     "masked",
+    "gate",
 )
 
 _MISSING_CALLBACK = (
@@ -249,6 +252,7 @@ def _merged_signature(parent):
         inspect.Parameter("kernel_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("input_quantizer", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("masked", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("gate", inspect.Parameter.KEYWORD_ONLY, default=None),
     ]
     return inspect.Signature(params + ours + var_kw)
 
@@ -269,7 +273,7 @@ def _finishing_build(build):
     return wrapper
 
 
-class SparseMixin(MaskingMixin, QuantizationMixin):
+class SparseMixin(GatingMixin, MaskingMixin, QuantizationMixin):
     """Mixin that gives a Keras layer masked (and transformable) weights.
 
     Subclass it *before* the Keras parent and declare which weights are
@@ -307,6 +311,9 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
             ``ks.prune_at_init`` leaves); it is saved in the config, so such
             a layer reloads with its masks. A config written before this
             argument existed loads as masked (every layer had masks then).
+        gate: a :mod:`keras_sparse.gates` gate or alias (``"l0"``,
+            ``"str"``): learned sparsity, trained by ``fit`` itself; the
+            effective weight is ``mask * kernel_quantizer(gate(latent))``.
 
     Masks are stored as 1-byte bools and are not counted as parameters:
     ``layer.count_params()`` (and so the per-layer rows of
@@ -355,6 +362,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         kernel_quantizer=None,
         input_quantizer=None,
         masked=None,
+        gate=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -363,9 +371,11 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         self._mask_sparsity_cache = {}
         self._masked = False
         self._reset_quantization()
+        self._reset_gating()
         self.configure_pruning(schedule, pattern, scorer, global_pruning, method=method,
                                masked=masked)
         self.configure_quantization(kernel_quantizer, input_quantizer)
+        self.configure_gate(gate)
 
     # ------------------------------------------------------------------ config
     def configure_pruning(self, schedule=None, pattern="unstructured",
@@ -460,6 +470,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 "kernel_quantizer": quantizers_lib.serialize(self.kernel_quantizer),
                 "input_quantizer": quantizers_lib.serialize(self.input_quantizer),
                 "masked": self._masked,
+                "gate": gates_lib.serialize(self.gate),
             }
         )
         return config
@@ -522,6 +533,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                     latent = ops.convert_to_tensor(self.latent_weight(name))
                     self.set_mask(name, ops.not_equal(latent, 0))
         self._build_quantizer_state(input_shape)
+        self._build_gate_state()
         self._masks_ready = True
         if self.wants_gradient_probe():
             self.enable_gradient_probe()
@@ -627,6 +639,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         if (
             quantizer is not None
             and quantizer.fusable
+            and self.gate is None
             and backend.fusing()
             and math.prod(raw.shape) >= FUSE_MIN_SIZE
         ):
@@ -679,10 +692,14 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
                 output_axes=(),
                 training=training,
             )
-        if self.kernel_quantizer is None:
+        if training and self.gate is not None:
+            penalty = self.gate_penalty()
+            if penalty is not None:
+                self.add_loss(penalty)
+        if self.kernel_quantizer is None and self.gate is None:
             return super().call(inputs, **kwargs)
         # The kernel property has no `training` argument; stochastic
-        # quantizers read it from here during the parent's call.
+        # quantizers and gates read it from here during the parent's call.
         self._quantizer_training = training
         try:
             return super().call(inputs, **kwargs)
@@ -707,6 +724,7 @@ class SparseMixin(MaskingMixin, QuantizationMixin):
         self._mask_sparsity_cache = {}
         self._masked = False
         self._reset_quantization()
+        self._reset_gating()
         refresh_call_signature(self)
         self.configure_pruning(schedule, pattern, scorer, global_pruning, masked=masked)
         if self.built:

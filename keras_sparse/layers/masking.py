@@ -395,7 +395,7 @@ class MaskingMixin:
                 variable = getattr(self, name + suffix, None)
                 if variable is not None:
                     found.append(variable)
-        return found + self.quantizer_variables()
+        return found + self.quantizer_variables() + self.gate_variables()
 
     # Keras' Dense/Conv save the *effective* kernel and check variable counts;
     # the generic Layer methods save every own variable: latent + mask.
@@ -417,7 +417,11 @@ class MaskingMixin:
             if id(v) not in probes
         ]
         known = {id(v) for v in weights}
-        return weights + [v for v in self.quantizer_seed_states() if id(v) not in known]
+        return weights + [v for v in self._seed_states() if id(v) not in known]
+
+    def _seed_states(self):
+        """The states of the seed generators of the quantizers and gate."""
+        return self.quantizer_seed_states() + self.gate_seed_states()
 
     def save_own_variables(self, store):
         for i, variable in enumerate(self._saved_variables()):
@@ -425,7 +429,7 @@ class MaskingMixin:
 
     def load_own_variables(self, store):
         variables = self._saved_variables()
-        seeds = len(self.quantizer_seed_states())
+        seeds = len(self._seed_states())
         # A file saved without the seed states: load the weights, keep the
         # fresh seeds.
         if seeds and len(store.keys()) == len(variables) - seeds:
