@@ -224,3 +224,14 @@ def test_keras_l1_instance_is_accepted_and_is_still_keras_l1():
     assert isinstance(optimizer.penalty, keras.regularizers.L1)
     assert optimizer.initial_coefficient == pytest.approx(0.3)
     assert float(to_np(ks.regularizers.L1(0.2)(np.array([1.0, -2.0])))) == pytest.approx(0.6)
+
+
+def test_kernels_predicate_on_a_functional_model():
+    """Functional variables have no model name in their paths."""
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    predicate = ks.optimizers.kernels(model, exclude="logits")
+    assert predicate(model.get_layer("conv").kernel)
+    assert not predicate(model.get_layer("logits").kernel)

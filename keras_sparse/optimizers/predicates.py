@@ -137,6 +137,15 @@ def quantized_weights(model, bits=1):
     return found
 
 
+def _path_in_model(variable, model):
+    """The variable's path without the model's name in front (a Sequential
+    model's variables start with it, a functional model's do not), so a
+    predicate still matches after a reload renames the model."""
+    path = getattr(variable, "path", None) or variable.name
+    prefix = f"{model.name}/"
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
 def binary_kernels(model):
     """A :class:`PathMatches` predicate accepting exactly the latent weights
     of ``model``'s layers with a 1-bit ``kernel_quantizer``.
@@ -153,9 +162,7 @@ def binary_kernels(model):
     check_model(model)
     tails = []
     for _, _, variable in quantized_weights(model, bits=1):
-        path = getattr(variable, "path", None) or variable.name
-        tail = path.split("/", 1)[1] if "/" in path else path
-        tails.append(re.escape(tail))
+        tails.append(re.escape(_path_in_model(variable, model)))
     if not tails:
         raise ValueError(
             "The model has no built layer with a 1-bit kernel_quantizer. "
@@ -203,8 +210,7 @@ def kernels(model, exclude=None):
     is_kernel = IsKernel()
 
     def tail(variable):
-        path = getattr(variable, "path", None) or variable.name
-        return re.escape(path.split("/", 1)[1] if "/" in path else path)
+        return re.escape(_path_in_model(variable, model))
 
     left_out = {
         tail(v) for layer in walk_layers(model) if layer.name in exclude
