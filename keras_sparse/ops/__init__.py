@@ -1,5 +1,6 @@
 """Floor 1: pure tensor math (``keras.ops`` only, no variables, no layers)."""
 
+from keras_sparse.ops.activations import top_k_activation_mask
 from keras_sparse.ops.formulas import erk_densities
 from keras_sparse.ops.formulas import polynomial_sparsity
 from keras_sparse.ops.masks import block_mask
@@ -19,5 +20,6 @@ __all__ = [
     "mask_sparsity",
     "nm_mask",
     "polynomial_sparsity",
+    "top_k_activation_mask",
     "topk_mask",
 ]
