@@ -232,6 +232,13 @@ def test_topk_trains_under_xla():
     assert history.history["loss"][-1] < history.history["loss"][0]
     out = model.predict(x[:8].reshape(-1, 8, 8, 1), verbose=0)
     np.testing.assert_allclose(out, to_np(model(x[:8].reshape(-1, 8, 8, 1))), atol=1e-5)
+    import tensorflow as tf
+
+    maps = np.round(np.random.default_rng(2).normal(size=(4, 3, 3, 5)), 1).astype("float32")
+    whole = ks.layers.TopKActivation(k=7, axis=None)
+    compiled = tf.function(lambda t: whole(t), jit_compile=True)
+    np.testing.assert_array_equal(
+        compiled(maps).numpy(), np.where(reference_mask(maps, 7, None), maps, 0))
 
 
 # ----------------------------------------------------------------- ActivitySparsity
@@ -248,6 +255,17 @@ def test_activity_sparsity_penalty_and_zero_fraction_match_numpy(rng):
     np.testing.assert_allclose(to_np(penalty), 0.3 * np.abs(x).mean(), rtol=1e-6)
     assert layer.measured_sparsity() == pytest.approx(np.mean(x == 0), abs=1e-7)
     assert isinstance(layer.measured_sparsity(), float)
+
+
+def test_activity_sparsity_under_mixed_precision():
+    layer = ks.layers.ActivitySparsity(0.5, dtype="mixed_float16")
+    x = np.array([[0.0, 1.5, -2.0, 0.0]], "float32")
+    out = layer(x, training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    (penalty,) = layer.losses
+    assert keras.backend.standardize_dtype(penalty.dtype) == "float32"
+    np.testing.assert_allclose(to_np(penalty), 0.5 * 3.5 / 4, rtol=1e-6)
+    assert layer.measured_sparsity() == 0.5
 
 
 def test_activity_sparsity_bad_l_and_config():

@@ -77,7 +77,8 @@ def top_k_activation_mask(x, k, axis=-1):
         A bool tensor of the shape of ``x``.
 
     Example:
-    >>> top_k_activation_mask(np.array([[3., 1., 3., 2.]]), 2)
+    >>> mask = top_k_activation_mask(np.array([[3., 1., 3., 2.]]), 2)
+    >>> keras.ops.convert_to_numpy(mask)
     array([[ True, False,  True, False]])
     """
     if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
