@@ -7,7 +7,7 @@ Adam 1e-3, batch 32, the same epochs for every variant, 3 training seeds:
 - ``dense``: ReLU hidden layers (their zeros are the baseline).
 - ``topk_25`` / ``topk_10``: each hidden ``Dense`` is linear and followed by
   ``ks.layers.TopKActivation(fraction=0.25 / 0.10)`` (k-winners-take-all:
-  75 / 43 of 300 units and 25 / 10 of 100 kept per example).
+  75 / 30 of 300 units and 25 / 10 of 100 kept per example).
 - ``activity_l``: ReLU hidden layers each followed by
   ``ks.layers.ActivitySparsity(l)`` (L1 penalty ``l * mean(|a|)``, fixed ``l``).
 
@@ -21,7 +21,7 @@ Usage::
 
     python benchmarks/activation_sparsity.py            # ~4 min on 2 shared cores
     python benchmarks/activation_sparsity.py --quick    # smoke run (~20 s)
-    python benchmarks/activation_sparsity.py --l 0.03   # another penalty
+    python benchmarks/activation_sparsity.py --variants activity --l 1.0  # another penalty
 """
 
 import argparse
@@ -117,11 +117,16 @@ def main():
     parser.add_argument("--l", type=float, default=DEFAULT_L,
                         help=f"ActivitySparsity coefficient (default {DEFAULT_L})")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset of dense,topk_25,topk_10,activity")
     args = parser.parse_args()
     epochs = 3 if args.quick else EPOCHS
     seeds = [0] if args.quick else (
         [int(s) for s in args.seeds.split(",")] if args.seeds else list(SEEDS))
     variants = ["dense", "topk_25", "topk_10", f"activity_{args.l:g}"]
+    if args.variants:
+        chosen = args.variants.split(",")
+        variants = [v for v in variants if v in chosen or v.split("_")[0] in chosen]
     data = load_digits_split()
     runs = []
     for seed in seeds:
@@ -133,9 +138,14 @@ def main():
     summary = summarize(runs, variants)
     print()
     print(table(summary, epochs, seeds))
-    name = "activation_sparsity_quick" if args.quick else (
-        "activation_sparsity" if args.l == DEFAULT_L and not args.seeds
-        else f"activation_sparsity_l{args.l:g}")
+    if args.quick:
+        name = "activation_sparsity_quick"
+    elif args.l == DEFAULT_L and not args.seeds and not args.variants:
+        name = "activation_sparsity"
+    else:
+        name = "activation_sparsity_" + "_".join(
+            ([args.variants.replace(",", "-")] if args.variants else [])
+            + [f"l{args.l:g}"] + ([f"seeds{args.seeds.replace(',', '-')}"] if args.seeds else []))
     path = _common.write_json(name, {
         "config": dict(epochs=epochs, seeds=seeds, hidden=list(HIDDEN), l=args.l,
                        optimizer="adam 1e-3", batch=32),
