@@ -164,7 +164,8 @@ def test_config_round_trip_and_mixed_precision():
         json.loads(json.dumps(keras.saving.serialize_keras_object(layer))))
     assert isinstance(restored, ks.layers.TopKActivation)
     assert restored.get_config() == layer.get_config()
-    assert ks.layers.get_sparse_activation(keras.saving.serialize_keras_object(layer)).fraction == 0.3
+    config = keras.saving.serialize_keras_object(layer)
+    assert ks.layers.get_sparse_activation(config).fraction == 0.3
     half = ks.layers.TopKActivation(k=2, dtype="mixed_float16")
     out = half(np.array([[1.0, 4.0, 2.0, 3.0]], "float32"))
     assert keras.backend.standardize_dtype(out.dtype) == "float16"

@@ -23,7 +23,7 @@ def _data(n=120, features=16, seed=0):
 def _mlp():
     keras.utils.set_random_seed(0)
     return keras.Sequential([
-        keras.Input((16,)),
+        keras.Input((16,), name="features"),
         keras.layers.Dense(24, activation="relu", name="hidden"),
         keras.layers.Dense(12, name="pre"),
         ks.layers.TopKActivation(k=3, name="kwta"),
@@ -45,7 +45,7 @@ def test_zero_fractions_and_saveable_flops_match_numpy():
     pre = hidden @ weights["pre"][0] + weights["pre"][1]
     kept = np.zeros_like(pre, bool)
     np.put_along_axis(kept, np.argsort(-pre, axis=-1, kind="stable")[:, :3], True, axis=-1)
-    expected = [("input_layer", "hidden", np.mean(x == 0)),
+    expected = [("features", "hidden", np.mean(x == 0)),
                 ("hidden", "pre", np.mean(hidden == 0)),
                 ("drop", "logits", 9 / 12)]
     flops = {row["layer"]: row["effective_flops"] for row in result.rows}

@@ -115,7 +115,6 @@ class TopKActivation(keras.layers.Layer):
         self.fraction = fraction
         self.axis = axis
         self.supports_masking = True
-        self._kept = None
 
     def group_size(self, input_shape):
         """Number of entries the winners are chosen among, for inputs of
@@ -151,11 +150,13 @@ class TopKActivation(keras.layers.Layer):
         return top_k_count(self.group_size(input_shape), self.k, self.fraction)
 
     def build(self, input_shape):
-        self._kept = self.kept_count(input_shape)
+        self.kept_count(input_shape)  # rejects a k larger than the group now
         self.built = True
 
     def call(self, inputs):
-        kept = self._kept if self._kept is not None else self.kept_count(inputs.shape)
+        # From the static shape at every call: a layer called on inputs of
+        # another size chooses among those.
+        kept = self.kept_count(inputs.shape)
         mask = ops.stop_gradient(top_k_activation_mask(inputs, kept, self.axis))
         return ops.where(mask, inputs, ops.zeros_like(inputs))
 
@@ -227,14 +228,16 @@ class ActivitySparsity(keras.layers.Layer):
         self._initial_l = l
         self.supports_masking = True
         # Created here, not in build: a controller may assign the coefficient
-        # before the model has seen data.
+        # before the model has seen data. No autocast (as BatchNormalization's
+        # moving statistics): under a mixed policy on torch an assignment
+        # inside `call` would go to a float16 copy and be lost.
         self.coefficient = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(l), dtype="float32",
-            trainable=False, name="coefficient",
+            trainable=False, autocast=False, name="coefficient",
         )
         self.zero_fraction = self.add_weight(
             shape=(), initializer="zeros", dtype="float32", trainable=False,
-            name="zero_fraction",
+            autocast=False, name="zero_fraction",
         )
 
     def build(self, input_shape):
@@ -303,7 +306,8 @@ def get_sparse_activation(identifier, **kwargs):
             )
         return ALIASES[key](**kwargs)
     if kwargs:
-        raise type_error("identifier", identifier, "an alias string when keyword arguments are given")
+        raise type_error(
+            "identifier", identifier, "an alias string when keyword arguments are given")
     layer = identifier
     if isinstance(identifier, dict):
         try:
