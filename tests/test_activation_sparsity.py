@@ -280,7 +280,9 @@ def test_activity_sparsity_bad_l_and_config():
     assert float(to_np(restored.coefficient)) == 0.5
 
 
-def _penalized_model(l):
+def _penalized_model(l, jit_compile=None):
+    if jit_compile is None:
+        jit_compile = backend_name() == "tensorflow"
     keras.utils.set_random_seed(1)
     model = keras.Sequential([
         keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
@@ -290,7 +292,7 @@ def _penalized_model(l):
     # differences are the penalty alone.
     model.compile(keras.optimizers.SGD(0.0),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=backend_name() == "tensorflow")
+                  jit_compile=jit_compile)
     return model
 
 
@@ -333,10 +335,13 @@ class _SetCoefficient(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_coefficient_assigned_by_a_callback_between_batches():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_coefficient_assigned_by_a_callback_between_batches(jit_compile):
+    if jit_compile and backend_name() != "tensorflow":
+        pytest.skip("XLA through jit_compile=True is TensorFlow's (JAX always compiles)")
     x, y, _, _ = _digits()
     x, y = np.concatenate([x[:32]] * 3), np.concatenate([y[:32]] * 3)  # 3 equal batches
-    model = _penalized_model(0.0)
+    model = _penalized_model(0.0, jit_compile)
     callback = _SetCoefficient(model.layers[1], 3.0, after_batch=0)
     model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
     # The logged loss is the running mean over the epoch's batches.
