@@ -29,7 +29,7 @@ from keras_sparse.utils import _children
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
 
-__all__ = ["report", "Report", "layer_macs", "register_cost"]
+__all__ = ["report", "Report", "activation_sparsity_rows", "layer_macs", "register_cost"]
 
 _COLUMNS = (
     ("layer", "layer"),
@@ -320,8 +320,9 @@ class Report:
             weights (biases and other unmasked weights excluded).
     """
 
-    def __init__(self, rows):
+    def __init__(self, rows, activations=None):
         self.rows = rows
+        self.activations = activations
         totals = {key: 0 for key in ("params", "nonzeros", "masked_params", "masked_nonzeros",
                                      "dense_bytes", "compressed_bytes", "packed_bytes",
                                      "mask_bytes", "dense_flops", "effective_flops",
@@ -343,7 +344,10 @@ class Report:
         self.totals = totals
 
     def to_dict(self):
-        return {"layers": list(self.rows), "totals": dict(self.totals)}
+        result = {"layers": list(self.rows), "totals": dict(self.totals)}
+        if self.activations is not None:
+            result["activations"] = [dict(row) for row in self.activations]
+        return result
 
     def __str__(self):
         def fmt(key, value):
@@ -366,12 +370,14 @@ class Report:
                 for j, (c, w) in enumerate(zip(r, widths))))
             if i == 0 or i == len(table) - 2:
                 lines.append("  ".join("-" * w for w in widths))
+        if self.activations is not None:
+            lines += ["", _activation_table(self.activations)]
         return "\n".join(lines)
 
     __repr__ = __str__
 
 
-def report(model, print_fn=print):
+def report(model, print_fn=print, data=None, batch_size=256):
     """Print and return a per-layer table of parameters, non-zeros, sparsity,
     pattern, weight bits, dense bytes, compressed-bytes estimate (values +
     index), packed bytes (quantized values packed at 1/2/4/8 bits + index +
@@ -379,9 +385,19 @@ def report(model, print_fn=print):
     leaves them out), dense vs effective FLOPs per example and the share of binary
     (1-bit weight x 1-bit input) multiply-accumulates.
 
+    With ``data``, a second table gives the activation sparsity measured on
+    it (see :func:`activation_sparsity_rows`): for every Dense/Conv layer of
+    the model's top-level graph, the fraction of exact zeros in its input and
+    the FLOPs a kernel that skips zero inputs could save.
+
     Args:
-        model: any built Keras model (sparse or not).
+        model: any built Keras model (sparse or not); with ``data``, a
+            Sequential or functional one.
         print_fn: called with the table text; ``None`` to stay silent.
+        data: model inputs (an array, or what ``model.predict`` takes) to
+            measure activation sparsity on, in inference mode; ``None``
+            leaves the activation table out.
+        batch_size: batch size of the measurement.
 
     Returns:
         A :class:`Report`.
@@ -398,7 +414,128 @@ def report(model, print_fn=print):
         for layer in walk_layers(model)
         if not is_container(layer) and layer.weights and not _owns_weighted_layers(layer)
     ]
-    result = Report(rows)
+    activations = None
+    if data is not None:
+        activations = activation_sparsity_rows(model, data, rows, batch_size=batch_size)
+    result = Report(rows, activations)
     if print_fn is not None:
         print_fn(str(result))
     return result
+
+
+# ------------------------------------------------------------ activation sparsity
+#: Layers whose multiply-accumulates scale with their non-zero inputs (the
+#: keras_sparse layers of these kinds are subclasses).
+_READS_INPUTS_IN_MACS = tuple(
+    getattr(keras.layers, name)
+    for name in ("Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
+                 "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D",
+                 "SeparableConv1D", "SeparableConv2D")
+)
+
+
+def _single_input(layer):
+    """The one input tensor of ``layer`` in its model's graph, or ``None``
+    (a layer called more than once has no single input)."""
+    try:
+        tensor = layer.input
+    except (AttributeError, ValueError):
+        return None
+    return tensor if hasattr(tensor, "shape") and not isinstance(tensor, (list, tuple)) else None
+
+
+def activation_sparsity_rows(model, data, rows, batch_size=256):
+    """Measure, on ``data``, the zeros each Dense/Conv layer reads.
+
+    For every Dense/Conv layer of the model's top-level graph (Keras' layers
+    and their keras_sparse subclasses), the fraction ``s`` of exact zeros in
+    its input over ``data`` (inference mode), and the FLOPs per example a
+    kernel skipping zero inputs could save: ``s * effective FLOPs`` of that
+    layer (a Dense with a fraction ``s`` of zero inputs needs ``(1 - s) *
+    in * out`` multiply-accumulates; for a convolution each input entry
+    takes part in the same number of them, padding aside). Nothing runs
+    faster by itself: this is what a sparse-activation kernel could use.
+
+    Args:
+        model: a built Sequential or functional model.
+        data: its inputs (what ``model.predict`` takes).
+        rows: the report rows (:func:`report`); their ``effective_flops``
+            give the FLOPs of each layer.
+        batch_size: batch size of the measurement.
+
+    Returns:
+        A list of dicts, one per Dense/Conv layer: ``layer`` (the producer
+        of the input: a layer name, or the model input's name), ``feeds``
+        (the Dense/Conv layer), ``zeros`` (fraction), ``flops`` (its
+        effective FLOPs per example, ``None`` when unknown) and
+        ``saveable_flops``.
+
+    Raises:
+        ValueError: for a subclassed model (its graph is unknown).
+
+    Example:
+    >>> r = ks.report(model, data=x_test[:256])
+    >>> r.activations[0]["zeros"]
+    0.62
+    """
+    check_model(model)
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "Measuring activation sparsity (`data=`) needs a Sequential or functional "
+            f"model with known inputs. Received: model={type(model).__name__} "
+            f"(built={model.built})"
+        )
+    flops = {row["layer"]: row.get("effective_flops") for row in rows}
+    consumers, tensors = [], []
+    for layer in model.layers:
+        if not isinstance(layer, _READS_INPUTS_IN_MACS):
+            continue
+        tensor = _single_input(layer)
+        if tensor is None:
+            continue
+        if not any(tensor is t for t in tensors):
+            tensors.append(tensor)
+        consumers.append((layer, next(i for i, t in enumerate(tensors) if t is tensor)))
+    if not consumers:
+        return []
+    probe = keras.Model(inputs[0] if len(inputs) == 1 else inputs, tensors)
+    outputs = probe.predict(data, batch_size=batch_size, verbose=0)
+    if len(tensors) == 1:
+        outputs = [outputs]
+    zeros = [float(np.mean(np.asarray(out) == 0)) for out in outputs]
+    result = []
+    for layer, index in consumers:
+        history = getattr(tensors[index], "_keras_history", None)
+        producer = history.operation.name if history is not None else tensors[index].name
+        layer_flops = flops.get(layer.name)
+        result.append(dict(
+            layer=producer, feeds=layer.name, zeros=zeros[index], flops=layer_flops,
+            saveable_flops=None if layer_flops is None else int(round(zeros[index] * layer_flops)),
+        ))
+    return result
+
+
+def _activation_table(activations):
+    """The text of the activation-sparsity section of a :class:`Report`."""
+    header = ("layer", "feeds", "zeros", "next FLOPs", "saveable FLOPs")
+    known = [row for row in activations if row["flops"] is not None]
+    total_flops = sum(row["flops"] for row in known)
+    total_saved = sum(row["saveable_flops"] for row in known)
+    body = [
+        (row["layer"], row["feeds"], f"{100 * row['zeros']:.1f}%",
+         "?" if row["flops"] is None else f"{row['flops']:,}",
+         "?" if row["saveable_flops"] is None else f"{row['saveable_flops']:,}")
+        for row in activations
+    ]
+    share = f"{100 * total_saved / total_flops:.1f}%" if total_flops else "-"
+    body.append(("total", "", share, f"{total_flops:,}", f"{total_saved:,}"))
+    table = [header] + body
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["activation sparsity on data (zeros a Dense/Conv layer reads)"]
+    for i, r in enumerate(table):
+        lines.append("  ".join(
+            c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0 or i == len(table) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

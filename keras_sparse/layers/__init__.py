@@ -45,3 +45,9 @@ from keras_sparse.layers.low_rank import LowRankConv2D  # noqa: E402
 from keras_sparse.layers.low_rank import LowRankDense  # noqa: E402
 
 __all__ += ["ColumnSampledDense", "HeadMaskedMultiHeadAttention", "LowRankConv2D", "LowRankDense"]
+from keras_sparse.layers.activation_sparsity import ActivitySparsity  # noqa: E402
+from keras_sparse.layers.activation_sparsity import KWinnersTakeAll  # noqa: E402
+from keras_sparse.layers.activation_sparsity import TopKActivation  # noqa: E402
+from keras_sparse.layers.activation_sparsity import get_sparse_activation  # noqa: E402
+
+__all__ += ["ActivitySparsity", "KWinnersTakeAll", "TopKActivation", "get_sparse_activation"]

@@ -3,6 +3,7 @@
 from keras_sparse.ops.allocation import allocate_removals
 from keras_sparse.ops.allocation import lamp_removals
 from keras_sparse.ops.allocation import lamp_scores
+from keras_sparse.ops.activations import top_k_activation_mask
 from keras_sparse.ops.formulas import erk_densities
 from keras_sparse.ops.formulas import polynomial_sparsity
 from keras_sparse.ops.masks import block_mask
@@ -30,6 +31,7 @@ __all__ = [
     "nm_mask",
     "polynomial_sparsity",
     "soft_threshold",
+    "top_k_activation_mask",
     "topk_mask",
     "zero_group_count",
 ]
