@@ -102,8 +102,8 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             f"Received: pattern={pattern!r}"
         )
     if sparsity is None:
-        if isinstance(pattern, patterns_lib.NByM) and schedule is None:
-            sparsity = pattern.effective_sparsity(1.0)
+        if pattern.fixed_sparsity is not None and schedule is None:
+            sparsity = pattern.fixed_sparsity
         elif schedule is not None:
             sparsity = schedule.target_sparsity
         elif not isinstance(distribution, distributions_lib.PerLayer):
@@ -112,8 +112,8 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             )
         else:
             sparsity = 0.0
-    fixed = pattern.effective_sparsity(1.0)
-    if isinstance(pattern, patterns_lib.NByM) and sparsity not in (0.0, fixed) and not (
+    fixed = pattern.fixed_sparsity
+    if fixed is not None and sparsity not in (0.0, fixed) and not (
         abs(sparsity - fixed) < 1e-9
     ):
         raise ValueError(
@@ -299,13 +299,14 @@ def _nothing_to_prune(layers, distribution):
 
 
 def _apply_sparse_initialization(model, warn=True):
-    """Apply the step-0 masks of layers with a random scorer right away
-    (static sparse initialization): the returned model is then sparse
+    """Apply the step-0 masks of layers whose scorer does not depend on the
+    weights or data (the random scorer: ``Scorer.data_independent``) right
+    away (static sparse initialization): the returned model is then sparse
     before ``fit`` and its first step trains the sparse network."""
     chosen = [
         layer
         for layer in sparse_layers(model)
-        if layer.built and isinstance(layer.scorer, scorers_lib.RandomScorer)
+        if layer.built and layer.scorer.data_independent
     ]
     updated = _apply_initial_masks(chosen)
     if updated and warn:

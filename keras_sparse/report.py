@@ -22,9 +22,6 @@ from keras_sparse.checks import check_callable
 from keras_sparse.checks import check_model
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.cost import stored_cost_row  # noqa: F401 (public here too)
-from keras_sparse.patterns import Block
-from keras_sparse.patterns import Channel
-from keras_sparse.patterns import NByM
 from keras_sparse.utils import _children
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
@@ -102,11 +99,10 @@ def layer_macs(layer, weight_name, weight_size):
     return weight_size * (_positions(out_shape) or 0)
 
 
-def _compressed_bytes(size, kept, value_bytes, pattern, unit_count):
-    values = kept * value_bytes
+def _compressed_bytes(size, kept, value_bytes, index_bytes):
     if kept == size:
         return size * value_bytes
-    return values + _index_bytes(size, kept, pattern, unit_count)
+    return kept * value_bytes + index_bytes
 
 
 def packed_width(precision):
@@ -117,34 +113,13 @@ def packed_width(precision):
     return 32
 
 
-def _packed_bytes(size, kept, bits, pattern, unit_count, side_values):
+def _packed_bytes(size, kept, bits, index_bytes, side_values):
     """Values packed at ``bits`` each: densely, or only the ``kept`` ones
     plus the sparse index, whichever is smaller; plus float32 side values."""
     dense = math.ceil(size * bits / 8)
     if kept < size:
-        dense = min(dense, math.ceil(kept * bits / 8) + _index_bytes(size, kept, pattern, unit_count))
+        dense = min(dense, math.ceil(kept * bits / 8) + index_bytes)
     return dense + 4 * side_values
-
-
-def _index_bytes(size, kept, pattern, unit_count):
-    if isinstance(pattern, NByM):
-        index = math.ceil(kept * math.ceil(math.log2(pattern.m)) / 8)
-    elif isinstance(pattern, (Channel, Block)):
-        index = math.ceil(unit_count / 8)
-    else:
-        coordinate = max(1, math.ceil(math.log2(max(size, 2)) / 8))
-        index = min(math.ceil(size / 8), kept * coordinate)
-    return index
-
-
-def _unit_count(layer, name, pattern, shape):
-    if isinstance(pattern, Channel):
-        layout = layer.weight_layout(name)
-        return math.prod(shape[a] for a in layout.output_axes)
-    if isinstance(pattern, Block):
-        block = (1,) * (len(shape) - len(pattern.block_shape)) + tuple(pattern.block_shape)
-        return math.prod(d // b for d, b in zip(shape, block))
-    return 0
 
 
 #: layer class -> function(layer) -> row dict, for layers whose cost is not
@@ -224,17 +199,17 @@ def _layer_row(layer):
         if name is not None:
             value = ops.convert_to_numpy(layer.effective_weight(name))
             kept = int(np.count_nonzero(value))
-            unit_count = _unit_count(layer, name, layer.pattern, tuple(variable.shape))
-            row["compressed_bytes"] += _compressed_bytes(
-                size, kept, value_bytes, layer.pattern, unit_count)
+            # The pattern answers what locating the kept entries costs.
+            index = layer.pattern.index_bytes(
+                tuple(variable.shape), kept, layer.weight_layout(name))
+            row["compressed_bytes"] += _compressed_bytes(size, kept, value_bytes, index)
             if quantizer is None:
                 bits, side = 8 * value_bytes, 0
             else:
                 bits = packed_width(quantizer.precision)
                 side = quantizer.side_values(
                     tuple(variable.shape), tuple(layer.weight_layout(name).output_axes))
-            row["packed_bytes"] += _packed_bytes(
-                size, kept, bits, layer.pattern, unit_count, side)
+            row["packed_bytes"] += _packed_bytes(size, kept, bits, index, side)
             row["masked_params"] += size
             row["masked_nonzeros"] += kept
         else:
