@@ -106,7 +106,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             sparsity = pattern.fixed_sparsity
         elif schedule is not None:
             sparsity = schedule.target_sparsity
-        elif not isinstance(distribution, distributions_lib.PerLayer):
+        elif not distribution.own_sparsities:
             raise ValueError(
                 "Give a target `sparsity` or a `schedule`. Received: sparsity=None"
             )
@@ -123,7 +123,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
     convertible, unsupported = split_convertible(model, select_layers(model, layers))
     _warn_or_raise_unsupported(unsupported, strict)
     shapes = {layer.name: _weight_shapes(layer) for layer in convertible}
-    if type(distribution) not in (distributions_lib.Uniform, distributions_lib.PerLayer):
+    if distribution.needs_shapes:
         unbuilt = [name for name, s in shapes.items() if not s]
         if unbuilt:
             raise ValueError(
