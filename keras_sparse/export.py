@@ -10,6 +10,10 @@ each weight in its smallest exact encoding:
   ``(code + offset) * scale``. Quantized weights use it: binary layers cost 1
   bit per weight (plus one scale per output unit for ``±alpha``), k-bit
   layers ``k`` rounded up to 1/2/4/8 bits.
+  The codes, offset and scale come from the quantizer itself
+  (:meth:`keras_sparse.quantizers.Quantizer.export_codes`, the arithmetic of
+  its forward pass); a quantizer without them (``identity``) is stored as
+  floats.
 * ``bitmap``: a 1-bit-per-entry map of the non-zero entries, and the codes or
   float values of those entries only (pruned layers).
 * ``raw``: the array as is (biases, normalization, float weights).

@@ -31,7 +31,7 @@ and a packed export stores ``codes`` at ``bits`` per entry.
 Example:
 >>> codes, offset, scale, bits = uniform_codes([-1.0, 0.1, 0.6], bits=2)
 >>> codes, offset, scale, bits
-([0., 1., 2.], -1.0, [[1.]], 2)
+([0., 1., 2.], -1.0, [1.], 2)
 """
 
 
