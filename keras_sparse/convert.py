@@ -85,18 +85,18 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             f"Received: pattern={pattern!r}"
         )
     if sparsity is None:
-        if isinstance(pattern, patterns_lib.NByM) and schedule is None:
-            sparsity = pattern.effective_sparsity(1.0)
+        if pattern.fixed_sparsity is not None and schedule is None:
+            sparsity = pattern.fixed_sparsity
         elif schedule is not None:
             sparsity = schedule.target_sparsity
-        elif not isinstance(distribution, distributions_lib.PerLayer):
+        elif not distribution.own_sparsities:
             raise ValueError(
                 "Give a target `sparsity` or a `schedule`. Received: sparsity=None"
             )
         else:
             sparsity = 0.0
-    fixed = pattern.effective_sparsity(1.0)
-    if isinstance(pattern, patterns_lib.NByM) and sparsity not in (0.0, fixed) and not (
+    fixed = pattern.fixed_sparsity
+    if fixed is not None and sparsity not in (0.0, fixed) and not (
         abs(sparsity - fixed) < 1e-9
     ):
         raise ValueError(
@@ -106,7 +106,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
     convertible, unsupported = split_convertible(model, select_layers(model, layers))
     _warn_or_raise_unsupported(unsupported, strict)
     shapes = {layer.name: _weight_shapes(layer) for layer in convertible}
-    if type(distribution) not in (distributions_lib.Uniform, distributions_lib.PerLayer):
+    if distribution.needs_shapes:
         unbuilt = [name for name, s in shapes.items() if not s]
         if unbuilt:
             raise ValueError(
@@ -287,13 +287,14 @@ def _nothing_to_prune(layers, distribution):
 
 
 def _apply_sparse_initialization(model, warn=True):
-    """Apply the step-0 masks of layers with a random scorer right away
-    (static sparse initialization): the returned model is then sparse
+    """Apply the step-0 masks of layers whose scorer does not depend on the
+    weights or data (the random scorer: ``Scorer.data_independent``) right
+    away (static sparse initialization): the returned model is then sparse
     before ``fit`` and its first step trains the sparse network."""
     chosen = [
         layer
         for layer in sparse_layers(model)
-        if layer.built and isinstance(layer.scorer, scorers_lib.RandomScorer)
+        if layer.built and layer.scorer.data_independent
     ]
     updated = _apply_initial_masks(chosen)
     if updated and warn:

@@ -23,10 +23,17 @@ class Distribution(config_lib.ConfigObject):
             ``layer_sparsities(shapes, sparsity, weights=...)`` (a
             distribution that leaves it ``False`` is called without
             ``weights``, so subclasses written for shapes only keep working).
+        needs_shapes: :meth:`layer_sparsities` reads the weight shapes, so
+            the layers must be built before converting (the default: a new
+            distribution is assumed to need them).
+        own_sparsities: the distribution names each layer's sparsity
+            itself, so a model-level target is optional.
     """
 
     is_global = False
     needs_weights = False
+    needs_shapes = True
+    own_sparsities = False
 
     def layer_sparsities(self, shapes, sparsity):
         """Per-layer sparsities.
@@ -52,6 +59,8 @@ class Uniform(Distribution):
     >>> ks.distributions.Uniform().layer_sparsities({"d": [(4, 2)]}, 0.5)
     {'d': 0.5}
     """
+
+    needs_shapes = False
 
     def layer_sparsities(self, shapes, sparsity):
         return {name: sparsity for name in shapes}
@@ -186,6 +195,9 @@ class PerLayer(Distribution):
     Example:
     >>> ks.prune(model, None, distribution={"dense_1": 0.9, "dense_2": 0.5})
     """
+
+    needs_shapes = False
+    own_sparsities = True
 
     def __init__(self, sparsities=None):
         if sparsities is None:

@@ -10,6 +10,10 @@ each weight in its smallest exact encoding:
   ``(code + offset) * scale``. Quantized weights use it: binary layers cost 1
   bit per weight (plus one scale per output unit for ``±alpha``), k-bit
   layers ``k`` rounded up to 1/2/4/8 bits.
+  The codes, offset and scale come from the quantizer itself
+  (:meth:`keras_sparse.quantizers.Quantizer.export_codes`, the arithmetic of
+  its forward pass); a quantizer without them (``identity``) is stored as
+  floats.
 * ``bitmap``: a 1-bit-per-entry map of the non-zero entries, and the codes or
   float values of those entries only (pruned layers).
 * ``raw``: the array as is (biases, normalization, float weights).
@@ -50,7 +54,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sparse import quantizers as q
 from keras_sparse.checks import check_model
 from keras_sparse.checks import check_path
 from keras_sparse.checks import describe
@@ -58,9 +61,6 @@ from keras_sparse.convert import strip
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.ops.packing import pack_bits
 from keras_sparse.ops.packing import unpack_bits
-from keras_sparse.ops.quantize import affine_grid
-from keras_sparse.ops.quantize import lsq_levels
-from keras_sparse.ops.quantize import reduce_axes
 from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 
@@ -68,7 +68,6 @@ __all__ = ["export", "load_exported"]
 
 FORMAT = "keras_sparse.packed"
 VERSION = 1
-_BINARY = (q.SteSign, q.ApproxSign, q.SwishSign, q.StochasticBinary)
 
 
 # ---------------------------------------------------------------- encoders
@@ -76,118 +75,27 @@ def _f32(x):
     return np.asarray(x, np.float32)
 
 
-def _keep_axes(shape, output_axes):
-    reduce = reduce_axes(len(shape), output_axes)
-    return tuple(a for a in range(len(shape)) if a not in reduce), reduce
-
-
-def _channel_max(x, axes):
-    return np.max(np.abs(x), axis=axes, keepdims=True) if axes else np.abs(x)
-
-
-def _affine_candidate(quantizer, value, latent, state, output_axes):
-    """``(codes, offset, scale, width)`` such that ``(codes + offset) *
-    scale`` is ``quantizer``'s output, computed as its forward pass does;
-    ``None`` when the quantizer has no such form here."""
-    value = _f32(value)
-    if isinstance(quantizer, _BINARY):
-        return (value > 0).astype(np.uint8), _f32(-0.5), _f32(2.0), 1
-    if isinstance(quantizer, q.SteHeaviside):
-        return (value > 0).astype(np.uint8), _f32(0.0), _f32(1.0), 1
-    if isinstance(quantizer, q.MagnitudeAwareSign):
-        _, axes = _keep_axes(value.shape, output_axes)
-        alpha = _channel_max(value, axes)
-        return (value > 0).astype(np.uint8), _f32(-0.5), _f32(2.0 * alpha), 1
-    if isinstance(quantizer, q.SteTern):
-        alpha = _f32(np.abs(value).max() or 1.0)
-        codes = np.round(value / alpha) + 1
-        return codes.astype(np.uint8), _f32(-1.0), alpha, 2
-    if isinstance(quantizer, q.DoReFa):
-        steps = float(2**quantizer.bits - 1)
-        if quantizer.mode == "activations":
-            codes = np.round(value * _f32(steps))
-            return codes.astype(np.uint8), _f32(0.0), _f32(1.0 / steps), quantizer.bits
-        codes = np.round((value + 1) * _f32(steps / 2))
-        return codes.astype(np.uint8), _f32(-steps / 2), _f32(2.0 / steps), quantizer.bits
-    if isinstance(quantizer, q.LSQ) and state:
-        q_n, _ = lsq_levels(quantizer.bits, quantizer.signed)
-        step = _f32(ops.convert_to_numpy(state["step"]))
-        codes = np.round(value / step) + q_n
-        return codes.astype(np.int64), _f32(-q_n), step, quantizer.bits
-    if isinstance(quantizer, q.Uniform):
-        if quantizer.per_channel:
-            axes = _keep_axes(value.shape, output_axes)[1]
-        else:
-            axes = tuple(range(value.ndim))
-        latent = _f32(latent)
-        if quantizer.symmetric:
-            levels = _f32(2 ** (quantizer.bits - 1) - 1)
-            top = _channel_max(latent, axes) if quantizer.clip_value is None else _f32(
-                quantizer.clip_value)
-            scales = _scale_candidates(top, levels)
-            scale, offset = _fit_scale(value, scales, lambda scale: -levels, axes)
-        else:
-            steps = _f32(2**quantizer.bits - 1)
-            if quantizer.clip_value is None:
-                low = np.minimum(np.min(latent, axis=axes, keepdims=True), _f32(0.0))
-                high = np.maximum(np.max(latent, axis=axes, keepdims=True), _f32(0.0))
-                # The forward pass's grid, from the range of its output (the
-                # quantizer is idempotent, so this range gives the same grid).
-                grid, zero_point = (
-                    _f32(ops.convert_to_numpy(t)) for t in affine_grid(
-                        np.minimum(np.min(value, axis=axes, keepdims=True), _f32(0.0)),
-                        np.maximum(np.max(value, axis=axes, keepdims=True), _f32(0.0)),
-                        quantizer.bits,
-                    )
-                )
-                scales = [grid] + _scale_candidates(_f32(high - low), steps)
-
-                def offset_fn(scale):
-                    return np.where(scale == grid, -zero_point,
-                                    -np.round(-low / scale)).astype(np.float32)
-            else:
-                scales = _scale_candidates(_f32(quantizer.clip_value), steps)
-
-                def offset_fn(scale):
-                    return _f32(0.0)
-            scale, offset = _fit_scale(value, scales, offset_fn, axes)
-        codes = np.round(value / scale) - offset
-        return codes.astype(np.int64), offset, scale, quantizer.bits
-    return None
-
-
-def _scale_candidates(top, divisor):
-    """Ways a backend may have rounded ``top / divisor`` (XLA may multiply by
-    the reciprocal), the exact quotient first; zero scales become 1."""
-    exact = _f32(top / divisor)
-    candidates = [exact, _f32(top * _f32(1.0 / divisor)),
-                  np.nextafter(exact, _f32(np.inf)), np.nextafter(exact, _f32(-np.inf))]
-    return [np.where(c > 0, c, _f32(1.0)).astype(np.float32) for c in candidates]
-
-
-def _fit_scale(value, scales, offset_fn, axes):
-    """Per channel, the first candidate scale whose affine decode reproduces
-    ``value`` exactly (the first candidate where none does)."""
-    chosen = scales[0]
-    found = np.zeros(np.shape(chosen), bool)
-    for scale in scales:
-        offset = offset_fn(scale)
-        decoded = _decode_affine(np.round(value / scale) - offset, offset, scale)
-        same = decoded == value
-        exact = np.all(same, axis=axes, keepdims=True) if axes else same
-        exact = np.broadcast_to(exact, found.shape) if found.shape else np.all(exact)
-        chosen = np.where(~found & exact, scale, chosen).astype(np.float32)
-        found = found | exact
-    return chosen, offset_fn(chosen)
+def _affine_codes(quantizer, latent, state, output_axes):
+    """``(codes, offset, scale, width)`` as numpy, from the quantizer's own
+    :meth:`~keras_sparse.quantizers.Quantizer.export_codes` (the arithmetic
+    of its forward pass), with ``width`` the packed bits per code; ``None``
+    when the quantizer has no integer form (its output is stored as floats)
+    or its codes are not finite (a NaN weight)."""
+    found = quantizer.export_codes(latent, state or None, output_axes)
+    if found is None:
+        return None
+    codes = np.asarray(ops.convert_to_numpy(found.codes))
+    if not np.all(np.isfinite(codes)):
+        return None
+    width = next((w for w in (1, 2, 4, 8) if found.bits <= w), None)
+    if width is None:
+        return None
+    offset, scale = (_f32(ops.convert_to_numpy(t)) for t in (found.offset, found.scale))
+    return codes.astype(np.int64), offset, scale, width
 
 
 def _decode_affine(codes, offset, scale):
     return ((codes.astype(np.float32) + offset) * scale).astype(np.float32)
-
-
-def _pack(codes, width, arrays, key):
-    arrays[key] = pack_bits(codes, width)
-    return arrays[key].nbytes
 
 
 def _encode(value, sparse_info, arrays, key):
@@ -206,13 +114,12 @@ def _encode(value, sparse_info, arrays, key):
         add({"encoding": "bitmap"},
             {key + ".bitmap": pack_bits(nonzero, 1), key + ".values": value[nonzero]})
     if sparse_info is not None and value.dtype == np.float32:
-        quantizer, latent, state, output_axes, mask = sparse_info
-        found = _affine_candidate(quantizer, value, latent, state, output_axes)
+        found = _affine_codes(*sparse_info)
         if found is not None:
-            codes, offset, scale, bits = found
-            width = next(w for w in (1, 2, 4, 8) if bits <= w)
-            offset, scale = _f32(offset), _f32(scale)
-            valid = codes.min() >= 0 and codes.max() < 2**width
+            codes, offset, scale, width = found
+            # The codes are checked, never trusted: an encoding is offered
+            # only when it decodes to the stored value exactly.
+            valid = codes.size and codes.min() >= 0 and codes.max() < 2**width
             if valid and np.array_equal(_decode_affine(codes, offset, scale), value):
                 add({"encoding": "affine", "width": width},
                     {key + ".codes": pack_bits(codes, width), key + ".offset": offset,
@@ -273,14 +180,11 @@ def _sparse_infos(layer):
         if layer.gate is not None:
             # The quantizer sees the gated weight (gates keep zeros at zero).
             latent = layer.gate(latent, layer.gate_state(name), training=False)
-        latent = ops.convert_to_numpy(latent)
-        mask = layer.get_mask(name)  # None on a layer that is only quantized
         infos.append((
             layer.kernel_quantizer,
             latent,
             layer.quantizer_state(name),
             tuple(layer.weight_layout(name).output_axes),
-            None if mask is None else ops.convert_to_numpy(mask),
         ))
     return infos
 

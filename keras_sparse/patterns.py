@@ -31,10 +31,15 @@ be empty when the notion does not apply."""
 
 
 class Pattern(config_lib.ConfigObject):
-    """Base class. Subclasses implement :meth:`mask`."""
+    """Base class. Subclasses implement :meth:`mask`; a structured pattern
+    also answers the cost of its sparse index (:meth:`index_bytes`)."""
 
     #: Whether layers with this pattern may share one global threshold.
     supports_global = False
+
+    #: The sparsity every mask of this pattern has, whatever is requested
+    #: (N:M: ``1 - n/m``), or ``None`` when the requested one is followed.
+    fixed_sparsity = None
 
     def mask(self, scores, sparsity, layout):
         """Boolean keep-mask for ``scores`` at ``sparsity``."""
@@ -50,6 +55,32 @@ class Pattern(config_lib.ConfigObject):
     def effective_sparsity(self, sparsity):
         """The sparsity the mask will really have for a requested one."""
         return sparsity
+
+    def index_bytes(self, shape, kept, layout):
+        """Bytes of the sparse index locating the ``kept`` non-zero entries
+        of a weight of ``shape`` in a compressed export (for
+        :func:`keras_sparse.report`).
+
+        Any entry may be zero here, so the index is the smaller of a bitmap
+        (1 bit per entry) and a list of coordinates (``ceil(log2(size) / 8)``
+        bytes each); structured patterns override this with the cost of
+        their own structure.
+
+        Args:
+            shape: the weight's shape (ints).
+            kept: its number of non-zero entries.
+            layout: its :class:`Layout`.
+
+        Returns:
+            An int.
+
+        Example:
+        >>> ks.patterns.Unstructured().index_bytes((64, 32), 100, Layout((0,), (1,)))
+        200
+        """
+        size = math.prod(shape)
+        coordinate = max(1, math.ceil(math.log2(max(size, 2)) / 8))
+        return min(math.ceil(size / 8), kept * coordinate)
 
     def dynamic_keep(self, sparsity, shape, layout):
         """The count :meth:`dynamic_mask` takes for ``sparsity`` on a weight
@@ -151,8 +182,16 @@ class NByM(Pattern):
             return mask_ops.topk_mask(scores, 0.0)
         return mask_ops.nm_mask(scores, self.n, self.m, axis=layout.input_axes[-1])
 
+    @property
+    def fixed_sparsity(self):
+        return 1.0 - self.n / self.m
+
     def effective_sparsity(self, sparsity):
-        return 1.0 - self.n / self.m if sparsity > 0 else 0.0
+        return self.fixed_sparsity if sparsity > 0 else 0.0
+
+    def index_bytes(self, shape, kept, layout):
+        """``ceil(log2 m)`` bits per kept entry: its position in its group."""
+        return math.ceil(kept * math.ceil(math.log2(self.m)) / 8)
 
     def get_config(self):
         return {"n": self.n, "m": self.m}
@@ -203,6 +242,11 @@ class Block(Pattern):
     def get_config(self):
         return {"block_shape": list(self.block_shape), **_allow_empty_config(self)}
 
+    def index_bytes(self, shape, kept, layout):
+        """1 bit per block."""
+        block = (1,) * (len(shape) - len(self.block_shape)) + self.block_shape
+        return math.ceil(math.prod(d // b for d, b in zip(shape, block)) / 8)
+
     def __repr__(self):
         empty = ", allow_empty=True" if self.allow_empty else ""
         return f"Block(block_shape={self.block_shape}{empty})"
@@ -242,6 +286,10 @@ class Channel(Pattern):
 
     def get_config(self):
         return _allow_empty_config(self)
+
+    def index_bytes(self, shape, kept, layout):
+        """1 bit per output unit."""
+        return math.ceil(math.prod(shape[a] for a in layout.output_axes) / 8)
 
     def dynamic_keep(self, sparsity, shape, layout):
         rank = len(shape)

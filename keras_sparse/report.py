@@ -10,21 +10,21 @@ size (values packed at 1, 2, 4 or 8 bits, plus the sparse index of pruned
 weights and the float32 scales the quantizer needs) and the share of
 multiply-accumulates whose weight and input are both binary (``1-bit MACs``,
 the ones an XNOR-popcount kernel can run).
+
+Every row comes from the layer itself (``report_row()``: keras_sparse
+layers answer their own cost), from a function registered for its class
+(:func:`register_cost`), or, for a plain Keras layer, from its weights
+applied at every input position
+(:func:`keras_sparse.layers.cost.weights_cost_row`).
 """
-
-import math
-
-import keras
-import numpy as np
-from keras import ops
 
 from keras_sparse.checks import check_callable
 from keras_sparse.checks import check_model
-from keras_sparse.layers.base import SparseMixin
-from keras_sparse.layers.cost import stored_cost_row  # noqa: F401 (public here too)
-from keras_sparse.patterns import Block
-from keras_sparse.patterns import Channel
-from keras_sparse.patterns import NByM
+from keras_sparse.layers.cost import layer_macs  # noqa: F401 (public here too)
+from keras_sparse.layers.cost import packed_width  # noqa: F401
+from keras_sparse.layers.cost import stored_cost_row  # noqa: F401
+from keras_sparse.layers.cost import weight_bits
+from keras_sparse.layers.cost import weights_cost_row
 from keras_sparse.utils import _children
 from keras_sparse.utils import is_container
 from keras_sparse.utils import walk_layers
@@ -47,104 +47,6 @@ _COLUMNS = (
     ("effective_flops", "eff. FLOPs"),
     ("binary_mac_share", "1-bit MACs"),
 )
-
-
-def _input_shape(layer):
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    if len(shapes) == 1:
-        shape = next(iter(shapes.values()))
-        if isinstance(shape, (tuple, list)) and all(
-            d is None or isinstance(d, int) for d in shape
-        ):
-            return tuple(shape)
-    return None
-
-
-def _positions(shape):
-    """Product of the non-batch, non-channel dims of a channels-last shape."""
-    if shape is None:
-        return None
-    dims = [d for d in shape[1:-1]]
-    if any(d is None for d in dims):
-        return None
-    return int(math.prod(dims)) if dims else 1
-
-
-def layer_macs(layer, weight_name, weight_size):
-    """Multiply-accumulates per example that weight ``weight_name`` (with
-    ``weight_size`` entries taking part) costs in ``layer``, or ``None``
-    when the layer's input shape is unknown."""
-    in_shape = _input_shape(layer)
-    if in_shape is None or isinstance(layer, keras.layers.Embedding):
-        return 0 if isinstance(layer, keras.layers.Embedding) else None
-    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    if channels_first:
-        in_shape = (in_shape[0],) + tuple(in_shape[2:]) + (in_shape[1],)
-    if isinstance(layer, keras.layers.EinsumDense):
-        out = layer.compute_output_shape(_input_shape(layer))
-        out_units = math.prod(d for d in out[1:] if d is not None)
-        kernel_out = math.prod(
-            layer.kernel.shape[i]
-            for i in (layer.weight_layout("kernel").output_axes
-                      if isinstance(layer, SparseMixin) else ())
-        ) or out[-1]
-        return weight_size * max(1, out_units // max(1, kernel_out))
-    transpose_types = tuple(
-        getattr(keras.layers, n) for n in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-    )
-    if isinstance(layer, transpose_types):
-        return weight_size * (_positions(in_shape) or 0)
-    if len(in_shape) <= 2 or isinstance(layer, keras.layers.Dense):
-        return weight_size * (_positions(in_shape) or 1)
-    out_shape = tuple(layer.compute_output_shape(_input_shape(layer)))
-    if channels_first:
-        out_shape = (out_shape[0],) + tuple(out_shape[2:]) + (out_shape[1],)
-    return weight_size * (_positions(out_shape) or 0)
-
-
-def _compressed_bytes(size, kept, value_bytes, pattern, unit_count):
-    values = kept * value_bytes
-    if kept == size:
-        return size * value_bytes
-    return values + _index_bytes(size, kept, pattern, unit_count)
-
-
-def packed_width(precision):
-    """Bits one value occupies once packed: 1, 2, 4 or 8 (16 or 32 above)."""
-    for width in (1, 2, 4, 8, 16):
-        if precision <= width:
-            return width
-    return 32
-
-
-def _packed_bytes(size, kept, bits, pattern, unit_count, side_values):
-    """Values packed at ``bits`` each: densely, or only the ``kept`` ones
-    plus the sparse index, whichever is smaller; plus float32 side values."""
-    dense = math.ceil(size * bits / 8)
-    if kept < size:
-        dense = min(dense, math.ceil(kept * bits / 8) + _index_bytes(size, kept, pattern, unit_count))
-    return dense + 4 * side_values
-
-
-def _index_bytes(size, kept, pattern, unit_count):
-    if isinstance(pattern, NByM):
-        index = math.ceil(kept * math.ceil(math.log2(pattern.m)) / 8)
-    elif isinstance(pattern, (Channel, Block)):
-        index = math.ceil(unit_count / 8)
-    else:
-        coordinate = max(1, math.ceil(math.log2(max(size, 2)) / 8))
-        index = min(math.ceil(size / 8), kept * coordinate)
-    return index
-
-
-def _unit_count(layer, name, pattern, shape):
-    if isinstance(pattern, Channel):
-        layout = layer.weight_layout(name)
-        return math.prod(shape[a] for a in layout.output_axes)
-    if isinstance(pattern, Block):
-        block = (1,) * (len(shape) - len(pattern.block_shape)) + tuple(pattern.block_shape)
-        return math.prod(d // b for d, b in zip(shape, block))
-    return 0
 
 
 #: layer class -> function(layer) -> row dict, for layers whose cost is not
@@ -177,95 +79,28 @@ def register_cost(layer_cls):
 
 
 def _cost_function(layer):
-    """The layer's own ``report_row`` (the protocol: a layer answers its
-    cost), else a function registered for its class or a base class."""
-    own = getattr(layer, "report_row", None)
-    if callable(own):
-        return lambda _: own()
+    """A function registered for the layer's class or a base class (an
+    explicit registration wins), else the layer's own ``report_row`` (the
+    protocol: a layer answers its cost)."""
     for klass in type(layer).__mro__:
         if klass in _COST_FUNCTIONS:
             return _COST_FUNCTIONS[klass]
+    own = getattr(layer, "report_row", None)
+    if callable(own):
+        return lambda _: own()
     return None
 
 
 def _layer_row(layer):
     cost = _cost_function(layer)
-    if cost is not None:
-        row = dict(cost(layer))
-        row.update(layer=layer.name, type=type(layer).__name__)
-        row.setdefault("bits", _weight_bits(layer))
-        row.setdefault("packed_bytes", row["compressed_bytes"])
-        row.setdefault("binary_flops", 0)
-        row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
-        return row
-    sparse = isinstance(layer, SparseMixin)
-    masks = {id(v) for v in layer.auxiliary_variables()} if sparse else set()
-    latents = {id(layer.latent_weight(n)): n for n in layer.sparse_weight_names} if sparse else {}
-    row = dict(layer=layer.name, type=type(layer).__name__, params=0, nonzeros=0,
-               masked_params=0, masked_nonzeros=0,
-               pattern=type(layer.pattern).__name__ if sparse else "-",
-               dense_bytes=0, compressed_bytes=0, dense_flops=0, effective_flops=0,
-               bits=_weight_bits(layer), packed_bytes=0, binary_flops=0)
-    flops_known = True
-    kernel_names = _kernel_names(layer)
-    quantizer = getattr(layer, "kernel_quantizer", None) if sparse else None
-    binary = bool(
-        quantizer is not None and quantizer.precision == 1
-        and layer.input_quantizer is not None and layer.input_quantizer.precision == 1
-    )
-    for variable in layer.weights:
-        if id(variable) in masks:
-            continue
-        size = int(math.prod(variable.shape))
-        value_bytes = np.dtype(variable.dtype).itemsize if variable.dtype != "bfloat16" else 2
-        row["params"] += size
-        row["dense_bytes"] += size * value_bytes
-        name = latents.get(id(variable))
-        if name is not None:
-            value = ops.convert_to_numpy(layer.effective_weight(name))
-            kept = int(np.count_nonzero(value))
-            unit_count = _unit_count(layer, name, layer.pattern, tuple(variable.shape))
-            row["compressed_bytes"] += _compressed_bytes(
-                size, kept, value_bytes, layer.pattern, unit_count)
-            if quantizer is None:
-                bits, side = 8 * value_bytes, 0
-            else:
-                bits = packed_width(quantizer.precision)
-                side = quantizer.side_values(
-                    tuple(variable.shape), tuple(layer.weight_layout(name).output_axes))
-            row["packed_bytes"] += _packed_bytes(
-                size, kept, bits, layer.pattern, unit_count, side)
-            row["masked_params"] += size
-            row["masked_nonzeros"] += kept
-        else:
-            kept = int(np.count_nonzero(ops.convert_to_numpy(variable)))
-            row["compressed_bytes"] += size * value_bytes
-            row["packed_bytes"] += size * value_bytes
-            name = kernel_names.get(id(variable))
-        row["nonzeros"] += kept
-        if name is not None:
-            dense = layer_macs(layer, name, size)
-            eff = layer_macs(layer, name, kept)
-            if dense is None:
-                flops_known = False
-            else:
-                row["dense_flops"] += 2 * dense
-                row["effective_flops"] += 2 * eff
-                if binary:
-                    row["binary_flops"] += 2 * eff
-    if not flops_known:
-        row["dense_flops"] = row["effective_flops"] = row["binary_flops"] = None
+    # A layer without a cost of its own (a plain Keras layer) costs its
+    # weights times the positions they are applied at.
+    row = dict(cost(layer)) if cost is not None else weights_cost_row(layer)
+    row.update(layer=layer.name, type=type(layer).__name__)
+    row.setdefault("bits", weight_bits(layer))
+    row.setdefault("packed_bytes", row["compressed_bytes"])
+    row.setdefault("binary_flops", 0)
     row["binary_mac_share"] = _share(row["binary_flops"], row["effective_flops"])
-    if sparse:
-        row["sparsity"] = layer.sparsity
-        # Masks are not parameters; they take one byte per masked entry
-        # while training (a layer that is only quantized has none).
-        masks = [layer.get_mask(n) for n in layer.sparse_weight_names]
-        row["mask_bytes"] = sum(
-            int(math.prod(m.shape)) * np.dtype(m.dtype).itemsize for m in masks if m is not None
-        )
-    else:
-        row["sparsity"] = 1.0 - row["nonzeros"] / row["params"] if row["params"] else 0.0
     return row
 
 
@@ -275,33 +110,10 @@ def _share(part, whole):
     return part / whole if whole else 0.0
 
 
-def _weight_bits(layer):
-    """Bits per value of the layer's main weights: the kernel quantizer's
-    precision, else the width of the first weight's dtype."""
-    quantizer = getattr(layer, "kernel_quantizer", None)
-    if quantizer is not None and hasattr(quantizer, "precision"):
-        return int(quantizer.precision)
-    for variable in layer.weights:
-        dtype = keras.backend.standardize_dtype(variable.dtype)
-        if dtype != "bool":
-            return 16 if dtype == "bfloat16" else 8 * np.dtype(dtype).itemsize
-    return None
-
-
-def _kernel_names(layer):
-    """Variables of a plain Keras layer that take part in its MACs."""
-    names = {}
-    for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-        value = layer.__dict__.get(name, None) or layer.__dict__.get("_" + name, None)
-        if value is not None and hasattr(value, "shape"):
-            names[id(value)] = name
-    return names
-
-
 def _owns_weighted_layers(layer):
     """A composite layer (MultiHeadAttention, ...) whose weights all belong
     to sub-layers: those get the rows, so nothing is counted twice."""
-    if _cost_function(layer) is not None or isinstance(layer, SparseMixin):
+    if _cost_function(layer) is not None:
         return False
     own = {id(v) for v in layer._trainable_variables + layer._non_trainable_variables}
     return not own and any(child.weights for child in _children(layer))

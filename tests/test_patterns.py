@@ -246,6 +246,44 @@ def test_effective_sparsity_matches_mask(rng):
         assert ks.ops.mask_sparsity(mask) == pytest.approx(pattern.effective_sparsity(0.5))
 
 
+@pytest.mark.parametrize(
+    "pattern,fixed",
+    [(patterns.Unstructured(), None), (patterns.NByM(2, 4), 0.5), (patterns.NByM(1, 8), 0.875),
+     (patterns.Channel(), None), (patterns.Block((2, 2)), None), (patterns.FanIn(3), None)],
+    ids=repr,
+)
+def test_fixed_sparsity(pattern, fixed):
+    assert pattern.fixed_sparsity == (None if fixed is None else pytest.approx(fixed))
+    if fixed is not None:
+        assert pattern.effective_sparsity(0.1) == pattern.fixed_sparsity
+
+
+CONV = Layout((0, 1, 2), (3,))
+
+
+@pytest.mark.parametrize(
+    "pattern,shape,layout,kept,expected",
+    [
+        # A bitmap (1 bit per entry) or 2-byte coordinates, whichever is smaller.
+        (patterns.Unstructured(), (64, 32), DENSE, 100, 200),
+        (patterns.Unstructured(), (64, 32), DENSE, 1000, 256),
+        (patterns.Unstructured(), (4, 3), DENSE, 5, 2),
+        (patterns.FanIn(3), (64, 32), DENSE, 96, 192),
+        # ceil(log2 m) bits per kept entry.
+        (patterns.NByM(2, 4), (64, 32), DENSE, 1024, 256),
+        (patterns.NByM(1, 8), (64, 32), DENSE, 256, 96),
+        # 1 bit per output unit / per block.
+        (patterns.Channel(), (64, 32), DENSE, 640, 4),
+        (patterns.Channel(), (3, 3, 16, 20), CONV, 100, 3),
+        (patterns.Block((4, 4)), (64, 32), DENSE, 512, 16),
+        (patterns.Block((2, 2)), (3, 3, 16, 20), CONV, 100, 90),
+    ],
+    ids=str,
+)
+def test_index_bytes(pattern, shape, layout, kept, expected):
+    assert pattern.index_bytes(shape, kept, layout) == expected
+
+
 def test_only_unstructured_supports_global():
     assert patterns.Unstructured.supports_global
     for cls in [patterns.NByM, patterns.Block, patterns.Channel]:

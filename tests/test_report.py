@@ -151,6 +151,30 @@ def test_structured_patterns_are_reported(pattern):
         assert row["compressed_bytes"] < row["dense_bytes"]
 
 
+class _EveryOther(ks.patterns.Pattern):
+    """Keeps every other input row: no index to store (the structure is
+    known), which the report learns from the pattern alone."""
+
+    def mask(self, scores, sparsity, layout):
+        rows = np.arange(scores.shape[0]) % 2 == 0
+        return np.broadcast_to(rows[:, None], scores.shape).copy()
+
+    def index_bytes(self, shape, kept, layout):
+        return 0
+
+
+def test_a_pattern_defined_outside_the_package_answers_its_index_cost():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, use_bias=False,
+                                                                   name="dense")])
+    model = ks.prune(model, 0.5, pattern=_EveryOther())
+    layer = model.get_layer("dense")
+    layer.prune_to(0.5)
+    row = ks.report(model, print_fn=None).rows[0]
+    assert row["nonzeros"] == 16 and row["pattern"] == "_EveryOther"
+    assert row["compressed_bytes"] == 16 * 4  # values only
+
+
 def test_stripped_model_reports_the_same_savings():
     model = _pruned(_cnn, 0.8)
     sparse = ks.report(model, print_fn=None).totals

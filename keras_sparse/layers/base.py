@@ -36,6 +36,7 @@ from keras_sparse import schedules as schedules_lib
 from keras_sparse import scorers as scorers_lib
 from keras_sparse.checks import check_bool
 from keras_sparse.layers.gating import GatingMixin
+from keras_sparse.layers.cost import weights_cost_row
 from keras_sparse.layers.masking import MaskingMixin
 from keras_sparse.layers.masking import _gradient_tap
 from keras_sparse.layers.quantization import QuantizationMixin
@@ -661,6 +662,14 @@ class SparseMixin(GatingMixin, MaskingMixin, QuantizationMixin):
             # the probe with d(loss)/d(effective weight), the dense gradient.
             value = _gradient_tap(value, ops.cast(probe, value.dtype))
         return value
+
+    def report_row(self):
+        """This layer's row in :func:`keras_sparse.report`: its weights at
+        their effective values, the index its pattern needs for the pruned
+        ones, the packed size at its quantizer's precision and the FLOPs of
+        the kept weights (see
+        :func:`keras_sparse.layers.cost.weights_cost_row`)."""
+        return weights_cost_row(self, masked=True)
 
     def plain_config(self):
         """The config of the Keras parent layer (our arguments removed)."""

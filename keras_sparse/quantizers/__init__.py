@@ -29,6 +29,7 @@ Example:
 
 from keras_sparse import config as config_lib
 from keras_sparse.quantizers.base import REGISTRY
+from keras_sparse.quantizers.base import AffineCodes
 from keras_sparse.quantizers.base import Identity
 from keras_sparse.quantizers.base import Quantizer
 from keras_sparse.quantizers.binary import ApproxSign
@@ -58,6 +59,7 @@ __all__ = [
     "SteHeaviside",
     "PACT",
     "REGISTRY",
+    "AffineCodes",
     "get",
     "serialize",
 ]

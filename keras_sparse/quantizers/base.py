@@ -11,7 +11,9 @@ from keras_sparse.ops import quantize as q_ops
 #: alias -> class; every quantizer module registers here.
 REGISTRY = {}
 
-__all__ = ["Quantizer", "Identity", "REGISTRY"]
+__all__ = ["Quantizer", "Identity", "REGISTRY", "AffineCodes"]
+
+AffineCodes = q_ops.AffineCodes
 
 
 class Quantizer(config_lib.ConfigObject):
@@ -77,6 +79,36 @@ class Quantizer(config_lib.ConfigObject):
         """Number of float32 values (scales, zero points) stored next to the
         packed values of a tensor of ``shape`` (for the report and export)."""
         return 0
+
+    def export_codes(self, x, state=None, output_axes=None):
+        """The integer form of ``self(x, state, output_axes,
+        training=False)``, for a packed export.
+
+        A quantizer with integer levels overrides this with the arithmetic
+        of its forward pass (the ``*_codes`` functions of
+        :mod:`keras_sparse.ops.quantize` share it), so that
+        ``(codes + offset) * scale`` gives its output bit for bit; the
+        export then stores each weight at ``bits`` (rounded up to 1, 2, 4
+        or 8) plus the offset and scale. This default, ``None``, means the
+        quantizer has no such form (``Identity``): the export stores its
+        output as floats.
+
+        Args:
+            x: the float tensor the layer quantizes (its latent weight, with
+                pruned entries already zero where the layer zeroes them
+                first).
+            state: as for :meth:`__call__`.
+            output_axes: as for :meth:`__call__`.
+
+        Returns:
+            An :class:`AffineCodes` ``(codes, offset, scale, bits)`` or
+            ``None``.
+
+        Example:
+        >>> ks.quantizers.Uniform(bits=2).export_codes([[-1.0], [0.1], [0.6]]).codes
+        [[0.], [1.], [2.]]
+        """
+        return None
 
     def __call__(self, x, state=None, output_axes=None, training=None):
         """Quantize ``x``.

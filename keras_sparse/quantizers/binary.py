@@ -20,8 +20,18 @@ __all__ = [
 
 
 # ----------------------------------------------------------------- binary
+class _Sign(Quantizer):
+    """``±1`` quantizers: their output is ``sign(x)`` outside training,
+    whatever their gradient."""
+
+    precision = 1
+
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.sign_codes(x)
+
+
 @_register("ste_sign")
-class SteSign(Quantizer):
+class SteSign(_Sign):
     """Binary ±1 with the straight-through estimator (see
     :func:`keras_sparse.ops.quantize.ste_sign`).
 
@@ -47,7 +57,7 @@ class SteSign(Quantizer):
 
 
 @_register("approx_sign")
-class ApproxSign(Quantizer):
+class ApproxSign(_Sign):
     """Binary ±1 with Bi-Real Net's ``2 - 2|x|`` gradient (see
     :func:`keras_sparse.ops.quantize.approx_sign`).
 
@@ -63,7 +73,7 @@ class ApproxSign(Quantizer):
 
 
 @_register("swish_sign")
-class SwishSign(Quantizer):
+class SwishSign(_Sign):
     """Binary ±1 with the SignSwish gradient of BNN+ (see
     :func:`keras_sparse.ops.quantize.swish_sign`).
 
@@ -112,12 +122,15 @@ class MagnitudeAwareSign(Quantizer):
     def side_values(self, shape, output_axes=None):
         return _channels(shape, output_axes)
 
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.magnitude_aware_sign_codes(x, output_axes)
+
     def __call__(self, x, state=None, output_axes=None, training=None):
         return q_ops.magnitude_aware_sign(x, output_axes, self.clip_value)
 
 
 @_register("stochastic_binary")
-class StochasticBinary(Quantizer):
+class StochasticBinary(_Sign):
     """Stochastic ±1 (``+1`` with probability ``hard_sigmoid(x)``) during
     training, ``sign(x)`` otherwise; straight-through gradient (see
     :func:`keras_sparse.ops.quantize.stochastic_binary`).
@@ -208,6 +221,10 @@ class SteTern(Quantizer):
 
     def side_values(self, shape, output_axes=None):
         return 1 if self.scaled else 0
+
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.ste_tern_codes(
+            x, self.threshold_value, self.ternary_weight_networks, self.scaled)
 
     def __call__(self, x, state=None, output_axes=None, training=None):
         return q_ops.ste_tern(

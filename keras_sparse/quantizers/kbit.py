@@ -74,6 +74,11 @@ class Uniform(Quantizer):
         count = _channels(shape, self._axes(output_axes))
         return count if self.symmetric else 2 * count
 
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.uniform_codes(
+            x, self.bits, self.symmetric, self._axes(output_axes), self.clip_value
+        )
+
     def __call__(self, x, state=None, output_axes=None, training=None):
         return q_ops.uniform(
             x, self.bits, self.symmetric, self._axes(output_axes), self.clip_value
@@ -112,6 +117,9 @@ class DoReFa(Quantizer):
 
     def get_config(self):
         return {"bits": self.bits, "mode": self.mode}
+
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.dorefa_codes(x, self.bits, self.mode)
 
     def __call__(self, x, state=None, output_axes=None, training=None):
         return q_ops.dorefa(x, self.bits, self.mode)
@@ -209,14 +217,21 @@ class LSQ(Quantizer):
     def side_values(self, shape, output_axes=None):
         return 1
 
+    def _step(self, x, state):
+        if state is not None:
+            return state["step"]
+        if self.initial_step is not None:
+            return self.initial_step
+        return ops.stop_gradient(q_ops.lsq_initial_step(x, self.bits, self.signed))
+
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.lsq_codes(x, self._step(x, state or None), self.bits, self.signed)
+
     def __call__(self, x, state=None, output_axes=None, training=None):
+        step = self._step(x, state)
         if state is None:
-            if self.initial_step is not None:
-                step = self.initial_step
-            else:
-                step = ops.stop_gradient(q_ops.lsq_initial_step(x, self.bits, self.signed))
             return q_ops.lsq(x, step, self.bits, self.signed)
-        return q_ops.lsq(x, state["step"], self.bits, self.signed, state["grad_scale"])
+        return q_ops.lsq(x, step, self.bits, self.signed, state["grad_scale"])
 
 
 # ------------------------------------------------------------ activations
@@ -242,6 +257,9 @@ class SteHeaviside(Quantizer):
 
     def get_config(self):
         return {"clip_value": self.clip_value}
+
+    def export_codes(self, x, state=None, output_axes=None):
+        return q_ops.ste_heaviside_codes(x)
 
     def __call__(self, x, state=None, output_axes=None, training=None):
         return q_ops.ste_heaviside(x, self.clip_value)
@@ -282,6 +300,10 @@ class PACT(Quantizer):
 
     def side_values(self, shape, output_axes=None):
         return 1
+
+    def export_codes(self, x, state=None, output_axes=None):
+        clip = self.initial_clip if not state else state["clip"]
+        return q_ops.pact_codes(x, clip, self.bits)
 
     def __call__(self, x, state=None, output_axes=None, training=None):
         clip = self.initial_clip if state is None else state["clip"]

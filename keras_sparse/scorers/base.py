@@ -34,6 +34,11 @@ class Scorer(config_lib.ConfigObject):
             (no host reads, no random draws), so a mask update may compute
             it inside a compiled function (read once at trace time, a host
             value would be frozen into the trace).
+        data_independent: the scores do not depend on the values of the
+            weights (only on which are non-zero) nor on data, so a mask made
+            before training is as good as one made later: ``ks.prune``
+            applies a step-0 mask of such a scorer at conversion (static
+            sparse initialization).
     """
 
     needs_gradient = False
@@ -41,6 +46,7 @@ class Scorer(config_lib.ConfigObject):
     reset_after_update = True
     rescale_survivors = False
     traceable = False
+    data_independent = False
 
     def score(self, weight, gradient=None):
         """Per-entry importance, same shape as ``weight``."""

@@ -41,6 +41,8 @@ class RandomScorer(Scorer):
     ...                          distribution="erk")
     """
 
+    data_independent = True
+
     def __init__(self, seed=None, rescale=True):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")

@@ -46,12 +46,18 @@ Conventions shared by all functions:
   magnitude give back the grid of ``x``; learned scales are held fixed).
   The one exception is ``dorefa`` on weights with 4 or more bits, whose
   ``tanh`` moves the levels of an already quantized tensor.
+* Every quantizer with integer levels has a ``*_codes`` function giving
+  its :class:`AffineCodes` (the codes, offset and scale a packed export
+  stores), computed with the same helpers as its forward pass, so that
+  ``(codes + offset) * scale`` is the forward output bit for bit (eager or
+  compiled on the same backend).
 * ``output_axes`` names the axes that index output units (``(-1,)`` for a
   Dense kernel); per-channel statistics reduce over every other axis, and
   ``()`` means per-tensor.
 """
 
 
+from keras_sparse.ops.quantize.base import AffineCodes
 from keras_sparse.ops.quantize.base import check_bits  # noqa: F401
 from keras_sparse.ops.quantize.base import gated_straight_through
 from keras_sparse.ops.quantize.base import reduce_axes
@@ -59,18 +65,26 @@ from keras_sparse.ops.quantize.base import straight_through
 from keras_sparse.ops.quantize.binary import approx_sign
 from keras_sparse.ops.quantize.binary import magnitude_aware_sign
 from keras_sparse.ops.quantize.binary import sign
+from keras_sparse.ops.quantize.binary import magnitude_aware_sign_codes
+from keras_sparse.ops.quantize.binary import sign_codes
 from keras_sparse.ops.quantize.binary import ste_heaviside
+from keras_sparse.ops.quantize.binary import ste_heaviside_codes
 from keras_sparse.ops.quantize.binary import ste_sign
 from keras_sparse.ops.quantize.binary import ste_tern
+from keras_sparse.ops.quantize.binary import ste_tern_codes
 from keras_sparse.ops.quantize.binary import stochastic_binary
 from keras_sparse.ops.quantize.binary import swish_sign
 from keras_sparse.ops.quantize.kbit import affine_grid
 from keras_sparse.ops.quantize.kbit import dorefa
+from keras_sparse.ops.quantize.kbit import dorefa_codes
 from keras_sparse.ops.quantize.kbit import lsq
 from keras_sparse.ops.quantize.kbit import lsq_initial_step
+from keras_sparse.ops.quantize.kbit import lsq_codes
 from keras_sparse.ops.quantize.kbit import lsq_levels
 from keras_sparse.ops.quantize.kbit import pact
+from keras_sparse.ops.quantize.kbit import pact_codes
 from keras_sparse.ops.quantize.kbit import uniform
+from keras_sparse.ops.quantize.kbit import uniform_codes
 
 __all__ = [
     "straight_through",
@@ -91,5 +105,14 @@ __all__ = [
     "ste_heaviside",
     "pact",
     "reduce_axes",
+    "AffineCodes",
+    "sign_codes",
+    "magnitude_aware_sign_codes",
+    "ste_heaviside_codes",
+    "ste_tern_codes",
+    "uniform_codes",
+    "dorefa_codes",
+    "lsq_codes",
+    "pact_codes",
 ]
 

@@ -1,6 +1,7 @@
 """Shared pieces of the quantization functions: the two straight-through
 gradient constructions, per-channel reductions and argument checks."""
 
+import collections
 import math
 
 import keras
@@ -8,7 +9,30 @@ from keras import ops
 
 from keras_sparse import backend
 
-__all__ = ["straight_through", "gated_straight_through", "reduce_axes", "check_bits"]
+__all__ = [
+    "straight_through",
+    "gated_straight_through",
+    "reduce_axes",
+    "check_bits",
+    "AffineCodes",
+]
+
+AffineCodes = collections.namedtuple("AffineCodes", ["codes", "offset", "scale", "bits"])
+AffineCodes.__doc__ = """The integer form of a quantized tensor: its value is
+``(codes + offset) * scale`` in float32, bit for bit.
+
+``codes`` holds integers in ``[0, 2^bits)`` (as a float tensor shaped like
+the input; NaN where the input is NaN); ``offset`` and ``scale`` are
+scalars or tensors that broadcast to it (one per output unit for
+per-channel quantizers). Quantizers compute it with the arithmetic of their
+forward pass (see :meth:`keras_sparse.quantizers.Quantizer.export_codes`),
+and a packed export stores ``codes`` at ``bits`` per entry.
+
+Example:
+>>> codes, offset, scale, bits = uniform_codes([-1.0, 0.1, 0.6], bits=2)
+>>> codes, offset, scale, bits
+([0., 1., 2.], -1.0, [1.], 2)
+"""
 
 
 def _to_compute(x):

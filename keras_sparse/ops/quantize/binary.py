@@ -5,6 +5,7 @@ stochastic binarization, ``{0, 1}`` activations, and ternarization."""
 import keras
 from keras import ops
 
+from keras_sparse.ops.quantize.base import AffineCodes
 from keras_sparse.ops.quantize.base import _check_clip
 from keras_sparse.ops.quantize.base import _like
 from keras_sparse.ops.quantize.base import _masked_mean
@@ -24,6 +25,10 @@ __all__ = [
     "stochastic_binary",
     "ste_heaviside",
     "ste_tern",
+    "sign_codes",
+    "magnitude_aware_sign_codes",
+    "ste_heaviside_codes",
+    "ste_tern_codes",
 ]
 
 
@@ -70,6 +75,26 @@ def ste_sign(x, clip_value=1.0):
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
     return ops.cast(gated_straight_through(x, sign, _within(clip_value)), dtype)
+
+
+def _sign_affine(signs, scale):
+    """``±scale`` written as ``(code - 1/2) * 2 scale`` with 1-bit codes
+    (``fl(±1/2 * 2s) = ±s`` exactly)."""
+    return AffineCodes((signs + 1.0) * 0.5, -0.5, 2.0 * scale, 1)
+
+
+def sign_codes(x):
+    """The :class:`AffineCodes` of :func:`sign` (and of every ``±1``
+    quantizer: ``ste_sign``, ``approx_sign``, ``swish_sign``,
+    ``stochastic_binary`` outside training): code 1 where ``x >= 0``, 0
+    elsewhere, decoded as ``(code - 1/2) * 2``.
+
+    Example:
+    >>> sign_codes([-0.5, 0.0, 2.0]).codes
+    [0., 1., 1.]
+    """
+    x, _ = _to_compute(x)
+    return _sign_affine(sign(x), 1.0)
 
 
 def approx_sign(x):
@@ -147,11 +172,25 @@ def magnitude_aware_sign(x, output_axes=None, clip_value=1.0):
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
+
     def forward(t):
         alpha = _mean_abs(t, output_axes)
         return alpha * sign(t), alpha
 
     return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
+
+
+def magnitude_aware_sign_codes(x, output_axes=None):
+    """The :class:`AffineCodes` of :func:`magnitude_aware_sign`: 1-bit sign
+    codes and the scale ``2 alpha`` per output unit, with ``alpha`` computed
+    as the forward pass does.
+
+    Example:
+    >>> magnitude_aware_sign_codes([[0.5, -2.0], [-1.5, 1.0]]).scale
+    [[2.0, 3.0]]
+    """
+    x, _ = _to_compute(x)
+    return _sign_affine(sign(x), _mean_abs(x, output_axes))
 
 
 def stochastic_binary(x, seed=None, clip_value=1.0):
@@ -197,12 +236,24 @@ def ste_heaviside(x, clip_value=1.0):
     """
     clip_value = _check_clip(clip_value)
     x, dtype = _to_compute(x)
+    return ops.cast(gated_straight_through(x, _heaviside, _within(clip_value)), dtype)
 
-    def forward(t):
-        # NaN fails `t <= 0` and takes the clip branch (1 for numbers).
-        return ops.where(ops.less_equal(t, 0), ops.zeros((), t.dtype), _nan_or(t, 1.0))
 
-    return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
+def _heaviside(t):
+    # NaN fails `t <= 0` and takes the clip branch (1 for numbers).
+    return ops.where(ops.less_equal(t, 0), ops.zeros((), t.dtype), _nan_or(t, 1.0))
+
+
+def ste_heaviside_codes(x):
+    """The :class:`AffineCodes` of :func:`ste_heaviside`: the ``{0, 1}``
+    output is its own code (offset 0, scale 1).
+
+    Example:
+    >>> ste_heaviside_codes([-0.5, 0.0, 2.0]).codes
+    [0., 0., 1.]
+    """
+    x, _ = _to_compute(x)
+    return AffineCodes(_heaviside(x), 0.0, 1.0, 1)
 
 
 # ------------------------------------------------------------------ ternary
@@ -238,18 +289,40 @@ def ste_tern(
     x, dtype = _to_compute(x)
 
     def forward(t):
-        magnitude = ops.abs(t)
-        if ternary_weight_networks:
-            threshold = 0.7 * ops.mean(_mean_abs(t, ()))
-        else:
-            threshold = _like(threshold_value, t)
-        above = ops.greater(magnitude, threshold)
-        # NaN is never above the threshold; the clip keeps it NaN (and
-        # turns -0.0 into 0.0 through the magnitude).
-        value = ops.where(above, sign(t), _nan_or(magnitude, 0.0))
-        if not scaled:
+        value, alpha = _ternary(t, threshold_value, ternary_weight_networks, scaled)
+        if alpha is None:
             return value
-        alpha = ops.reshape(_masked_mean(magnitude, above, None), ())
         return alpha * value, alpha
 
     return ops.cast(gated_straight_through(x, forward, _within(clip_value)), dtype)
+
+
+def _ternary(t, threshold_value, ternary_weight_networks, scaled):
+    """``(levels, alpha)``: the ``{-1, 0, 1}`` levels of :func:`ste_tern`
+    and its scale (``None`` unscaled); the output is ``alpha * levels``."""
+    magnitude = ops.abs(t)
+    if ternary_weight_networks:
+        threshold = 0.7 * ops.mean(_mean_abs(t, ()))
+    else:
+        threshold = _like(threshold_value, t)
+    above = ops.greater(magnitude, threshold)
+    # NaN is never above the threshold; the clip keeps it NaN (and
+    # turns -0.0 into 0.0 through the magnitude).
+    value = ops.where(above, sign(t), _nan_or(magnitude, 0.0))
+    if not scaled:
+        return value, None
+    return value, ops.reshape(_masked_mean(magnitude, above, None), ())
+
+
+def ste_tern_codes(x, threshold_value=0.05, ternary_weight_networks=False, scaled=False):
+    """The :class:`AffineCodes` of :func:`ste_tern`: 2-bit codes
+    ``level + 1`` with offset -1 and the scale ``alpha`` (1 unscaled),
+    computed as the forward pass does.
+
+    Example:
+    >>> ste_tern_codes([-0.5, 0.01, 0.2]).codes
+    [0., 1., 2.]
+    """
+    x, _ = _to_compute(x)
+    value, alpha = _ternary(x, threshold_value, ternary_weight_networks, scaled)
+    return AffineCodes(value + 1.0, -1.0, 1.0 if alpha is None else alpha, 2)

@@ -5,6 +5,7 @@ import math
 
 from keras import ops
 
+from keras_sparse.ops.quantize.base import AffineCodes
 from keras_sparse.ops.quantize.base import _check_clip
 from keras_sparse.ops.quantize.base import _gate
 from keras_sparse.ops.quantize.base import _like
@@ -16,7 +17,19 @@ from keras_sparse.ops.quantize.base import gated_straight_through
 from keras_sparse.ops.quantize.base import reduce_axes
 from keras_sparse.ops.quantize.base import straight_through
 
-__all__ = ["uniform", "affine_grid", "dorefa", "lsq_levels", "lsq_initial_step", "lsq", "pact"]
+__all__ = [
+    "uniform",
+    "uniform_codes",
+    "affine_grid",
+    "dorefa",
+    "dorefa_codes",
+    "lsq_levels",
+    "lsq_initial_step",
+    "lsq",
+    "lsq_codes",
+    "pact",
+    "pact_codes",
+]
 
 
 # -------------------------------------------------------------------- k-bit
@@ -107,57 +120,87 @@ def uniform(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
     [-1., 0., 1.]
     """
     check_bits(bits)
+    _check_uniform(bits, symmetric)
+    clip_value = _check_clip(clip_value)
+    x, dtype = _to_compute(x)
+
+    def forward(t):
+        levels, scale, _ = _uniform_levels(t, bits, symmetric, output_axes, clip_value)
+        return levels * scale
+
+    if clip_value is None:
+        gate = None
+    elif symmetric:
+        gate = _within(clip_value)
+    else:
+        gate = lambda t: ops.logical_and(  # noqa: E731
+            ops.greater_equal(t, 0), ops.less_equal(t, clip_value))
+    return ops.cast(gated_straight_through(x, forward, gate), dtype)
+
+
+def _check_uniform(bits, symmetric):
     if symmetric and bits < 2:
         raise ValueError(
             "Symmetric uniform quantization needs at least 2 bits (1 bit has no "
             "level besides 0); use `ste_sign` or symmetric=False. Received: bits=1"
         )
-    clip_value = _check_clip(clip_value)
-    x, dtype = _to_compute(x)
+
+
+def _uniform_levels(t, bits, symmetric, output_axes, clip_value):
+    """``(levels, scale, offset)`` of :func:`uniform`: its output is
+    ``levels * scale``, with integer ``levels`` in
+    ``[offset, offset + 2^b - 1]``."""
     if symmetric:
         levels = float(2 ** (bits - 1) - 1)
+        if clip_value is None:
+            # |t| <= max|t| = levels * scale: no clip needed. An IEEE
+            # division, so the top level levels * scale of the output
+            # gives back this scale (q(q(x)) == q(x)).
+            top = _max_abs(t, output_axes)
+            scale = top / _unfolded(levels, top)
+            scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
+            return ops.round(t / scale), scale, -levels
+        scale = clip_value / levels
+        return ops.clip(ops.round(t / scale), -levels, levels), scale, -levels
+    steps = float(2**bits - 1)
+    if clip_value is not None:
+        scale = clip_value / steps
+        return ops.clip(ops.round(t / scale), 0.0, steps), scale, 0.0
+    axes = reduce_axes(len(t.shape), output_axes)
+    low = ops.minimum(ops.min(t, axis=axes, keepdims=True) if axes else t, 0.0)
+    high = ops.maximum(ops.max(t, axis=axes, keepdims=True) if axes else t, 0.0)
+    scale, zero_point = affine_grid(low, high, bits)
+    codes = ops.clip(ops.round(t / scale) + zero_point, 0.0, steps)
+    # The ends of the range take the end codes (rounding alone may leave
+    # the top one empty when the zero point was rounded down), so the
+    # output spans the whole grid.
+    codes = ops.where(
+        ops.logical_and(ops.greater_equal(t, high), ops.greater(high, 0.0)),
+        ops.full((), steps, t.dtype), codes,
+    )
+    codes = ops.where(
+        ops.logical_and(ops.less_equal(t, low), ops.less(low, 0.0)),
+        ops.zeros((), t.dtype), codes,
+    )
+    return codes - zero_point, scale, -zero_point
 
-        def forward(t):
-            if clip_value is None:
-                # |t| <= max|t| = levels * scale: no clip needed. An IEEE
-                # division, so the top level levels * scale of the output
-                # gives back this scale (q(q(x)) == q(x)).
-                top = _max_abs(t, output_axes)
-                scale = top / _unfolded(levels, top)
-                scale = ops.where(scale > 0, scale, ops.ones((), t.dtype))
-                return ops.round(t / scale) * scale
-            scale = clip_value / levels
-            return ops.clip(ops.round(t / scale), -levels, levels) * scale
 
-        gate = _within(clip_value)
-    else:
-        steps = float(2**bits - 1)
+def uniform_codes(x, bits=8, symmetric=True, output_axes=(), clip_value=None):
+    """The :class:`AffineCodes` of :func:`uniform` (same arguments): codes
+    ``level - offset`` in ``[0, 2^b - 1]``, the offset (``-(2^{b-1} - 1)``
+    symmetric, ``-z`` per output unit asymmetric) and the scale, computed as
+    the forward pass does.
 
-        def forward(t):
-            if clip_value is None:
-                axes = reduce_axes(len(t.shape), output_axes)
-                low = ops.minimum(ops.min(t, axis=axes, keepdims=True) if axes else t, 0.0)
-                high = ops.maximum(ops.max(t, axis=axes, keepdims=True) if axes else t, 0.0)
-                scale, zero_point = affine_grid(low, high, bits)
-                codes = ops.clip(ops.round(t / scale) + zero_point, 0.0, steps)
-                # The ends of the range take the end codes (rounding alone
-                # may leave the top one empty when the zero point was
-                # rounded down), so the output spans the whole grid.
-                codes = ops.where(
-                    ops.logical_and(ops.greater_equal(t, high), ops.greater(high, 0.0)),
-                    ops.full((), steps, t.dtype), codes,
-                )
-                codes = ops.where(
-                    ops.logical_and(ops.less_equal(t, low), ops.less(low, 0.0)),
-                    ops.zeros((), t.dtype), codes,
-                )
-                return (codes - zero_point) * scale
-            scale = clip_value / steps
-            return ops.clip(ops.round(t / scale), 0.0, steps) * scale
-
-        gate = None if clip_value is None else (
-            lambda t: ops.logical_and(ops.greater_equal(t, 0), ops.less_equal(t, clip_value)))
-    return ops.cast(gated_straight_through(x, forward, gate), dtype)
+    Example:
+    >>> uniform_codes([-1.0, 0.1, 0.6], bits=2).codes
+    [0., 1., 2.]
+    """
+    check_bits(bits)
+    _check_uniform(bits, symmetric)
+    clip_value = _check_clip(clip_value)
+    x, _ = _to_compute(x)
+    levels, scale, offset = _uniform_levels(x, bits, symmetric, output_axes, clip_value)
+    return AffineCodes(levels - offset, offset, scale, bits)
 
 
 def dorefa(x, bits=2, mode="weights"):
@@ -190,21 +233,42 @@ def dorefa(x, bits=2, mode="weights"):
     [0., 1.]
     """
     check_bits(bits)
-    if mode not in ("weights", "activations"):
-        raise ValueError(
-            f"`mode` must be 'weights' or 'activations'. Received: mode={mode!r}"
-        )
+    _check_mode(mode)
     x, dtype = _to_compute(x)
+    steps = float(2**bits - 1)
     if mode == "activations":
-        steps = float(2**bits - 1)
         return ops.cast(
             gated_straight_through(
                 x,
-                lambda t: ops.round(ops.clip(t, 0.0, 1.0) * steps) / steps,
+                lambda t: _dorefa_activation_codes(t, steps) * (1.0 / steps),
                 lambda t: ops.logical_and(ops.greater_equal(t, 0), ops.less_equal(t, 1)),
             ),
             dtype,
         )
+    codes, unit = _dorefa_weight_codes(x, steps)
+    # 2 Q_k(u) - 1 written as (code - L/2) * (2/L), the affine form a packed
+    # export decodes bit for bit.
+    value = (codes - steps / 2.0) * (2.0 / steps)
+    return ops.cast(straight_through(value, 2.0 * unit - 1.0), dtype)
+
+
+def _check_mode(mode):
+    if mode not in ("weights", "activations"):
+        raise ValueError(
+            f"`mode` must be 'weights' or 'activations'. Received: mode={mode!r}"
+        )
+
+
+def _dorefa_activation_codes(t, steps):
+    # The output is codes * (1 / L), a product rather than a division by L,
+    # so that it is the affine form an export decodes bit for bit (XLA
+    # turns the division into this product anyway).
+    return ops.round(ops.clip(t, 0.0, 1.0) * steps)
+
+
+def _dorefa_weight_codes(x, steps):
+    """``(codes, unit)``: the codes ``round(L u)`` of DoReFa weights, and
+    ``u`` with the floored peak (for the gradient)."""
     squashed = ops.tanh(x)
     top = ops.max(ops.abs(squashed))
     peak = ops.maximum(top, 1e-12)
@@ -214,11 +278,26 @@ def dorefa(x, bits=2, mode="weights"):
     # (all zeros) is +1, as sign(0). Both keep q(q(w)) == q(w) (bits <= 3).
     # The gradient keeps the floored peak.
     exact = ops.where(top > 0, squashed / (2.0 * ops.where(top > 0, top, 1.0)) + 0.5, 1.0)
-    # 2 Q_k(u) - 1 written as (code - L/2) * (2/L), the affine form a packed
-    # export decodes bit for bit.
+    return ops.round(exact * steps), unit
+
+
+def dorefa_codes(x, bits=2, mode="weights"):
+    """The :class:`AffineCodes` of :func:`dorefa` (same arguments): codes in
+    ``[0, 2^k - 1]`` with offset ``-L/2`` and scale ``2/L`` (weights) or
+    offset 0 and scale ``1/L`` (activations), ``L = 2^k - 1``.
+
+    Example:
+    >>> dorefa_codes([0.2, 0.7], bits=1, mode="activations").codes
+    [0., 1.]
+    """
+    check_bits(bits)
+    _check_mode(mode)
+    x, _ = _to_compute(x)
     steps = float(2**bits - 1)
-    value = (ops.round(exact * steps) - steps / 2.0) * (2.0 / steps)
-    return ops.cast(straight_through(value, 2.0 * unit - 1.0), dtype)
+    if mode == "activations":
+        return AffineCodes(_dorefa_activation_codes(x, steps), 0.0, 1.0 / steps, bits)
+    codes, _ = _dorefa_weight_codes(x, steps)
+    return AffineCodes(codes, -steps / 2.0, 2.0 / steps, bits)
 
 
 def lsq_levels(bits, signed=True):
@@ -276,11 +355,33 @@ def lsq(x, step, bits=4, signed=True, grad_scale=None):
         size = max(1, math.prod(int(d) for d in x.shape))
         grad_scale = 1.0 / math.sqrt(size * q_p)
     step = _like(step, x)
+    # The forward value of the step (and so of every product and quotient
+    # below) is `step` itself, as in lsq_codes: s + (g s - g s) is s.
     step = straight_through(step, step * grad_scale)
     ratio = x / step
     inside = _gate((ratio > -q_n) & (ratio < q_p), x)
-    clipped = straight_through(ops.clip(ratio, -q_n, q_p), ratio * inside)
+    clipped = straight_through(_lsq_clip(ratio, q_n, q_p), ratio * inside)
     return ops.cast(straight_through(ops.round(clipped), clipped) * step, dtype)
+
+
+def _lsq_clip(ratio, q_n, q_p):
+    return ops.clip(ratio, -q_n, q_p)
+
+
+def lsq_codes(x, step, bits=4, signed=True):
+    """The :class:`AffineCodes` of :func:`lsq`: codes
+    ``round(clip(x / s, -Q_N, Q_P)) + Q_N`` with offset ``-Q_N`` and the
+    step as scale.
+
+    Example:
+    >>> lsq_codes([0.26, -3.0], step=0.5, bits=3).codes
+    [5., 0.]
+    """
+    q_n, q_p = lsq_levels(bits, signed)
+    x, _ = _to_compute(x)
+    step = _like(step, x)
+    levels = ops.round(_lsq_clip(x / step, q_n, q_p))
+    return AffineCodes(levels + q_n, -q_n, step, bits)
 
 
 # -------------------------------------------------------------- activations
@@ -311,5 +412,26 @@ def pact(x, clip, bits=4):
     y = straight_through(ops.clip(x, 0.0, ops.stop_gradient(alpha)), x * inside + alpha * above)
     steps = float(2**bits - 1)
     fixed = ops.stop_gradient(alpha)
-    value = ops.round(y * steps / fixed) * (fixed / steps)
+    value = _pact_levels(y, fixed, steps) * (fixed / steps)
     return ops.cast(straight_through(value, y), dtype)
+
+
+def _pact_levels(y, alpha, steps):
+    return ops.round(y * steps / alpha)
+
+
+def pact_codes(x, clip, bits=4):
+    """The :class:`AffineCodes` of :func:`pact`: codes
+    ``round(clip(x, 0, alpha) L / alpha)`` in ``[0, L]``, offset 0 and scale
+    ``alpha / L`` (``L = 2^k - 1``).
+
+    Example:
+    >>> pact_codes([-1.0, 0.5, 7.0], clip=6.0, bits=2).codes
+    [0., 0., 3.]
+    """
+    check_bits(bits)
+    x, _ = _to_compute(x)
+    alpha = _like(clip, x)
+    steps = float(2**bits - 1)
+    return AffineCodes(_pact_levels(ops.clip(x, 0.0, alpha), alpha, steps), 0.0,
+                       alpha / steps, bits)
