@@ -32,7 +32,6 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.base import check_pattern_fits
 from keras_sparse.layers.base import refresh_call_signature
 from keras_sparse.layers.sparse_layers import SPARSE_CLASS_FOR
-from keras_sparse.layers.sparse_layers import SparseEinsumDense
 from keras_sparse.layers.sparse_layers import sparse_class_for
 from keras_sparse.cloning import clone
 from keras_sparse.cloning import copy_weights

@@ -18,6 +18,9 @@ applied at every input position
 (:func:`keras_sparse.layers.cost.weights_cost_row`).
 """
 
+import keras
+import numpy as np
+
 from keras_sparse.checks import check_callable
 from keras_sparse.checks import check_model
 from keras_sparse.layers.cost import layer_macs  # noqa: F401 (public here too)

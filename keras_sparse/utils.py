@@ -1,7 +1,6 @@
 """Small model-walking helpers shared by callbacks and model tools."""
 
 import keras
-import numpy as np
 
 from keras_sparse.layers.base import SparseMixin
 

@@ -6,7 +6,6 @@ import math
 import warnings
 
 import keras
-from keras import ops
 
 from keras_sparse import backend
 from keras_sparse import methods as methods_lib

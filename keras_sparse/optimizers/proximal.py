@@ -10,7 +10,6 @@ from keras_sparse.checks import check_bool
 from keras_sparse.checks import check_number
 from keras_sparse.config import PACKAGE
 from keras_sparse.ops.prox import group_axes
-from keras_sparse.optimizers.predicates import IsKernel
 from keras_sparse.optimizers.predicates import _serialize_predicate
 from keras_sparse.optimizers.predicates import get_predicate
 
