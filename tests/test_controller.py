@@ -220,3 +220,28 @@ def test_network_slimming_steers_batchnorm_scales_to_exact_zeros():
     gamma = to_np(model.get_layer("bn").gamma)
     assert int((gamma == 0).sum()) == 16
     assert (to_np(model.get_layer("hidden").kernel) != 0).all()
+
+
+@pytest.mark.slow
+def test_steers_activation_penalties_to_the_target():
+    """The issue's target on digits: test-set activation zeros within 2
+    points of the requested 90 %."""
+    from keras_sparse.demo import load_digits_split
+
+    x_train, x_test, y_train, _ = load_digits_split(seed=0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(300, activation="relu"), ks.layers.ActivitySparsity(name="a1"),
+        keras.layers.Dense(10),
+    ])
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    controller = ks.callbacks.SparsityController(0.9)
+    history = _fit(model, controller, epochs=20, x=x_train, y=y_train)
+    assert "lambda" in history.history
+    assert float(to_np(model.get_layer("a1").coefficient)) > 0
+    probe = keras.Model(model.inputs, model.get_layer("a1").output)
+    zeros = float((to_np(probe(x_test)) == 0).mean())
+    assert abs(zeros - 0.9) < 0.02, zeros
+    assert {r["name"] for r in controller.trajectory} == {"a1"}
