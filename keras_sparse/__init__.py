@@ -39,9 +39,9 @@ from keras_sparse.report import report
 from keras_sparse.sensitivity import SensitivityTable
 from keras_sparse.sensitivity import sensitivity
 from keras_sparse.allocation import allocate
-from keras_sparse.auto_compress import CompressionResult
-from keras_sparse.auto_compress import CompressionTrials
-from keras_sparse.auto_compress import auto_compress
+from keras_sparse.compression_search import CompressionResult
+from keras_sparse.compression_search import CompressionTrials
+from keras_sparse.compression_search import auto_compress
 
 __all__ = [
     "CompressionResult",

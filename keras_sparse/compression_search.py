@@ -496,12 +496,11 @@ class _TrialRunner:
 
 # ---------------------------------------------------------------- checks
 def _check_bits(bits):
-    if bits is None or isinstance(bits, (int, np.integer)):
-        bits = (bits,)
-    if not isinstance(bits, (tuple, list)) or not bits:
+    widths = (bits,) if bits is None or isinstance(bits, (int, np.integer)) else bits
+    if not isinstance(widths, (tuple, list)) or not widths:
         raise type_error("bits", bits, "None, 8 or a tuple of them, e.g. (None, 8)")
     out = []
-    for b in bits:
+    for b in widths:
         if b is None:
             out.append(0)
         elif isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 2 <= b <= 8:
