@@ -715,6 +715,13 @@ def auto_compress(
         raise type_error("project_name", project_name, "a non-empty string")
     overwrite = check_bool(overwrite, "overwrite")
     seed = check_int(seed, "seed", 0, allow_none=True)
+    if structured and not [layer for layer, _ in prunable_weights(model)
+                           if layer.name not in _output_layers(model)]:
+        raise ValueError(
+            "structured=True prunes the channels of prunable layers that do not produce the "
+            f"model's outputs, and `model` has none. Received: structured=True, "
+            f"model={model.name!r}"
+        )
     train = _check_data(data)
     validation = _check_data(validation_data)
     keras_tuner = _import_keras_tuner()

@@ -321,6 +321,9 @@ def test_bad_data_and_models(trained, digits):
     nothing = _compile(keras.Sequential([keras.Input((64,)), keras.layers.Activation("relu")]))
     with pytest.raises(ValueError, match="no layer that can be pruned"):
         ks.auto_compress(nothing, digits[0], validation_data=digits[1])
+    single = _compile(keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]))
+    with pytest.raises(ValueError, match="structured=True"):
+        ks.auto_compress(single, digits[0], validation_data=digits[1], structured=True)
     sub = Subclassed()
     sub(x[:2])
     _compile(sub)
