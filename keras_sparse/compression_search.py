@@ -382,7 +382,8 @@ def _fine_tune(model, train, epochs, batch_size, callbacks):
         model.fit(x, y, sample_weight=weight, batch_size=batch_size, epochs=epochs, verbose=0,
                   callbacks=callbacks)
     else:
-        model.fit(parts, epochs=epochs, verbose=0, callbacks=callbacks)
+        # A dataset brings its own order (Keras warns that shuffle is ignored).
+        model.fit(parts, epochs=epochs, verbose=0, callbacks=callbacks, shuffle=False)
     return epochs
 
 

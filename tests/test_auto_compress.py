@@ -214,6 +214,34 @@ def test_plot(trained, digits, monkeypatch):
     assert points == len(result.trials.rows) + 1  # the trials and the dense model
 
 
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    trials = ks.CompressionTrials([], "accuracy", 0.9, 0.89, 100)
+    with pytest.raises(ImportError, match=r"keras-sparse\[plot\]"):
+        trials.plot()
+
+
+@pytest.mark.slow
+@pytest.mark.tf_only
+def test_tf_data_datasets(trained, digits):
+    import tensorflow as tf
+
+    train = tf.data.Dataset.from_tensor_slices(digits[0]).batch(64)
+    val = tf.data.Dataset.from_tensor_slices(digits[1]).batch(64)
+    result = ks.auto_compress(trained, train, validation_data=val, resolution=2.0,
+                              max_accuracy_drop=0.05, seed=0)
+    assert len(result.trials.rows) == len(_expected_levels(lambda s: True, resolution=2.0))
+    want = trained.evaluate(*digits[1], verbose=0, return_dict=True)["accuracy"]
+    assert result.baseline == pytest.approx(want)
+    for row in result.trials.rows:
+        # Gradual pruning over the dataset's known length reaches the level.
+        assert row["achieved_sparsity"] == pytest.approx(row["sparsity"], abs=1e-3)
+        assert row["fine_tune_epochs"] == 1
+
+
 @pytest.mark.slow
 def test_resume_runs_no_finished_trial_again(trained, digits, tmp_path, monkeypatch):
     real = auto_lib._fine_tune
@@ -346,3 +374,67 @@ def test_failed_search_leaves_the_model_untouched(trained, digits, monkeypatch):
     assert trained.get_config() == config
     assert not any(ks.layers.is_sparse_layer(layer) for layer in trained.layers)
     assert int(trained.optimizer.iterations.numpy()) == 0
+
+
+# -------------------------------------------------------------- distributed
+_DISTRIBUTED_SCRIPT = """
+import json, sys
+import keras, numpy as np
+import keras_sparse as ks
+from keras_sparse import compression_search as auto_lib
+
+real, count = auto_lib._fine_tune, []
+def counting(*args):
+    count.append(1)
+    return real(*args)
+auto_lib._fine_tune = counting
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 8)).astype("float32")
+y = (x[:, 0] > 0).astype("int32")
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dense(2)])
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              metrics=["accuracy"])
+model.fit(x, y, epochs=3, verbose=0)
+result = ks.auto_compress(model, (x, y), validation_data=(x, y), resolution=1.0,
+                          max_accuracy_drop=0.05, directory=sys.argv[1], project_name="p",
+                          seed=0)
+print("RESULT " + json.dumps({"fine_tunes": len(count), "rows": result.trials.rows}))
+"""
+
+
+@pytest.mark.slow
+def test_distributed_chief_serves_and_worker_runs_every_trial(tmp_path):
+    """KerasTuner's distributed mode on one machine: a chief process and a
+    worker process with the same script and a shared directory."""
+    pytest.importorskip("grpc")
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ks.__file__)))
+    procs = {}
+    for role in ("chief", "tuner0"):
+        env = dict(os.environ, KERASTUNER_TUNER_ID=role, KERASTUNER_ORACLE_IP="127.0.0.1",
+                   KERASTUNER_ORACLE_PORT=str(port),
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        procs[role] = subprocess.Popen(
+            [sys.executable, "-c", _DISTRIBUTED_SCRIPT, str(tmp_path)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {}
+    for role, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr[-3000:]
+        line = [s for s in stdout.splitlines() if s.startswith("RESULT ")][-1]
+        out[role] = json.loads(line[len("RESULT "):])
+    rows = out["chief"]["rows"]
+    assert len(rows) == len(_expected_levels(lambda s: True, resolution=1.0))
+    assert all(row["status"] == "COMPLETED" for row in rows)
+    # The chief only serves the bisection; the worker fine-tuned every trial.
+    assert out["chief"]["fine_tunes"] == 0
+    assert out["tuner0"]["fine_tunes"] == len(rows)
+    assert out["tuner0"]["rows"] == rows
