@@ -16,6 +16,7 @@ project directory makes a search resumable and KerasTuner's distributed
 mode spreads trials over machines.
 """
 
+import functools
 import glob
 import json
 import math
@@ -56,6 +57,7 @@ _ALLOCATIONS = ("sensitivity", "lamp", "uniform")
 _PRUNING = ("gradual", "one_shot")
 _SETTINGS_FILE = "auto_compress.json"
 _MODEL_FILE = "model.keras"
+_ALLOCATION_FILE = "per_layer.json"
 #: Per-trial figures, in table order (all reported to the oracle as floats).
 _MEASURES = ("achieved_sparsity", "size_bytes", "compression", "params", "flops",
              "val_metric", "fine_tune_epochs", "seconds")
@@ -95,8 +97,10 @@ class CompressionTrials:
             index), ``compression`` (dense bytes / ``size_bytes``),
             ``params`` (non-zero parameters), ``flops`` (effective FLOPs per
             example), ``val_metric``, ``passed`` (within the allowed drop),
-            ``fine_tune_epochs`` and ``seconds`` (the trial's wall time).
-            Figures of a trial that did not complete are ``None``.
+            ``fine_tune_epochs``, ``seconds`` (the trial's wall time) and
+            ``per_layer`` (the sparsity asked of each layer: ``ks.allocate``'s
+            split, or the channel fraction of a structured trial). Figures of
+            a trial that did not complete are ``None``.
         metric: the validation metric's name.
         baseline: the dense model's validation metric.
         threshold: the lowest passing value (``baseline - max_accuracy_drop``).
@@ -269,6 +273,7 @@ def _combo(values):
     return (bool(values.get("structured", False)), int(values.get("bits", 0)))
 
 
+@functools.cache
 def _oracle_class(keras_tuner):
     class CompressionOracle(keras_tuner.Oracle):
         """Bisection over the sparsity level, one bracket per
@@ -322,6 +327,7 @@ def _oracle_class(keras_tuner):
     return CompressionOracle
 
 
+@functools.cache
 def _tuner_class(keras_tuner):
     class CompressionTuner(keras_tuner.engine.base_tuner.BaseTuner):
         """Runs one trial: prune, fine-tune, evaluate, measure."""
@@ -344,8 +350,11 @@ def _tuner_class(keras_tuner):
 
         def run_trial(self, trial, *args, **kwargs):
             start = time.perf_counter()
-            model, measures = self._run(trial.hyperparameters.values, trial.trial_id)
+            model, measures, per_layer = self._run(trial.hyperparameters.values, trial.trial_id)
             measures["seconds"] = time.perf_counter() - start
+            with open(os.path.join(self.get_trial_dir(trial.trial_id), _ALLOCATION_FILE),
+                      "w") as f:
+                json.dump(per_layer, f)
             if measures["val_metric"] >= self._threshold:
                 self.save_model(trial.trial_id, model)
             return {key: float(value) for key, value in measures.items()}
@@ -467,6 +476,7 @@ class _TrialRunner:
         if structured:
             hidden = [layer.name for layer, _ in prunable_weights(self.dense)
                       if layer.name not in _output_layers(self.dense)]
+            per_layer = {name: level for name in hidden}
             model = prune_channels(self.dense, level, layers=hidden)
             model.compile_from_config(self.compile_config)
             epochs = _fine_tune(model, self.train, s["fine_tune_epochs"], s["batch_size"], [])
@@ -492,7 +502,7 @@ class _TrialRunner:
         measures["val_metric"] = _validation_metric(model, self.validation, s["metric"],
                                                     s["batch_size"])
         measures["fine_tune_epochs"] = epochs
-        return model, measures
+        return model, measures, per_layer
 
 
 # ---------------------------------------------------------------- checks
@@ -828,6 +838,11 @@ def _rows(project_dir, threshold):
             if row[name] is not None:
                 row[name] = int(row[name])
         row["passed"] = None if row["val_metric"] is None else bool(row["val_metric"] >= threshold)
+        allocation_path = os.path.join(os.path.dirname(path), _ALLOCATION_FILE)
+        row["per_layer"] = None
+        if os.path.exists(allocation_path):
+            with open(allocation_path) as f:
+                row["per_layer"] = json.load(f)
         rows.append(row)
     return rows
 
@@ -846,6 +861,6 @@ def _best_model(tuner, project_dir, best, runner):
     warnings.warn(
         f"The model of trial {best['trial_id']} is not in {project_dir!r} (another machine "
         "ran it, or the file was removed): running the trial again.", stacklevel=3)
-    model, _ = runner({"sparsity": best["sparsity"], "structured": best["structured"],
+    model, _, _ = runner({"sparsity": best["sparsity"], "structured": best["structured"],
                        "bits": best["bits"] or 0}, best["trial_id"])
     return model

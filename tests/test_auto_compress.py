@@ -182,6 +182,9 @@ def test_search_records_every_trial(trained, digits, tmp_path):
         assert row["size_bytes"] < result.trials.dense_bytes
         assert row["compression"] == pytest.approx(result.trials.dense_bytes / row["size_bytes"])
         assert row["passed"] == (row["val_metric"] >= baseline - 0.02)
+        assert set(row["per_layer"]) == {"hidden", "out"}
+        assert ks.allocation.removed_fraction(trained, row["per_layer"]) == pytest.approx(
+            row["sparsity"], abs=1e-3)
     assert result.trials.fine_tune_epochs == len(rows)
     json.dumps(result.trials.to_dict())
     assert "accuracy" in str(result.trials)
