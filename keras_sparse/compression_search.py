@@ -613,8 +613,10 @@ def auto_compress(
     again with the same ``directory`` and ``project_name`` (after a kill,
     or to read the result again) continues the search: finished trials are
     not run again, a trial cut short is run again, and the baseline and the
-    table are read back rather than measured. ``overwrite=True`` starts
-    afresh. With ``directory=None`` the search runs in a temporary
+    table are read back rather than measured (the threshold is the stored
+    baseline minus this call's ``max_accuracy_drop``: another drop re-judges
+    the finished trials and the bisection continues from there).
+    ``overwrite=True`` starts afresh. With ``directory=None`` the search runs in a temporary
     directory that is removed at the end.
 
     **Many machines.** KerasTuner's distributed mode: run the same script
