@@ -42,11 +42,17 @@ from keras_sparse.report import report
 from keras_sparse.sensitivity import SensitivityTable
 from keras_sparse.sensitivity import sensitivity
 from keras_sparse.allocation import allocate
+from keras_sparse.compression_search import CompressionResult
+from keras_sparse.compression_search import CompressionTrials
+from keras_sparse.compression_search import auto_compress
 
 __all__ = [
+    "CompressionResult",
+    "CompressionTrials",
     "Report",
     "SensitivityTable",
     "allocate",
+    "auto_compress",
     "sensitivity",
     "apply_initial_masks",
     "callbacks",

@@ -52,6 +52,7 @@ FLOORS = {
     "report": 4,
     "sensitivity": 4,
     "allocation": 4,
+    "compression_search": 4,
     "shrink": 4,
     "testing": 4,
     "demo": 4,
