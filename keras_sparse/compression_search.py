@@ -41,7 +41,7 @@ from keras_sparse.convert import prune
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.quantize import quantize
 from keras_sparse.report import report
-from keras_sparse.selection import is_graph_model
+from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import prunable_weights
 from keras_sparse.sensitivity import SensitivityTable
 from keras_sparse.sensitivity import _check_data
@@ -526,7 +526,7 @@ def _check_bits(bits):
 
 def _check_model(model):
     check_model(model)
-    if not is_graph_model(model):
+    if not is_cloneable_model(model):
         raise ValueError(
             "`model` must be a Sequential or functional model: auto_compress copies it for "
             f"each trial with keras.models.clone_model, which refuses subclassed models. "

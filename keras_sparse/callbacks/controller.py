@@ -31,8 +31,11 @@ _ON = ("weights", "activations")
 #: costs a few updates, not accuracy (a start above it would prune at once).
 _INITIAL = 1e-4
 
-#: Coefficient updates over the ramp when ``update_freq`` is not given.
+#: Coefficient updates over the ramp when ``update_freq`` is not given, and
+#: the fewest steps between two: a penalty needs a few steps to show the
+#: effect of a change, and updating faster winds the rule up in short runs.
 _UPDATES = 50
+_MIN_FREQ = 5
 
 
 class _Channel:
@@ -213,8 +216,8 @@ class SparsityController(keras.callbacks.Callback):
         schedule: the target over the step instead of the cubic ramp.
         ramp: fraction of the planned steps over which the target rises.
         update_freq: training steps between two coefficient updates
-            (``None``: 1/50 of the ramp, at least 1, so the rule gets the
-            same number of updates in a short and a long run).
+            (``None``: 1/50 of the ramp, at least 5 steps, so the rule gets
+            the same number of updates in a short and a long run).
         horizon: how many updates ahead the weights' sparsity is predicted
             (a weight or group counts as zero when its magnitude, falling at
             its rate since the last update, reaches zero within
@@ -370,7 +373,7 @@ class SparsityController(keras.callbacks.Callback):
         # from step 0), so a run resumed by ``BackupAndRestore`` continues it.
         self._begin = 0
         self._end = max(1, int(round(self.ramp * (planned or 1))))
-        self._freq = self.update_freq or max(1, (self._end - self._begin) // _UPDATES)
+        self._freq = self.update_freq or max(_MIN_FREQ, (self._end - self._begin) // _UPDATES)
         fresh = start == 0
         for channel in self._channels:
             current = _read_float(channel.variable)
