@@ -165,6 +165,25 @@ print(ks.report(active, data=x_val))
 print(f"validation accuracy with sparse activations: {active.evaluate(x_val, y_val, verbose=0)[1]:.4f}")
 
 # %% [markdown]
+# ## 5. The smallest model within 1 point of accuracy
+#
+# `ks.auto_compress` answers the question the sections above leave to you: how far can this model go? It
+# measures the dense model's validation accuracy and one sensitivity table, then bisects the sparsity level
+# (0.9, 0.99, 0.999 are equal steps): each trial prunes a copy to the level with the `ks.allocate` split,
+# fine-tunes it briefly and evaluates it. Trials are KerasTuner trials, so a killed search resumes from its
+# `directory` and a cluster can run them in parallel. The user's model is never modified.
+
+# %%
+import tempfile  # noqa: E402
+
+search_dir = tempfile.mkdtemp(prefix="ks_auto_compress_")
+result = ks.auto_compress(dense, (x_fit, y_fit), validation_data=(x_val, y_val), max_accuracy_drop=0.01,
+                          fine_tune_epochs=1 if FAST else 2, directory=search_dir, seed=0)
+print(result.trials)
+print(f"chosen: sparsity {result.best['sparsity']:.3f}, validation accuracy {result.best['val_metric']:.4f}")
+results["auto_compress"] = result.model
+
+# %% [markdown]
 # ## Comparison
 #
 # Sparsity is counted on the stripped model (plain Keras layers): the exact zeros of the two hidden
