@@ -150,3 +150,16 @@ def check_path(value, name="path"):
     if not isinstance(value, (str, os.PathLike)):
         raise type_error(name, value, "a file path (a str or an os.PathLike)")
     return value
+
+
+def pyplot(what):
+    """``matplotlib.pyplot``, or an ``ImportError`` saying that ``what``
+    (e.g. ``"SensitivityTable.plot"``) needs the ``plot`` extra."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(
+            f"{what} needs matplotlib: install the `plot` extra "
+            "(pip install 'keras-sparse[plot]') or matplotlib itself."
+        ) from error
+    return plt

@@ -34,6 +34,7 @@ from keras_sparse import schedules as schedules_lib
 from keras_sparse.allocation import allocate
 from keras_sparse.checks import check_bool
 from keras_sparse.checks import check_int
+from keras_sparse.checks import pyplot
 from keras_sparse.checks import check_model
 from keras_sparse.checks import check_number
 from keras_sparse.checks import type_error
@@ -143,13 +144,7 @@ class CompressionTrials:
         Raises:
             ImportError: without matplotlib (``pip install keras-sparse[plot]``).
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError(
-                "CompressionTrials.plot needs matplotlib: install the `plot` extra "
-                "(pip install 'keras-sparse[plot]') or matplotlib itself."
-            ) from error
+        plt = pyplot("CompressionTrials.plot")
         if ax is None:
             _, ax = plt.subplots()
         done = [row for row in self.rows if row["val_metric"] is not None]

@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_sparse import patterns as patterns_lib
 from keras_sparse.checks import check_int
+from keras_sparse.checks import pyplot
 from keras_sparse.checks import check_model
 from keras_sparse.checks import describe
 from keras_sparse.checks import type_error
@@ -148,13 +149,7 @@ class SensitivityTable:
         Raises:
             ImportError: without matplotlib (``pip install keras-sparse[plot]``).
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError(
-                "SensitivityTable.plot needs matplotlib: install the `plot` extra "
-                "(pip install 'keras-sparse[plot]') or matplotlib itself."
-            ) from error
+        plt = pyplot("SensitivityTable.plot")
         if ax is None:
             _, ax = plt.subplots()
         for layer in self.layers:

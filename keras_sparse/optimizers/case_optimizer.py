@@ -10,6 +10,7 @@ from keras import ops
 from keras_sparse.config import PACKAGE
 from keras_sparse.optimizers.predicates import _serialize_predicate
 from keras_sparse.optimizers.predicates import get_predicate
+from keras_sparse.optimizers.wrapping import apply_variables
 
 __all__ = ["CaseOptimizer"]
 
@@ -190,20 +191,7 @@ class CaseOptimizer(keras.optimizers.Optimizer):
         grads = list(grads)
         if not grads:
             return
-        if trainable_variables is None:
-            if not self.built:
-                raise ValueError(
-                    "When passing `grads` without `variables`, the optimizer "
-                    "must already be built on a list of variables. Call "
-                    "`optimizer.build(trainable_variables)` first."
-                )
-            trainable_variables = self._trainable_variables
-        else:
-            trainable_variables = list(trainable_variables)
-            if not self.built:
-                with keras.name_scope(self.name, caller=self):
-                    self.build(trainable_variables)
-                self.built = True
+        trainable_variables = apply_variables(self, grads, trainable_variables)
         if len(grads) != len(trainable_variables):
             raise ValueError(
                 f"Received {len(grads)} gradients for {len(trainable_variables)} "
