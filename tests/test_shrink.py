@@ -691,7 +691,8 @@ class _BatchNormBetaScorer(ks.scorers.Scorer):
 def test_prune_channels_binds_any_scorer_that_reads_batchnorm(rng):
     model = make_conv_bn()
     set_biases(model, rng)
-    model.get_layer("bn").beta.assign(np.array([0.1, 0.9, -0.8, 0.05, 0.2, -0.7, 0.6, 0.0], "float32"))
+    beta = np.array([0.1, 0.9, -0.8, 0.05, 0.2, -0.7, 0.6, 0.0], "float32")
+    model.get_layer("bn").beta.assign(beta)
     model.get_layer("bn").gamma.assign(np.linspace(2.0, 0.1, 8).astype("float32"))
     given = _BatchNormBetaScorer()
     pruned = ks.prune_channels(model, 0.5, scorer=given, layers=["conv"])
