@@ -50,7 +50,6 @@ from keras import ops
 
 from keras_sparse import backend
 from keras_sparse import config as config_lib
-from keras_sparse import patterns as patterns_lib
 from keras_sparse import scorers as scorers_lib
 from keras_sparse.ops import compiled as compiled_ops
 from keras_sparse.ops.drop_grow import check_decay
@@ -418,14 +417,10 @@ class SET(SparsityMethod):
         # once per method object, so every fit of one callback agrees.
         self._rng = np.random.default_rng(self.seed)
         self._seed = self.seed if self.seed is not None else int(self._rng.integers(2**31 - 1))
-        if (
-            not isinstance(init_scorer, scorers_lib.Scorer)
-            and isinstance(scorer, scorers_lib.RandomScorer)
-            and scorer.seed is None
-        ):
+        if not isinstance(init_scorer, scorers_lib.Scorer):
             # A random initial mask made here (from an alias or a config)
             # draws from the method's seed too, not from numpy's global state.
-            scorer.use_generator(np.random.default_rng([self._seed, 2**31]))
+            scorer.adopt_generator(np.random.default_rng([self._seed, 2**31]))
 
     def get_config(self):
         return {
@@ -448,13 +443,13 @@ class SET(SparsityMethod):
 
     # ----------------------------------------------------------- protocol
     def manages(self, layer):
-        if type(layer.pattern) is not patterns_lib.Unstructured:
+        if not layer.pattern.is_unstructured:
             return layer.schedule is not None
         return layer.schedule is not None or layer.sparsity > 0
 
     def check_pattern(self, pattern, layer_name):
         """Drop-and-grow needs the unstructured pattern."""
-        if type(pattern) is not patterns_lib.Unstructured:
+        if not pattern.is_unstructured:
             raise ValueError(
                 f"{type(self).__name__} needs the unstructured pattern; layer "
                 f"{layer_name!r} has pattern={pattern!r}."

@@ -32,10 +32,23 @@ be empty when the notion does not apply."""
 
 class Pattern(config_lib.ConfigObject):
     """Base class. Subclasses implement :meth:`mask`; a structured pattern
-    also answers the cost of its sparse index (:meth:`index_bytes`)."""
+    also answers the cost of its sparse index (:meth:`index_bytes`), and
+    class attributes say what the tools that read masks may rely on
+    (``is_unstructured``, ``removes_units``)."""
 
     #: Whether layers with this pattern may share one global threshold.
     supports_global = False
+
+    #: Whether any set of entries of the requested size is a mask of this
+    #: pattern (no groups, blocks or per-unit counts), so drop-and-grow
+    #: methods (SET, RigL) may remove and regrow single entries.
+    is_unstructured = False
+
+    #: Whether every mask keeps or removes whole output units (all entries
+    #: that share an index along ``Layout.output_axes``), so
+    #: :func:`keras_sparse.prune_channels` accepts the pattern and
+    #: :func:`keras_sparse.shrink` removes the units it drops.
+    removes_units = False
 
     #: The sparsity every mask of this pattern has, whatever is requested
     #: (N:M: ``1 - n/m``), or ``None`` when the requested one is followed.
@@ -124,6 +137,7 @@ class Unstructured(Pattern):
     """
 
     supports_global = True
+    is_unstructured = True
 
     def __init__(self, allow_empty=False):
         self.allow_empty = _check_allow_empty(allow_empty)
@@ -268,6 +282,8 @@ class Channel(Pattern):
     >>> ks.patterns.get("channel")
     Channel()
     """
+
+    removes_units = True
 
     def __init__(self, allow_empty=False):
         self.allow_empty = _check_allow_empty(allow_empty)

@@ -180,3 +180,57 @@ def test_a_new_method_is_one_class():
     for layer in sparse_layers(model):
         kernel = to_np(layer.latent_weight("kernel"))
         assert np.all(kernel[::2] == 0)
+
+
+# ------------------------------------------- objects answer for themselves
+class _AnyEntries(ks.patterns.Pattern):
+    """A user-defined pattern with no structure: drop-and-grow accepts it
+    because it says so, not because of its class."""
+
+    is_unstructured = True
+
+    def mask(self, scores, sparsity, layout):
+        return ks.patterns.Unstructured().mask(scores, sparsity, layout)
+
+
+def test_drop_and_grow_methods_ask_the_pattern():
+    from types import SimpleNamespace
+
+    model = ks.prune(_dense(), 0.5, pattern=_AnyEntries(), method="set")
+    layers = sparse_layers(model)
+    assert len(layers) == 2 and all(type(layer.pattern) is _AnyEntries for layer in layers)
+    method = ks.methods.SET()
+    # Masks fixed before training (no schedule): drop-and-grow takes over
+    # unstructured layers only.
+    fixed = SimpleNamespace(pattern=_AnyEntries(), schedule=None, sparsity=0.5)
+    assert method.manages(fixed)
+    assert not method.manages(SimpleNamespace(pattern=ks.patterns.Channel(), schedule=None,
+                                              sparsity=0.5))
+    assert not method.manages(SimpleNamespace(pattern=_AnyEntries(), schedule=None, sparsity=0.0))
+    method.check_pattern(_AnyEntries(), "d")
+    for pattern in (ks.patterns.Channel(), ks.patterns.NByM(2, 4), ks.patterns.FanIn(2)):
+        with pytest.raises(ValueError, match="unstructured"):
+            method.check_pattern(pattern, "d")
+
+
+def test_method_seeds_the_scorer_it_builds_unless_it_has_a_seed():
+    w = np.ones((6, 5), "float32")
+    draws = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)
+        draws.append(to_np(ks.methods.SET(seed=3).init_scorer.score(w)))
+    np.testing.assert_array_equal(draws[0], draws[1])
+    other = to_np(ks.methods.SET(seed=4).init_scorer.score(w))
+    assert not np.array_equal(draws[0], other)
+    # A scorer's own seed wins; a scorer given as an object is left alone.
+    config = ks.scorers.serialize(ks.scorers.RandomScorer(seed=7))
+    own = to_np(ks.methods.SET(seed=3, init_scorer=config).init_scorer.score(w))
+    np.testing.assert_array_equal(own, to_np(ks.scorers.RandomScorer(seed=7).score(w)))
+    given = ks.scorers.RandomScorer()
+    assert ks.methods.SET(seed=3, init_scorer=given).init_scorer is given
+    assert given._rng is None
+    # A scorer that draws nothing ignores the generator.
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert ks.scorers.MagnitudeScorer().adopt_generator(rng) is None
+    assert rng.bit_generator.state == state

@@ -326,3 +326,10 @@ def test_repr():
     assert repr(patterns.NByM(2, 4)) == "NByM(n=2, m=4)"
     assert repr(patterns.Channel()) == "Channel()"
     assert repr(patterns.Unstructured()) == "Unstructured()"
+
+
+def test_only_unstructured_is_unstructured_and_only_channel_removes_units():
+    assert patterns.Unstructured.is_unstructured and not patterns.Unstructured.removes_units
+    assert patterns.Channel.removes_units and not patterns.Channel.is_unstructured
+    for cls in [patterns.NByM, patterns.Block, patterns.FanIn]:
+        assert not cls.is_unstructured and not cls.removes_units

@@ -633,6 +633,79 @@ def test_prune_channels_taylor_matches_numpy_gradient(rng):
         ks.scorers.get("taylor_channel").score(np.ones((2, 2), "float32"))
 
 
+class _LargestEntryUnits(ks.patterns.Pattern):
+    """A user-defined structured pattern: units ranked by their largest
+    entry score (``Channel`` ranks by the sum)."""
+
+    removes_units = True
+
+    def mask(self, scores, sparsity, layout):
+        scores = to_np(scores)
+        axes = {a % scores.ndim for a in layout.output_axes}
+        unit = scores.max(axis=tuple(a for a in range(scores.ndim) if a not in axes), keepdims=True)
+        keep = max(1, round((1.0 - sparsity) * unit.size))
+        threshold = np.sort(unit.ravel())[::-1][keep - 1]
+        return np.broadcast_to(unit >= threshold, scores.shape)
+
+
+def test_prune_channels_with_a_user_defined_unit_pattern(rng):
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", **Z, name="h"),
+                              L.Dense(3, **Z, name="out")])
+    set_biases(model, rng)
+    # Units 0-3: one large entry (largest max, smallest L1 norm); units 4-7:
+    # many medium entries. Channel + l1_norm would keep 4-7.
+    kernel = np.full((6, 8), 0.01, "float32") + rng.uniform(0, 1e-3, (6, 8)).astype("float32")
+    kernel[0, :4] = [3.0, 3.1, 3.2, 3.3]
+    kernel[:, 4:] += 1.0
+    model.get_layer("h").kernel.assign(kernel)
+    pruned = ks.prune_channels(model, 0.5, scorer="l1_norm", pattern=_LargestEntryUnits(),
+                               layers=["h"])
+    layer = pruned.get_layer("h")
+    assert type(layer.pattern) is _LargestEntryUnits and layer.schedule is None
+    kept = np.nonzero(np.any(to_np(layer.get_mask("kernel")), axis=0))[0]
+    np.testing.assert_array_equal(kept, [0, 1, 2, 3])
+    small = ks.shrink(pruned)
+    assert small.get_layer("h").units == 4
+    assert_same_outputs(pruned, small, rng.standard_normal((5, 6)).astype("float32"))
+    with pytest.raises(ValueError, match="removes_units"):
+        ks.prune_channels(model, 0.5, pattern="unstructured", layers=["h"])
+
+
+class _BatchNormBetaScorer(ks.scorers.Scorer):
+    """A user-defined scorer reading the following BatchNorm: ``|beta|``."""
+
+    reads_batchnorm = True
+
+    def __init__(self):
+        self.layer = None
+
+    def bind(self, batchnorm_layer):
+        self.layer = batchnorm_layer
+        return self
+
+    def score(self, weight, gradient=None):
+        beta = np.abs(to_np(self.layer.beta))
+        return np.broadcast_to(beta, tuple(weight.shape)).astype("float32")
+
+
+def test_prune_channels_binds_any_scorer_that_reads_batchnorm(rng):
+    model = make_conv_bn()
+    set_biases(model, rng)
+    beta = np.array([0.1, 0.9, -0.8, 0.05, 0.2, -0.7, 0.6, 0.0], "float32")
+    model.get_layer("bn").beta.assign(beta)
+    model.get_layer("bn").gamma.assign(np.linspace(2.0, 0.1, 8).astype("float32"))
+    given = _BatchNormBetaScorer()
+    pruned = ks.prune_channels(model, 0.5, scorer=given, layers=["conv"])
+    layer = pruned.get_layer("conv")
+    kept = np.nonzero(np.any(to_np(layer.get_mask("kernel")), axis=(0, 1, 2)))[0]
+    np.testing.assert_array_equal(kept, [1, 2, 5, 6])
+    # Each pruned layer gets its own bound copy; the given scorer is unbound.
+    assert type(layer.scorer) is _BatchNormBetaScorer and layer.scorer is not given
+    assert layer.scorer.layer is pruned.get_layer("bn") and given.layer is None
+    with pytest.raises(ValueError, match="BatchNormalization"):
+        ks.prune_channels(make_mlp((4, 6, 2)), 0.5, scorer=_BatchNormBetaScorer(), layers=["d1"])
+
+
 @pytest.mark.slow
 def test_gradual_channel_pruning_in_fit_then_shrink(rng):
     keras.utils.set_random_seed(0)

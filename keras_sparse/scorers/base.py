@@ -39,6 +39,11 @@ class Scorer(config_lib.ConfigObject):
             before training is as good as one made later: ``ks.prune``
             applies a step-0 mask of such a scorer at conversion (static
             sparse initialization).
+        reads_batchnorm: the scores come from the BatchNormalization that
+            follows the layer (network slimming): such a scorer has a
+            ``bind(batchnorm_layer)`` method returning itself, and
+            :func:`keras_sparse.prune_channels` finds that layer in the
+            graph and scores each pruned layer with a bound copy.
     """
 
     needs_gradient = False
@@ -47,10 +52,30 @@ class Scorer(config_lib.ConfigObject):
     rescale_survivors = False
     traceable = False
     data_independent = False
+    reads_batchnorm = False
 
     def score(self, weight, gradient=None):
         """Per-entry importance, same shape as ``weight``."""
         raise NotImplementedError
+
+    def adopt_generator(self, rng):
+        """Draw random numbers from ``rng`` unless the scorer has its own
+        seed.
+
+        A sparsity method that builds its scorer from an alias or a config
+        calls this, so the scorer's draws follow the method's seed. A scorer
+        that draws nothing (the default) ignores it.
+
+        Args:
+            rng: a ``numpy.random.Generator``.
+
+        Returns:
+            None.
+
+        Example:
+        >>> scorer = ks.scorers.get("random")
+        >>> scorer.adopt_generator(np.random.default_rng(0))
+        """
 
 
 @config_lib.register(_REGISTRY, "magnitude")

@@ -62,6 +62,12 @@ class RandomScorer(Scorer):
         initial random mask they make follows their own seed."""
         self._rng = rng
 
+    def adopt_generator(self, rng):
+        """:meth:`use_generator` when ``seed`` is ``None``: a given seed
+        keeps deciding the scores."""
+        if self.seed is None:
+            self.use_generator(rng)
+
     def _generator(self):
         if self._rng is None:
             seed = self.seed if self.seed is not None else int(np.random.randint(2**31 - 1))

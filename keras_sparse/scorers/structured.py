@@ -111,6 +111,8 @@ class BatchNormGammaScorer(Scorer):
     >>> pruned = ks.prune_channels(model, 0.5, scorer="bn_gamma", layers=["conv1"])
     """
 
+    reads_batchnorm = True
+
     def __init__(self, batchnorm=None):
         if batchnorm is not None and not isinstance(batchnorm, str):
             raise type_error("batchnorm", batchnorm, "the name of a BatchNormalization layer")

@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_sparse import backend
+from keras_sparse import patterns as patterns_lib
 from keras_sparse import scorers as scorers_lib
 from keras_sparse.checks import check_model
 from keras_sparse.checks import describe
@@ -24,8 +25,6 @@ from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.ops.masks import topk_mask
-from keras_sparse.patterns import Channel
-from keras_sparse.scorers.structured import BatchNormGammaScorer
 from keras_sparse.cloning import from_config_zero_init
 from keras_sparse.cloning import restore_initializers
 from keras_sparse.shrink.graph import Graph
@@ -35,14 +34,20 @@ from keras_sparse.utils import walk_layers
 __all__ = ["prune_channels", "prune_heads", "head_scores"]
 
 
-def _channel_layers(model, names):
+def _unit_layers(model, names):
     return [
         layer for layer in walk_layers(model)
-        if isinstance(layer, SparseMixin) and layer.name in names and isinstance(layer.pattern, Channel)
+        if isinstance(layer, SparseMixin) and layer.name in names and layer.pattern.removes_units
     ]
 
 
-def _following_batchnorm(model, layers):
+def _bound_copy(scorer, batchnorm):
+    """A fresh scorer of the same class and config reading ``batchnorm``, so
+    each pruned layer has its own."""
+    return type(scorer).from_config(scorer.get_config()).bind(batchnorm)
+
+
+def _following_batchnorm(model, layers, scorer):
     """``{layer name: BatchNormalization}`` for each layer whose output goes
     only into a channels-last BatchNormalization."""
     graph = Graph(model)
@@ -64,14 +69,14 @@ def _following_batchnorm(model, layers):
             missing.append(layer.name)
     if missing:
         raise ValueError(
-            "scorer='bn_gamma' needs each pruned layer to feed one BatchNormalization "
+            f"scorer={scorer!r} needs each pruned layer to feed one BatchNormalization "
             f"(channels last) directly; these do not: {missing}. Select layers with "
             f"`layers=`. Received: layers={[layer.name for layer in layers]}"
         )
     return found
 
 
-def _gradients(model, sparsity, layers, distribution, data, loss):
+def _gradients(model, sparsity, pattern, layers, distribution, data, loss):
     """Loss gradient of every selected layer's effective weights on one
     batch, through the gradient probe of a throw-away copy (one SGD step at
     learning rate 0)."""
@@ -84,7 +89,7 @@ def _gradients(model, sparsity, layers, distribution, data, loss):
         loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
     if loss is None:
         raise ValueError("A gradient scorer needs `loss=` (or a compiled model). Received: loss=None")
-    probe = prune(model, sparsity, pattern="channel", layers=layers, distribution=distribution)
+    probe = prune(model, sparsity, pattern=pattern, layers=layers, distribution=distribution)
     probed = [layer for layer in walk_layers(probe) if isinstance(layer, SparseMixin)]
     for layer in probed:
         # No schedule: this single step must not update (or warn about) masks.
@@ -99,11 +104,11 @@ def _gradients(model, sparsity, layers, distribution, data, loss):
     }
 
 
-def prune_channels(model, sparsity, *, scorer="l1_norm", layers=None, distribution="uniform",
-                   data=None, loss=None):
+def prune_channels(model, sparsity, *, scorer="l1_norm", pattern="channel", layers=None,
+                   distribution="uniform", data=None, loss=None):
     """Remove whole units (neurons, filters) now, with a group criterion.
 
-    Converts the selected layers with ``ks.prune(..., pattern="channel")``,
+    Converts the selected layers with ``ks.prune(..., pattern=pattern)``,
     scores their units and sets the masks at once. The masks then stay fixed
     (no schedule): fine-tune with a plain ``fit`` and call
     :func:`keras_sparse.shrink` to get the smaller model.
@@ -114,6 +119,11 @@ def prune_channels(model, sparsity, *, scorer="l1_norm", layers=None, distributi
         scorer: ``"l1_norm"``, ``"l2_norm"``, ``"bn_gamma"`` (the following
             BatchNorm's ``|gamma|``; network slimming), ``"taylor_channel"``
             (``|g*w|`` summed per unit, needs ``data``) or any scorer.
+            A scorer with ``reads_batchnorm`` is bound, per layer, to the
+            BatchNormalization that follows it.
+        pattern: a pattern that removes whole output units
+            (``Pattern.removes_units``): ``"channel"`` (a unit's score is the
+            sum of its entries' scores) or your own.
         layers: which layers (as in :func:`keras_sparse.prune`); never
             include the output layer (its units are the model's outputs).
         distribution: ``"uniform"`` or a dict ``name -> sparsity``.
@@ -132,22 +142,28 @@ def prune_channels(model, sparsity, *, scorer="l1_norm", layers=None, distributi
     check_model(model)
     sparsity = check_sparsity(sparsity)
     scorer = scorers_lib.get(scorer)
+    pattern = patterns_lib.get(pattern)
+    if not pattern.removes_units:
+        raise ValueError(
+            "prune_channels needs a pattern that removes whole output units "
+            f"(`removes_units`), such as 'channel'. Received: pattern={pattern!r}"
+        )
     gradients = None
     if scorer.needs_gradient:
-        gradients = _gradients(model, sparsity, layers, distribution, data, loss)
-    pruned = prune(model, sparsity, pattern="channel", scorer=scorer, layers=layers,
+        gradients = _gradients(model, sparsity, pattern, layers, distribution, data, loss)
+    pruned = prune(model, sparsity, pattern=pattern, scorer=scorer, layers=layers,
                    distribution=distribution)
     selected = {layer.name for layer in select_layers(model, layers)}
-    targets = _channel_layers(pruned, selected)
-    bns = _following_batchnorm(pruned, targets) if isinstance(scorer, BatchNormGammaScorer) else {}
+    targets = _unit_layers(pruned, selected)
+    bns = _following_batchnorm(pruned, targets, scorer) if scorer.reads_batchnorm else {}
     for layer in targets:
         target = layer.schedule.target_sparsity if layer.schedule is not None else sparsity
-        layer_scorer = BatchNormGammaScorer().bind(bns[layer.name]) if layer.name in bns else scorer
+        layer_scorer = _bound_copy(scorer, bns[layer.name]) if layer.name in bns else scorer
         for name in layer.sparse_weight_names:
             gradient = None if gradients is None else gradients[layer.name][name]
             scores = layer_scorer.score(layer.masked_latent(name), gradient)
             layer.set_mask(name, layer.compute_mask_for(name, target, scores))
-        layer.configure_pruning(None, "channel", layer_scorer, False)
+        layer.configure_pruning(None, pattern, layer_scorer, False)
     return pruned
 
 
