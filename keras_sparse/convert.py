@@ -367,11 +367,12 @@ def strip(model, factorized="two_layers"):
             f"`factorized` must be one of {FACTORIZED_FORMS}. Received: factorized={factorized!r}"
         )
     cloneable = is_cloneable_model(model)
+    replaced = _cloned_leaf_ids(model) if cloneable else set()
     staying = [
         f"{layer.name} ({type(layer).__name__})" for layer in leaf_layers(model)
         if not isinstance(layer, SparseMixin)
         and type(layer).__module__.startswith("keras_sparse.")
-        and not (cloneable and has_plain_form(layer))
+        and not (id(layer) in replaced and has_plain_form(layer))
     ]
     if staying:
         warnings.warn(
@@ -424,6 +425,19 @@ def strip(model, factorized="two_layers"):
             _strip_in_place(layer)
     reset_compiled_functions(model)
     return model
+
+
+def _cloned_leaf_ids(model):
+    """Ids of the layers ``clone_model`` rebuilds one by one: those reached
+    through Sequential and functional models only (a nested subclassed model
+    is rebuilt from its config as a whole)."""
+    ids = set()
+    for layer in model.layers:
+        if is_cloneable_model(layer):
+            ids |= _cloned_leaf_ids(layer)
+        else:
+            ids.add(id(layer))
+    return ids
 
 
 def _strip_in_place(layer):

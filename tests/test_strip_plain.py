@@ -267,3 +267,33 @@ def test_bad_factorized_is_refused_before_anything():
     model = _dense_model("sequential")
     with pytest.raises(ValueError, match=r"factorized='svd'"):
         ks.strip(model, factorized="svd")
+
+
+def test_nested_models():
+    keras.utils.set_random_seed(10)
+    inner = keras.Sequential([keras.Input((16,)), LowRankDense(8, rank=2, name="inner_lr")],
+                             name="inner")
+    inputs = keras.Input((16,))
+    outputs = ColumnSampledDense(3, keep=4, name="cs")(inner(inputs))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(11).normal(size=(4, 16)).astype("float32")
+    plain = _strip_quietly(model)
+    _assert_plain(plain)
+    np.testing.assert_allclose(_np(plain(x)), _np(model(x)), rtol=1e-5, atol=1e-6)
+    assert type(plain.get_layer("inner").get_layer("inner_lr")) is keras.Sequential
+
+
+def test_low_rank_inside_a_nested_subclassed_model_is_named_in_the_warning():
+    @keras.saving.register_keras_serializable(package="test_strip_plain")
+    class Block(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.lr = LowRankDense(6, rank=2, name="block_lr")
+
+        def call(self, x):
+            return self.lr(x)
+
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(Block(name="block")(inputs)))
+    with pytest.warns(UserWarning, match=r"block_lr \(LowRankDense\)"):
+        ks.strip(model)
