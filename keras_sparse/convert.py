@@ -42,6 +42,8 @@ from keras_sparse.plain_forms import FACTORIZED_FORMS
 from keras_sparse.plain_forms import has_plain_form
 from keras_sparse.plain_forms import plain_form
 from keras_sparse.plain_forms import set_plain_weights
+from keras_sparse.plain_forms import strip_attention_in_place
+from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention
 from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
@@ -344,7 +346,8 @@ def strip(model, factorized="two_layers"):
     warning: the stripped model then computes on float inputs.
 
     What stays, with a warning naming it: in a subclassed model (stripped
-    in place, so a layer cannot change into two) the four layers above; in
+    in place, so a layer cannot change into two) the low-rank and
+    column-sampled layers (head-masked attention is stripped in place); in
     any model, the other keras_sparse layers that are not sparse copies of a
     Keras layer (activation-sparsity layers). Their configs name keras_sparse
     classes, so loading the file needs ``import keras_sparse``.
@@ -373,14 +376,14 @@ def strip(model, factorized="two_layers"):
         if not isinstance(layer, SparseMixin)
         and type(layer).__module__.startswith("keras_sparse.")
         and not (id(layer) in replaced and has_plain_form(layer))
+        and not (not cloneable and isinstance(layer, HeadMaskedMultiHeadAttention))
     ]
     if staying:
         warnings.warn(
             f"ks.strip keeps these keras_sparse layers, which have no plain Keras "
             f"equivalent here: {staying}. The stripped model's config names them, so "
-            "loading it needs `import keras_sparse` (in a subclassed model, low-rank, "
-            "column-sampled and head-masked layers stay; ks.shrink rebuilds head-masked "
-            "attention as plain MultiHeadAttention).",
+            "loading it needs `import keras_sparse` (in a subclassed model, low-rank and "
+            "column-sampled layers stay).",
             stacklevel=2,
         )
     dropped = [
@@ -423,6 +426,8 @@ def strip(model, factorized="two_layers"):
     for layer in leaf_layers(model):
         if isinstance(layer, SparseMixin):
             _strip_in_place(layer)
+        elif isinstance(layer, HeadMaskedMultiHeadAttention):
+            strip_attention_in_place(layer)
     reset_compiled_functions(model)
     return model
 

@@ -29,7 +29,8 @@ from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttenti
 from keras_sparse.layers.low_rank import LowRankConv2D
 from keras_sparse.layers.low_rank import LowRankDense
 
-__all__ = ["FACTORIZED_FORMS", "has_plain_form", "plain_form", "set_plain_weights"]
+__all__ = ["FACTORIZED_FORMS", "has_plain_form", "plain_form", "set_plain_weights",
+           "strip_attention_in_place"]
 
 FACTORIZED_FORMS = ("two_layers", "dense")
 
@@ -57,8 +58,17 @@ def _np(value):
 
 
 def plain_form(layer, factorized):
-    """A new, unbuilt plain Keras layer computing what ``layer`` computes
-    (``layer`` must satisfy :func:`has_plain_form`)."""
+    """A new, unbuilt plain Keras layer computing what ``layer`` computes.
+
+    Args:
+        layer: a layer for which :func:`has_plain_form` holds.
+        factorized: ``"two_layers"`` or ``"dense"`` (low-rank layers only).
+
+    Returns:
+        A ``keras.layers.Layer`` (a ``keras.Sequential`` for a two-layer
+        form) named like ``layer``; fill it with :func:`set_plain_weights`
+        once built.
+    """
     config = layer.get_config()
     shared = _shared(config)
     shared["activity_regularizer"] = keras.regularizers.serialize(layer.activity_regularizer)
@@ -102,7 +112,12 @@ def _split(shared):
 
 
 def set_plain_weights(old, new):
-    """Fill the built plain form ``new`` with ``old``'s effective weights."""
+    """Fill the built plain form ``new`` with ``old``'s effective weights.
+
+    Args:
+        old: the keras_sparse layer.
+        new: its built :func:`plain_form`.
+    """
     if isinstance(old, HeadMaskedMultiHeadAttention):
         _set_attention(old, new)
         return
@@ -118,6 +133,21 @@ def set_plain_weights(old, new):
         new.layers[1].set_weights([kernel_b] + bias)
         return
     new.set_weights([_np(old.kernel)] + bias)
+
+
+def strip_attention_in_place(layer):
+    """Turn a built ``HeadMaskedMultiHeadAttention`` into a plain
+    ``MultiHeadAttention`` in place (for a subclassed model, which cannot be
+    cloned): removed heads' weights are zeroed and ``head_mask`` dropped.
+
+    Args:
+        layer: a ``HeadMaskedMultiHeadAttention``.
+    """
+    if layer.built:
+        _set_attention(layer, layer)
+        layer._untrack_variable(layer.head_mask)
+        layer.__dict__.pop("head_mask", None)
+    layer.__class__ = keras.layers.MultiHeadAttention
 
 
 def _set_attention(old, new):

@@ -297,3 +297,30 @@ def test_low_rank_inside_a_nested_subclassed_model_is_named_in_the_warning():
     model = keras.Model(inputs, keras.layers.Dense(2)(Block(name="block")(inputs)))
     with pytest.warns(UserWarning, match=r"block_lr \(LowRankDense\)"):
         ks.strip(model)
+
+
+def test_head_masked_attention_in_a_subclassed_model_is_stripped_in_place():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.mha = HeadMaskedMultiHeadAttention(num_heads=2, key_dim=4)
+            self.out = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.out(self.mha(x, x))
+
+    model = Net()
+    x = np.random.default_rng(12).normal(size=(2, 5, 6)).astype("float32")
+    model(x)
+    model.mha.set_head_mask([False, True])
+    expected = _np(model(x))
+    count = len(model.weights)
+
+    stripped = _strip_quietly(model)
+
+    assert stripped is model
+    assert type(model.mha) is keras.layers.MultiHeadAttention
+    assert len(model.weights) == count - 1
+    assert not any(v.name == "head_mask" for v in model.weights)
+    np.testing.assert_allclose(_np(model(x)), expected, rtol=1e-5, atol=1e-6)
+    assert np.all(_np(model.mha._value_dense.kernel)[:, 0] == 0.0)
