@@ -145,8 +145,8 @@ def test_low_rank_conv_becomes_plain(data_format, factorized):
         assert type(conv) is keras.Sequential
         first, second = conv.layers
         assert type(first) is keras.layers.Conv2D and first.filters == 2 and first.bias is None
-        expected_type = keras.layers.Dense if data_format == "channels_last" else keras.layers.Conv2D
-        assert type(second) is expected_type
+        channels_last = data_format == "channels_last"
+        assert type(second) is (keras.layers.Dense if channels_last else keras.layers.Conv2D)
         assert conv.count_params() == 3 * 3 * 3 * 2 + 2 * 8 + 8
 
 
