@@ -38,6 +38,12 @@ from keras_sparse.cloning import copy_weights
 from keras_sparse.cloning import rebuild
 from keras_sparse.cloning import reset_compiled_functions
 from keras_sparse.ops.masks import check_sparsity
+from keras_sparse.plain_forms import FACTORIZED_FORMS
+from keras_sparse.plain_forms import has_plain_form
+from keras_sparse.plain_forms import plain_form
+from keras_sparse.plain_forms import set_plain_weights
+from keras_sparse.plain_forms import strip_attention_in_place
+from keras_sparse.layers.head_masked_attention import HeadMaskedMultiHeadAttention
 from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
@@ -307,8 +313,8 @@ def _apply_sparse_initialization(model, warn=True):
         )
 
 
-def strip(model):
-    """Replace every sparse layer by its plain Keras parent holding the
+def strip(model, factorized="two_layers"):
+    """Replace every keras_sparse layer by plain Keras layers holding the
     effective weights (pruned entries stay exact zeros).
 
     The result loads with plain ``keras.saving.load_model``, with no
@@ -316,34 +322,68 @@ def strip(model):
     weights is shipped). Sequential and functional models are cloned (the
     input is untouched); subclassed models are stripped in place.
 
-    Quantized weights are stored as their quantized float values (binary
-    layers hold exactly ±1 or ±alpha). Input quantizers have no plain Keras
-    equivalent and are dropped, with a warning: the stripped model then
-    computes on float inputs.
+    Sparse (masked or quantized) layers become their Keras parent. The
+    layers that are not masked copies of a Keras layer become these plain
+    forms, with the same outputs:
 
-    Layers that are not masked copies of a Keras layer stay as they are,
-    with a warning naming them: the factorized layers
-    (``LowRankDense``, ``LowRankConv2D``), ``ColumnSampledDense`` and
-    ``HeadMaskedMultiHeadAttention`` (``ks.shrink`` rebuilds the latter as a
-    plain ``MultiHeadAttention`` with fewer heads). Their configs then name
-    keras_sparse classes, so loading the file needs ``import keras_sparse``.
+    - ``LowRankDense`` / ``LowRankConv2D``: with
+      ``factorized="two_layers"`` a ``keras.Sequential`` named after the
+      layer: a ``Dense(rank)`` (or ``k x k`` ``Conv2D(rank)``) without bias,
+      then a ``Dense`` (or ``1 x 1`` ``Conv2D`` for channels-first) with the
+      bias and activation. It keeps the factors' size and computes exactly
+      what the layer computed. With ``factorized="dense"`` one ``Dense`` /
+      ``Conv2D`` holds the effective kernel ``A @ B`` (larger than the
+      factors; equal outputs up to float rounding).
+    - ``ColumnSampledDense``: a ``Dense`` whose kernel is zero outside the
+      sampled input rows.
+    - ``HeadMaskedMultiHeadAttention``: a ``MultiHeadAttention`` whose
+      removed heads have zero weights (its outputs are equal; the attention
+      scores of removed heads are not). ``ks.shrink`` removes them instead.
+
+    Quantized weights are stored as their quantized float values (binary
+    layers hold exactly ±1 or ±alpha; low-rank factors each quantized).
+    Input quantizers have no plain Keras equivalent and are dropped, with a
+    warning: the stripped model then computes on float inputs.
+
+    What stays, with a warning naming it: in a subclassed model (stripped
+    in place, so a layer cannot change into two) the low-rank and
+    column-sampled layers (head-masked attention is stripped in place); in
+    any model, the other keras_sparse layers that are not sparse copies of a
+    Keras layer (activation-sparsity layers). Their configs name keras_sparse
+    classes, so loading the file needs ``import keras_sparse``.
+
+    Args:
+        model: a Keras model.
+        factorized: ``"two_layers"`` (default) or ``"dense"``: the plain
+            form of a low-rank layer, as above.
+
+    Returns:
+        The stripped model (a new one unless ``model`` is subclassed).
 
     Example:
     >>> plain = ks.strip(model)
     >>> plain.save("model.keras")
     """
     check_model(model)
+    if factorized not in FACTORIZED_FORMS:
+        raise ValueError(
+            f"`factorized` must be one of {FACTORIZED_FORMS}. Received: factorized={factorized!r}"
+        )
+    cloneable = is_cloneable_model(model)
+    replaced = _cloned_leaf_ids(model) if cloneable else set()
     staying = [
         f"{layer.name} ({type(layer).__name__})" for layer in leaf_layers(model)
         if not isinstance(layer, SparseMixin)
         and type(layer).__module__.startswith("keras_sparse.")
+        and not (id(layer) in replaced and has_plain_form(layer))
+        and not (not cloneable and isinstance(layer, HeadMaskedMultiHeadAttention))
     ]
     if staying:
         warnings.warn(
             f"ks.strip keeps these keras_sparse layers, which have no plain Keras "
-            f"equivalent: {staying}. The stripped model's config names them, so "
-            "loading it needs `import keras_sparse` (ks.shrink rebuilds head-masked "
-            "attention as plain MultiHeadAttention).",
+            f"equivalent here: {staying}. The stripped model's config names them, so "
+            "loading it needs `import keras_sparse` (in a subclassed model, low-rank and "
+            "column-sampled layers stay).",
             stacklevel=2,
         )
     dropped = [
@@ -357,16 +397,20 @@ def strip(model):
             "computes on float inputs.",
             stacklevel=2,
         )
-    if is_cloneable_model(model):
+    if cloneable:
 
         def make_layer(layer):
             if isinstance(layer, SparseMixin):
                 return layer._keras_parent.from_config(layer.plain_config())
+            if has_plain_form(layer):
+                return plain_form(layer, factorized)
             return rebuild(layer)
 
         def copy(old, new):
             if isinstance(old, SparseMixin):
                 new.set_weights(old.stripped_weights())
+            elif has_plain_form(old) and not has_plain_form(new):
+                set_plain_weights(old, new)
             else:
                 copy_weights(old, new)
 
@@ -382,8 +426,23 @@ def strip(model):
     for layer in leaf_layers(model):
         if isinstance(layer, SparseMixin):
             _strip_in_place(layer)
+        elif isinstance(layer, HeadMaskedMultiHeadAttention):
+            strip_attention_in_place(layer)
     reset_compiled_functions(model)
     return model
+
+
+def _cloned_leaf_ids(model):
+    """Ids of the layers ``clone_model`` rebuilds one by one: those reached
+    through Sequential and functional models only (a nested subclassed model
+    is rebuilt from its config as a whole)."""
+    ids = set()
+    for layer in model.layers:
+        if is_cloneable_model(layer):
+            ids |= _cloned_leaf_ids(layer)
+        else:
+            ids.add(id(layer))
+    return ids
 
 
 def _strip_in_place(layer):

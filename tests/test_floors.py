@@ -42,6 +42,7 @@ FLOORS = {
     "selection": 4,
     "cloning": 4,
     "convert": 4,
+    "plain_forms": 4,
     "prune_at_init": 4,
     "at_init": 4,
     "quantize": 4,

@@ -18,11 +18,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.checks import check_int
 from keras_sparse.checks import type_error
 from keras_sparse.config import PACKAGE
-from keras_sparse.layers.quantization import SavesQuantizerSeeds
+from keras_sparse.layers.quantization import DenseBody
 from keras_sparse.ops.lowrank import COLUMN_METHODS
 from keras_sparse.ops.lowrank import select_columns
 from keras_sparse.layers.cost import stored_cost_row
@@ -68,7 +67,7 @@ def resolve_keep(keep, in_features):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
+class ColumnSampledDense(DenseBody, keras.layers.Layer):
     """A ``Dense`` layer that stores and reads only ``keep`` input features.
 
     Args:
@@ -132,17 +131,10 @@ class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
         self.keep = keep
         self.method = method
         self.seed = check_int(seed, "seed", allow_none=True)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.kernel_quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
-        self._quantizer_state = {}
-        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._init_dense_body(
+            activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+            bias_regularizer, kernel_constraint, bias_constraint, kernel_quantizer,
+        )
 
     def build(self, input_shape):
         in_features = input_shape[-1]
@@ -164,15 +156,7 @@ class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        self.bias = self._add_bias(self.units)
         self.column_indices = self.add_weight(
             name="column_indices",
             shape=(count,),
@@ -180,10 +164,7 @@ class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
             dtype="int32",
             trainable=False,
         )
-        if self.kernel_quantizer is not None:
-            self._quantizer_state["kernel"] = self.kernel_quantizer.build(
-                self, (count, self.units), "kernel_quantizer", value=self.kernel
-            )
+        self._build_kernel_quantizer("kernel", self.kernel, "kernel_quantizer")
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: in_features})
 
     @property
@@ -216,21 +197,12 @@ class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
             if self.bias is None:
                 raise ValueError(f"Layer {self.name!r} has no bias (use_bias=False).")
             self.bias.assign(np.asarray(bias, dtype="float32"))
-        state = self._quantizer_state.get("kernel")
-        if self.kernel_quantizer is not None and state:
-            self.kernel_quantizer.initialize(state, self.kernel)
+        self._initialize_kernel_quantizer("kernel", self.kernel)
 
     def effective_kernel(self, training=None):
         """The stored kernel as used in the forward pass (quantized if the
         layer has a ``kernel_quantizer``)."""
-        if self.kernel_quantizer is None:
-            return ops.convert_to_tensor(self.kernel)
-        return self.kernel_quantizer(
-            self.kernel,
-            state=self._quantizer_state.get("kernel") or None,
-            output_axes=(-1,),
-            training=training,
-        )
+        return self._quantized("kernel", self.kernel, training)
 
     def full_kernel(self):
         """The equivalent ``Dense`` kernel ``(in, units)`` (zero rows for the
@@ -241,12 +213,7 @@ class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
 
     def call(self, inputs, training=None):
         selected = ops.take(inputs, self.column_indices, axis=-1)
-        outputs = ops.matmul(selected, self.effective_kernel(training))
-        if self.bias is not None:
-            outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._finish(ops.matmul(selected, self.effective_kernel(training)))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -264,17 +231,9 @@ class ColumnSampledDense(SavesQuantizerSeeds, keras.layers.Layer):
                 "keep": self.keep,
                 "method": self.method,
                 "seed": self.seed,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "kernel_quantizer": quantizers_lib.serialize(self.kernel_quantizer),
             }
         )
+        config.update(self._dense_body_config())
         return config
 
 

@@ -19,10 +19,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sparse import quantizers as quantizers_lib
 from keras_sparse.config import PACKAGE
 from keras_sparse.layers.cost import stored_cost_row
-from keras_sparse.layers.quantization import SavesQuantizerSeeds
+from keras_sparse.layers.quantization import DenseBody
 
 __all__ = ["LowRankDense", "LowRankConv2D"]
 
@@ -42,10 +41,10 @@ def _check_rank_for(rank, in_features, out_features, layer_name):
         )
 
 
-class _FactorizedKernel(SavesQuantizerSeeds, keras.layers.Layer):
+class _FactorizedKernel(DenseBody, keras.layers.Layer):
     """Shared machinery: two factor variables, an optional quantizer on each,
-    bias and activation. Subclasses create the factors and implement
-    ``_project``."""
+    and ``Dense``'s bias and activation (:class:`DenseBody`). Subclasses
+    create the factors and implement ``call``."""
 
     def __init__(
         self,
@@ -64,17 +63,10 @@ class _FactorizedKernel(SavesQuantizerSeeds, keras.layers.Layer):
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.rank = _check_positive_int(rank, "rank")
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.kernel_quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
-        self._quantizer_state = {}
-        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._init_dense_body(
+            activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+            bias_regularizer, kernel_constraint, bias_constraint, kernel_quantizer,
+        )
 
     def _add_factor(self, name, shape):
         return self.add_weight(
@@ -85,25 +77,9 @@ class _FactorizedKernel(SavesQuantizerSeeds, keras.layers.Layer):
             constraint=self.kernel_constraint,
         )
 
-    def _add_bias(self, units):
-        if not self.use_bias:
-            return None
-        return self.add_weight(
-            name="bias",
-            shape=(units,),
-            initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
-            constraint=self.bias_constraint,
-        )
-
     def _build_quantizers(self):
-        if self.kernel_quantizer is None:
-            return
         for name in ("kernel_a", "kernel_b"):
-            variable = getattr(self, name)
-            self._quantizer_state[name] = self.kernel_quantizer.build(
-                self, tuple(variable.shape), f"{name}_quantizer", value=variable
-            )
+            self._build_kernel_quantizer(name, getattr(self, name), f"{name}_quantizer")
 
     def set_factors(self, kernel_a, kernel_b, bias=None):
         """Assign both factors (and the bias), then re-initialize
@@ -120,47 +96,18 @@ class _FactorizedKernel(SavesQuantizerSeeds, keras.layers.Layer):
             if self.bias is None:
                 raise ValueError(f"Layer {self.name!r} has no bias (use_bias=False).")
             self.bias.assign(np.asarray(bias, dtype="float32"))
-        if self.kernel_quantizer is not None:
-            for name, state in self._quantizer_state.items():
-                if state:
-                    self.kernel_quantizer.initialize(state, getattr(self, name))
+        for name in self._quantizer_state:
+            self._initialize_kernel_quantizer(name, getattr(self, name))
 
     def factor(self, name, training=None):
         """Factor ``"kernel_a"`` or ``"kernel_b"`` as used in the forward
         pass (quantized when the layer has a ``kernel_quantizer``)."""
-        value = getattr(self, name)
-        if self.kernel_quantizer is None:
-            return ops.convert_to_tensor(value)
-        return self.kernel_quantizer(
-            value,
-            state=self._quantizer_state.get(name) or None,
-            output_axes=(-1,),
-            training=training,
-        )
-
-    def _finish(self, outputs):
-        if self.bias is not None:
-            outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._quantized(name, getattr(self, name), training)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "rank": self.rank,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "kernel_quantizer": quantizers_lib.serialize(self.kernel_quantizer),
-            }
-        )
+        config["rank"] = self.rank
+        config.update(self._dense_body_config())
         return config
 
 

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_sparse import quantizers as quantizers_lib
 
-__all__ = ["QuantizationMixin", "SavesQuantizerSeeds", "seed_states"]
+__all__ = ["DenseBody", "QuantizationMixin", "SavesQuantizerSeeds", "seed_states"]
 
 
 def seed_states(quantizer_state):
@@ -47,6 +47,91 @@ class SavesQuantizerSeeds:
             return super().load_own_variables(store)
         for i, variable in enumerate(weights + seeds):
             variable.assign(store[f"{i}"])
+
+
+class DenseBody(SavesQuantizerSeeds):
+    """``Dense``'s arguments, bias, activation and config, plus one
+    ``kernel_quantizer`` with per-weight state, for layers that store their
+    kernel in another form (factors, sampled rows) and so cannot inherit
+    ``keras.layers.Dense`` itself. Listed before ``keras.layers.Layer`` in
+    the bases; the subclass calls :meth:`_init_dense_body` from
+    ``__init__``."""
+
+    def _init_dense_body(self, activation=None, use_bias=True,
+                         kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                         kernel_regularizer=None, bias_regularizer=None,
+                         kernel_constraint=None, bias_constraint=None, kernel_quantizer=None):
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.kernel_quantizer = quantizers_lib.get(kernel_quantizer, "kernel_quantizer")
+        self._quantizer_state = {}
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def _add_bias(self, units):
+        """The ``(units,)`` bias, or ``None`` without ``use_bias``."""
+        if not self.use_bias:
+            return None
+        return self.add_weight(
+            name="bias",
+            shape=(units,),
+            initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+        )
+
+    def _build_kernel_quantizer(self, key, variable, name):
+        """Create the quantizer state of ``variable`` under ``key``."""
+        if self.kernel_quantizer is not None:
+            self._quantizer_state[key] = self.kernel_quantizer.build(
+                self, tuple(variable.shape), name, value=variable
+            )
+
+    def _initialize_kernel_quantizer(self, key, variable):
+        """Re-initialize data-dependent quantizer state (an LSQ step) from
+        ``variable``'s new value."""
+        state = self._quantizer_state.get(key)
+        if self.kernel_quantizer is not None and state:
+            self.kernel_quantizer.initialize(state, variable)
+
+    def _quantized(self, key, variable, training=None):
+        """``variable`` as used in the forward pass, per output channel."""
+        if self.kernel_quantizer is None:
+            return ops.convert_to_tensor(variable)
+        return self.kernel_quantizer(
+            variable,
+            state=self._quantizer_state.get(key) or None,
+            output_axes=(-1,),
+            training=training,
+        )
+
+    def _finish(self, outputs):
+        """Add the bias and apply the activation (Dense's tail)."""
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def _dense_body_config(self):
+        """The config entries of :meth:`_init_dense_body`'s arguments."""
+        config = {
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+        }
+        config["kernel_quantizer"] = quantizers_lib.serialize(self.kernel_quantizer)
+        return config
 
 
 class QuantizationMixin:
