@@ -60,7 +60,7 @@ class PI(Controller):
     Example:
     >>> rule = ks.controllers.PI(kp=4.0, ki=1.0)
     >>> state = {}
-    >>> rule.update(0.01, 0.1, state) > 0.01     # below target: λ grows
+    >>> rule.update(0.01, 0.5, 0.2, state) > 0.01   # below target: λ grows
     True
     """
 
@@ -110,7 +110,7 @@ class DualAscent(Controller):
         max_change: largest change of ``log λ`` in one update.
 
     Example:
-    >>> ks.controllers.DualAscent(rate=2.0).update(1.0, -0.5, {}) < 1.0
+    >>> ks.controllers.DualAscent(rate=2.0).update(1.0, 0.5, 0.8, {}) < 1.0
     True
     """
 

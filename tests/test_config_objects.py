@@ -17,6 +17,7 @@ from conftest import to_np
 import keras_sparse as ks
 from keras_sparse import config as config_lib
 from keras_sparse import criteria
+from keras_sparse import controllers
 from keras_sparse import distributions
 from keras_sparse import gates
 from keras_sparse import patterns
@@ -30,6 +31,7 @@ FAMILIES = {
     "distributions": (distributions, distributions.Distribution),
     "criteria": (criteria, criteria.Criterion),
     "gates": (gates, gates.Gate),
+    "controllers": (controllers, controllers.Controller),
 }
 
 # Non-default instances where a class has arguments, so the round trip is
@@ -45,6 +47,8 @@ EXAMPLES = {
     "SynFlow": lambda: criteria.SynFlow(7),
     "HardConcrete": lambda: gates.HardConcrete(0.8, "unit", 50, 0.1, 5.0, 1.0, 1e-3, seed=4),
     "SoftThreshold": lambda: gates.SoftThreshold(0.7, "unit", 20, 0.2, 3.0, -6.0, 0.0, 0.5),
+    "PI": lambda: controllers.PI(1.0, 0.5, 2.0, 3.0, 0.25),
+    "DualAscent": lambda: controllers.DualAscent(0.5, 0.25),
 }
 
 # Aliases that deliberately do not resolve through ``get`` on their own.

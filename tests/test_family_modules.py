@@ -17,6 +17,7 @@ FAMILIES = {
     "methods": (ks.methods, ks.methods.SparsityMethod, ks.methods.get("rigl")),
     "criteria": (ks.criteria, ks.criteria.Criterion, ks.criteria.get("synflow")),
     "gates": (ks.gates, ks.gates.Gate, ks.gates.get("l0")),
+    "controllers": (ks.controllers, ks.controllers.Controller, ks.controllers.PI(kp=1.0)),
 }
 
 _SINGULAR = {"methods": "method", "criteria": "criterion"}
