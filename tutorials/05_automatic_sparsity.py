@@ -176,9 +176,11 @@ print(f"validation accuracy with sparse activations: {active.evaluate(x_val, y_v
 # %%
 import tempfile  # noqa: E402
 
-search_dir = tempfile.mkdtemp(prefix="ks_auto_compress_")
-result = ks.auto_compress(dense, (x_fit, y_fit), validation_data=(x_val, y_val), max_accuracy_drop=0.01,
-                          fine_tune_epochs=1 if FAST else 2, directory=search_dir, seed=0)
+with tempfile.TemporaryDirectory(prefix="ks_auto_compress_") as search_dir:
+    # Run the same call again with this directory and finished trials are read back, not re-run.
+    result = ks.auto_compress(dense, (x_fit, y_fit), validation_data=(x_val, y_val),
+                              max_accuracy_drop=0.01, fine_tune_epochs=1 if FAST else 2,
+                              directory=search_dir, seed=0)
 print(result.trials)
 print(f"chosen: sparsity {result.best['sparsity']:.3f}, validation accuracy {result.best['val_metric']:.4f}")
 results["auto_compress"] = result.model
