@@ -244,3 +244,24 @@ def run_legacy_worker(script, kind, p, marker, log):
         if line.startswith(marker):
             return json.loads(line[len(marker):])
     return {"error": "no result line from the tfmot worker:\n" + proc.stdout[-2000:]}
+
+
+def enable_determinism():
+    """Deterministic TensorFlow kernels (same seeds, same numbers)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def digits_fit_val_test():
+    """The ANCHORS digits split with 20 % of the training part held out,
+    stratified: ``((x_fit, y_fit), (x_val, y_val), (x_test, y_test))``."""
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = load_digits_split(seed=0)
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        x_train, y_train, test_size=0.2, stratify=y_train, random_state=1)
+    return (x_fit, y_fit), (x_val, y_val), (x_test, y_test)

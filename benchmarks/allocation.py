@@ -53,7 +53,6 @@ import numpy as np  # noqa: E402
 
 import keras_sparse as ks  # noqa: E402
 from _common import digits_mlp  # noqa: E402
-from _common import load_digits_split  # noqa: E402
 
 SEEDS = (0, 1, 2)
 METHODS = ("uniform", "global", "erk", "lamp", "sensitivity")
@@ -66,21 +65,12 @@ SETTINGS = {
 }
 
 
-def enable_determinism():
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+enable_determinism = _common.enable_determinism
 
 
 # ------------------------------------------------------------------ tasks
 def digits_task():
-    from sklearn.model_selection import train_test_split
-
-    x_train, x_test, y_train, y_test = load_digits_split(seed=0)
-    x_fit, x_val, y_fit, y_val = train_test_split(
-        x_train, y_train, test_size=0.2, stratify=y_train, random_state=1)
-    return (x_fit, y_fit), (x_val, y_val), (x_test, y_test), lambda: digits_mlp()
+    return (*_common.digits_fit_val_test(), lambda: digits_mlp())
 
 
 def stripes_images(n, rng, size=16, noise=1.0):

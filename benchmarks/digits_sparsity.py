@@ -84,11 +84,7 @@ RECIPES = {
 DEFAULT_RECIPE = "global"
 
 
-def enable_determinism():
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+enable_determinism = _common.enable_determinism
 
 
 def make_optimizer(recipe, total_steps):
