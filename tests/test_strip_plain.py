@@ -324,3 +324,21 @@ def test_head_masked_attention_in_a_subclassed_model_is_stripped_in_place():
     assert not any(v.name == "head_mask" for v in model.weights)
     np.testing.assert_allclose(_np(model(x)), expected, rtol=1e-5, atol=1e-6)
     assert np.all(_np(model.mha._value_dense.kernel)[:, 0] == 0.0)
+
+
+def test_report_and_shrink_read_the_two_layer_form():
+    """The stripped factorized model (nested Sequentials) is counted and
+    rebuilt like any plain model."""
+    import keras_sparse as ks
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((32,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    factorized = ks.factorize(model, rank=8)
+    plain = ks.strip(factorized)
+    x = np.random.default_rng(0).random((4, 32)).astype("float32")
+    # 32*8 + 8*64 + 64 (first) + 64*8 + 8*10 + 10 (second)
+    assert ks.report(plain, print_fn=None).totals["params"] == 1434
+    shrunk = ks.shrink(plain)
+    np.testing.assert_allclose(shrunk.predict(x, verbose=0), plain.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
