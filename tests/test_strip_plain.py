@@ -329,8 +329,6 @@ def test_head_masked_attention_in_a_subclassed_model_is_stripped_in_place():
 def test_report_and_shrink_read_the_two_layer_form():
     """The stripped factorized model (nested Sequentials) is counted and
     rebuilt like any plain model."""
-    import keras_sparse as ks
-
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((32,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
