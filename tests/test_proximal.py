@@ -116,6 +116,9 @@ def test_group_lasso_zeroes_whole_units_and_only_selected_variables(rng):
     assert [v.path for v in optimizer.penalized_variables] == [
         model.get_layer("hidden").kernel.path]
     assert optimizer.sparsity() == 1.0
+    values, norms = optimizer.penalized_values()
+    np.testing.assert_array_equal(values[0], hidden)
+    assert norms[0].shape == (5,) and np.all(norms[0] == 0)
 
 
 def test_hold_support_keeps_zeros_while_the_rest_trains(rng):

@@ -78,15 +78,7 @@ class _WeightChannel(_Channel):
         self._last_norm = None
 
     def _read(self):
-        values = [np.asarray(backend.host_read(v)) for v in self.optimizer.penalized_variables]
-        if self.groups is None:
-            norms = [np.abs(v).reshape(-1) for v in values]
-        else:
-            norms = [
-                np.sqrt(np.square(v).sum(axis=group_axes(v.ndim, self.groups))).reshape(-1)
-                for v in values
-            ]
-        return values, norms
+        return self.optimizer.penalized_values()
 
     def _remember(self, values, norms):
         if self._last_alive is None:

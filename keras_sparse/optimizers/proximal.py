@@ -221,20 +221,25 @@ class Proximal(keras.optimizers.Optimizer):
         """Whether some weight is held at zero by :meth:`hold_support`."""
         return any(not backend.host_read(s).all() for s in self._supports)
 
-    def magnitudes(self):
-        """``|w|`` of every penalized weight (L1) or the L2 norm of every
-        group (group lasso), flattened and concatenated in
-        :attr:`penalized_variables` order: a zero is an exact zero."""
+    def penalized_values(self):
+        """Host (numpy) values of the :attr:`penalized_variables` and, for
+        each, ``|w|`` of every weight (L1) or the L2 norm of every group
+        (group lasso), flattened: a zero is an exact zero.
+
+        Returns:
+            ``(values, norms)``, two lists in :attr:`penalized_variables`
+            order.
+        """
         groups = getattr(self.penalty, "groups", None)
-        parts = []
-        for variable in self.penalized_variables:
-            value = np.asarray(backend.host_read(variable))
-            if groups is None:
-                parts.append(np.abs(value).reshape(-1))
-            else:
-                axes = group_axes(value.ndim, groups)
-                parts.append(np.sqrt(np.square(value).sum(axis=axes)).reshape(-1))
-        return np.concatenate(parts) if parts else np.zeros(0)
+        values = [np.asarray(backend.host_read(v)) for v in self.penalized_variables]
+        if groups is None:
+            norms = [np.abs(v).reshape(-1) for v in values]
+        else:
+            norms = [
+                np.sqrt(np.square(v).sum(axis=group_axes(v.ndim, groups))).reshape(-1)
+                for v in values
+            ]
+        return values, norms
 
     # ---------------------------------------------------------------- build
     def build(self, variables):
