@@ -48,24 +48,13 @@ from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
 from keras_sparse.selection import split_convertible
+from keras_sparse.selection import warn_or_raise_unsupported
 from keras_sparse.selection import weight_layout_map as _layout_map
 from keras_sparse.selection import weight_shapes as _weight_shapes
 from keras_sparse.selection import weight_values as _weight_values
 from keras_sparse.utils import sparse_layers
 
 __all__ = ["convert", "prune", "strip", "select_layers", "is_cloneable_model"]
-
-
-def _warn_or_raise_unsupported(unsupported, strict):
-    if not unsupported:
-        return
-    names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
-    if strict:
-        raise ValueError(
-            f"These layers have no sparse counterpart: {names}. Pass strict=False "
-            f"to skip them. Received: strict={strict}"
-        )
-    warnings.warn(f"keras_sparse skipped layers it cannot make sparse: {names}.", stacklevel=3)
 
 
 def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, strict,
@@ -109,7 +98,7 @@ def _plan(model, sparsity, schedule, pattern, scorer, distribution, layers, stri
             f"or None. Received: sparsity={sparsity}"
         )
     convertible, unsupported = split_convertible(model, select_layers(model, layers))
-    _warn_or_raise_unsupported(unsupported, strict)
+    warn_or_raise_unsupported(unsupported, strict, "no sparse counterpart", "make sparse")
     shapes = {layer.name: _weight_shapes(layer) for layer in convertible}
     if distribution.needs_shapes:
         unbuilt = [name for name, s in shapes.items() if not s]

@@ -18,6 +18,7 @@ from keras_sparse.convert import convert
 from keras_sparse.ops.masks import check_sparsity
 from keras_sparse.selection import select_layers
 from keras_sparse.selection import split_convertible
+from keras_sparse.selection import warn_or_raise_unsupported
 
 __all__ = ["gate"]
 
@@ -74,14 +75,7 @@ def gate(model, gate, sparsity=None, *, layers=None, strict=False):
     if isinstance(layers, dict):
         targets = {name: check_sparsity(value) for name, value in layers.items()}
     convertible, unsupported = split_convertible(model, select_layers(model, layers))
-    if unsupported:
-        names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
-        if strict:
-            raise ValueError(
-                f"These layers have no counterpart that can be gated: {names}. Pass "
-                f"strict=False to skip them. Received: strict={strict}"
-            )
-        warnings.warn(f"keras_sparse skipped layers it cannot gate: {names}.", stacklevel=2)
+    warn_or_raise_unsupported(unsupported, strict, "no counterpart that can be gated", "gate")
     plan = {}
     for layer in convertible:
         target = targets.get(layer.name, sparsity)

@@ -25,6 +25,7 @@ from keras_sparse.selection import leaf_layers
 from keras_sparse.selection import select_layers
 from keras_sparse.selection import split_convertible
 from keras_sparse.selection import supports
+from keras_sparse.selection import warn_or_raise_unsupported
 
 __all__ = ["quantize", "calibrate"]
 
@@ -117,14 +118,7 @@ def quantize(
             f"Received: layers={layers!r}"
         )
     convertible, unsupported = split_convertible(model, selected)
-    if unsupported:
-        names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
-        if strict:
-            raise ValueError(
-                f"These layers have no quantizable counterpart: {names}. Pass "
-                f"strict=False to skip them. Received: strict={strict}"
-            )
-        warnings.warn(f"keras_sparse skipped layers it cannot quantize: {names}.", stacklevel=2)
+    warn_or_raise_unsupported(unsupported, strict, "no quantizable counterpart", "quantize")
 
     if skip_first:
         convertible = convertible[1:]

@@ -3,6 +3,7 @@ layer selector, and the split of the selection into convertible layers and
 layers reported as unsupported."""
 
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "prunable_weights",
     "select_layers",
     "split_convertible",
+    "warn_or_raise_unsupported",
     "weight_layout_map",
     "weight_shapes",
     "weight_values",
@@ -208,3 +210,19 @@ def prunable_weights(model, layers=None):
         layouts = weight_layout_map(layer)
         found.append((layer, [(n, v, layouts[n]) for n, v in _weight_variables(layer)]))
     return found
+
+
+def warn_or_raise_unsupported(unsupported, strict, missing, action, stacklevel=3):
+    """Say which selected layers a model tool skips: one warning naming
+    them, or with ``strict`` a ``ValueError``. ``missing`` completes
+    "These layers have ..." and ``action`` "skipped layers it cannot ...";
+    ``stacklevel`` is the warning's, counted from this function."""
+    if not unsupported:
+        return
+    names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
+    if strict:
+        raise ValueError(
+            f"These layers have {missing}: {names}. Pass strict=False "
+            f"to skip them. Received: strict={strict}"
+        )
+    warnings.warn(f"keras_sparse skipped layers it cannot {action}: {names}.", stacklevel=stacklevel)
