@@ -35,6 +35,7 @@ from keras_sparse.ops.allocation import lamp_removals
 from keras_sparse.report import layer_macs
 from keras_sparse.report import packed_width
 from keras_sparse.selection import prunable_weights
+from keras_sparse.selection import built_prunable_weights
 from keras_sparse.selection import weight_values
 from keras_sparse.sensitivity import SensitivityTable
 
@@ -67,18 +68,7 @@ def _units(model, layers, by):
     check_model(model)
     if by not in _BY:
         raise ValueError(f"`by` must be one of {_BY}. Received: by={by!r}")
-    found = prunable_weights(model, layers)
-    if not found:
-        raise ValueError(
-            "`model` has no layer that can be pruned among the layers selected by "
-            f"layers={layers!r}. Received: model={model.name!r}"
-        )
-    unbuilt = [layer.name for layer, entries in found if not entries]
-    if unbuilt:
-        raise ValueError(
-            f"`model` must be built (call it on data or build it): layers {unbuilt} have "
-            f"no weights yet. Received: model={model.name!r}"
-        )
+    found = built_prunable_weights(model, layers)
     units = []
     for layer, entries in found:
         units.append((layer, [

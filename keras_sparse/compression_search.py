@@ -44,6 +44,7 @@ from keras_sparse.quantize import quantize
 from keras_sparse.report import report
 from keras_sparse.selection import is_cloneable_model
 from keras_sparse.selection import prunable_weights
+from keras_sparse.selection import built_prunable_weights
 from keras_sparse.sensitivity import SensitivityTable
 from keras_sparse.sensitivity import _check_data
 from keras_sparse.sensitivity import sensitivity
@@ -532,18 +533,7 @@ def _check_model(model):
             "`model` must be compiled (loss, optimizer and metrics): every trial fine-tunes "
             f"a copy with the same compile config. Received: model={model.name!r}, not compiled"
         )
-    units = prunable_weights(model)
-    if not units:
-        raise ValueError(
-            "`model` has no layer that can be pruned (Dense, Conv*, EinsumDense, Embedding "
-            f"...). Received: model={model.name!r}"
-        )
-    unbuilt = [layer.name for layer, entries in units if not entries]
-    if unbuilt:
-        raise ValueError(
-            f"`model` must be built: layers {unbuilt} have no weights yet. "
-            f"Received: model={model.name!r}"
-        )
+    built_prunable_weights(model)
     return model
 
 

@@ -18,6 +18,7 @@ from keras_sparse.utils import walk_layers
 
 __all__ = [
     "is_cloneable_model",
+    "built_prunable_weights",
     "prunable_weights",
     "select_layers",
     "split_convertible",
@@ -226,3 +227,22 @@ def warn_or_raise_unsupported(unsupported, strict, missing, action, stacklevel=3
             f"to skip them. Received: strict={strict}"
         )
     warnings.warn(f"keras_sparse skipped layers it cannot {action}: {names}.", stacklevel=stacklevel)
+
+
+def built_prunable_weights(model, layers=None):
+    """:func:`prunable_weights`, for a tool that needs weight values: a
+    ``ValueError`` when no selected layer can be pruned or one is unbuilt."""
+    units = prunable_weights(model, layers)
+    if not units:
+        raise ValueError(
+            "`model` has no layer that can be pruned among the layers selected by "
+            f"layers={layers!r} (ks.prune supports Dense, Conv*, EinsumDense, Embedding "
+            f"... and the keras_sparse layers). Received: model={model.name!r}"
+        )
+    unbuilt = [layer.name for layer, entries in units if not entries]
+    if unbuilt:
+        raise ValueError(
+            f"`model` must be built (call it on data or build it): layers {unbuilt} have "
+            f"no weights yet. Received: model={model.name!r}"
+        )
+    return units

@@ -24,7 +24,7 @@ from keras_sparse.checks import type_error
 from keras_sparse.layers.base import SparseMixin
 from keras_sparse.layers.base import check_pattern_fits
 from keras_sparse.ops.masks import check_sparsity
-from keras_sparse.selection import prunable_weights
+from keras_sparse.selection import built_prunable_weights
 
 __all__ = ["SensitivityTable", "sensitivity"]
 
@@ -444,19 +444,7 @@ def sensitivity(model, data, sparsities=(0.5, 0.9), metric=None, layers=None,
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     if mode not in ("auto", "max", "min"):
         raise ValueError(f"`mode` must be 'auto', 'max' or 'min'. Received: mode={mode!r}")
-    units = prunable_weights(model, layers)
-    if not units:
-        raise ValueError(
-            "`model` has no layer that can be pruned among the layers selected by "
-            f"layers={layers!r} (ks.prune supports Dense, Conv*, EinsumDense, Embedding "
-            f"... and the keras_sparse layers). Received: model={model.name!r}"
-        )
-    unbuilt = [layer.name for layer, entries in units if not entries]
-    if unbuilt:
-        raise ValueError(
-            f"`model` must be built (call it on data or build it): layers {unbuilt} have "
-            f"no weights yet. Received: model={model.name!r}"
-        )
+    units = built_prunable_weights(model, layers)
     check_pattern_fits(pattern, [(layer, {n: lay for n, _, lay in entries})
                                  for layer, entries in units])
     kind, parts = _check_data(data)
